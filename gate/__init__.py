@@ -1,0 +1,21 @@
+"""weightgate: judge a model by its weights alone.
+
+The public entry point is :func:`gate.scan`. Importing this package is cheap and has no side
+effects; the heavy modules (torch, pandas, mlflow) load only when a scan runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gate.result import ScanResult
+
+__all__ = ["scan"]
+
+
+def scan(source: Any, **options: Any) -> "ScanResult":
+    """Scan ``source`` (path, URI or ``torch.nn.Module``); see :func:`gate.scanner.scan`."""
+    from gate.scanner import scan as _scan
+
+    return _scan(source, **options)

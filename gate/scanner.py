@@ -1,0 +1,165 @@
+"""The scan pipeline: source -> layer plans -> spectra (batched on the device) -> metrics -> result.
+
+Tensors are loaded one at a time and dropped after their Gram matrices are formed, so host memory
+holds one tensor plus the queued Gram matrices (bounded by the batcher's budget), whatever the
+model size.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from itertools import groupby
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gate.errors import GateInputError
+from gate.layer_metrics import spectral_metrics
+from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
+from gate.marchenko_pastur import mp_fit, randomized_comparison, shuffled
+from gate.result import LEADING_COLUMNS, ScanResult
+from gate.sources import WeightSource, open_source
+from gate.spectrum import SpectrumBatcher, resolve_device
+from gate.summary import summarize
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """Everything that changes a scan's numbers; recorded in the result for reproducibility."""
+
+    device: str = "auto"
+    precision: str = "float64"
+    min_evals: int = 8
+    max_evals: int | None = None
+    max_N: int | None = None
+    conv2d_method: str = "pooled"
+    mp_fit: bool = False
+    randomize: bool = False
+    seed: int = 0
+
+
+def scan(
+    source: Any,
+    *,
+    allow_pickle: bool = False,
+    tracking_uri: str | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> ScanResult:
+    """Scan a model's weights.
+
+    ``source``: path, MLflow URI, ``nn.Module`` or state dict. ``options``: the fields of
+    :class:`ScanOptions` (e.g. ``device="cuda"``, ``mp_fit=True``, ``randomize=True``).
+    ``progress`` shows a bar on stderr when it is a terminal.
+    """
+    unknown = set(options) - set(ScanOptions.__dataclass_fields__)
+    if unknown:
+        raise GateInputError(
+            f"unknown scan option(s) {sorted(unknown)}; valid: {sorted(ScanOptions.__dataclass_fields__)}"
+        )
+    scan_options = ScanOptions(**options)
+    device = resolve_device(scan_options.device)
+    started = time.perf_counter()
+    with open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri) as weights:
+        plan_options = PlanOptions(scan_options.min_evals, scan_options.max_evals, scan_options.max_N,
+                                   scan_options.conv2d_method)
+        plans = plan_layers(weights.tensor_infos(), plan_options)
+        rows = _analyse(weights, plans, scan_options, device, progress)
+        description = weights.description
+    layers = _layer_table(rows)
+    summary = summarize(layers)
+    summary["device"] = device.type
+    summary["scan_seconds"] = time.perf_counter() - started
+    return ScanResult(description, layers, summary, asdict(scan_options))
+
+
+def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions, device: torch.device,
+             progress: bool) -> list[dict[str, Any]]:
+    batcher = SpectrumBatcher(device, options.precision)
+    rows: dict[int, dict[str, Any]] = {}
+    analysable: list[LayerPlan] = []
+    groups = [(name, list(group)) for name, group in groupby(plans, key=lambda p: p.tensor_name)]
+    for tensor_name, group in _progress(groups, progress):
+        tensor = None
+        for plan in group:
+            rows[plan.index] = _base_row(plan)
+            if plan.skip_reason:
+                rows[plan.index].update(status="skipped", reason=plan.skip_reason)
+                continue
+            if tensor is None:
+                tensor = weights.load(tensor_name)
+            matrices = layer_matrices(plan, tensor)
+            problem = _matrix_problem(matrices)
+            if problem is not None:
+                rows[plan.index].update(problem)
+                continue
+            for k, matrix in enumerate(matrices):
+                batcher.add((plan.index, k), matrix)
+                if options.randomize:
+                    batcher.add((plan.index, k, "random"), shuffled(matrix, options.seed + plan.index * 1009 + k))
+            analysable.append(plan)
+        del tensor
+    results = batcher.flush()
+    for plan in analysable:
+        evals = _pooled(results, plan, ())
+        row = rows[plan.index]
+        row.update(spectral_metrics(evals, plan.N, device))
+        if not np.isfinite(row["alpha"]):
+            row.update(status="degenerate", reason="no power-law fit: fewer than 2 distinct eigenvalues above 1e-5")
+        if options.mp_fit:
+            row.update(mp_fit(evals, plan.N, plan.M))
+        if options.randomize:
+            row.update(randomized_comparison(evals, _pooled(results, plan, ("random",)), plan.N, plan.M))
+    return [rows[i] for i in sorted(rows)]
+
+
+def _pooled(results: dict, plan: LayerPlan, suffix: tuple) -> np.ndarray:
+    parts = [results[(plan.index, k, *suffix)] for k in range(len(plan.slices))]
+    evals = np.sort(np.concatenate(parts))
+    return evals * plan.scale**2 if plan.scale != 1.0 else evals
+
+
+def _matrix_problem(matrices: list[torch.Tensor]) -> dict[str, str] | None:
+    """``nonfinite`` for NaN/Inf weights, ``degenerate`` for all-zero weights, else ``None``."""
+    bad = sum(int((~torch.isfinite(m)).sum()) for m in matrices)
+    if bad:
+        total = sum(m.numel() for m in matrices)
+        return {"status": "nonfinite", "reason": f"{bad} of {total} weights are NaN or infinite"}
+    if all(not bool(m.any()) for m in matrices):
+        return {"status": "degenerate", "reason": "all weights are zero"}
+    return None
+
+
+def _base_row(plan: LayerPlan) -> dict[str, Any]:
+    return {
+        "layer_id": plan.index,
+        "name": plan.name,
+        "layer_type": plan.layer_type,
+        "shape": list(plan.shape),
+        "status": "ok",
+        "reason": "",
+        "N": plan.N,
+        "M": plan.M,
+        "rf": plan.rf,
+        "num_evals": plan.num_evals,
+    }
+
+
+def _layer_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=LEADING_COLUMNS)
+    rest = [c for c in table.columns if c not in LEADING_COLUMNS]
+    return table[LEADING_COLUMNS + rest]
+
+
+def _progress(items: list, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="scanning", unit="tensor", file=sys.stderr)

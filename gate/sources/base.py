@@ -1,0 +1,71 @@
+"""What every weight source provides: a list of tensor descriptions, and tensors loaded one at a time.
+
+Sources know shapes up front (file headers, module parameters) so that layer planning can look at
+the whole model, while tensor data is read only when a layer is analysed. This keeps memory at one
+layer regardless of model size.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One named tensor of a model, without its data.
+
+    ``module_type`` is the class name of the owning module when the source knows it (an
+    ``nn.Module`` or an ONNX graph); file formats that only store names leave it ``None`` and the
+    layer planner infers the kind from name and shape.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    module_type: str | None = None
+
+    @property
+    def is_floating(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+
+FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``: the spelling used in :class:`TensorInfo`."""
+    return str(dtype).removeprefix("torch.")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders ``layer.10`` after ``layer.9``: safetensors headers store names
+    alphabetically, and depth order is what plots and metric series need."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+class WeightSource(abc.ABC):
+    """A model's weights, readable tensor by tensor. Use as a context manager to release files."""
+
+    #: Human-readable origin (path or URI) shown in reports and errors.
+    description: str
+
+    @abc.abstractmethod
+    def tensor_infos(self) -> list[TensorInfo]:
+        """All tensors of the model, in storage order."""
+
+    @abc.abstractmethod
+    def load(self, name: str) -> torch.Tensor:
+        """The data of one tensor, on the CPU, in its stored dtype."""
+
+    def close(self) -> None:
+        """Release open files; the default source holds none."""
+
+    def __enter__(self) -> "WeightSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

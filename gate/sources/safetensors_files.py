@@ -1,0 +1,76 @@
+"""``.safetensors`` files, single or sharded (``model.safetensors.index.json``), read lazily."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from gate.errors import GateInputError
+from gate.sources.base import TensorInfo, WeightSource, natural_key
+
+# safetensors' header dtype codes -> the names TensorInfo uses.
+_SAFETENSORS_DTYPES = {
+    "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+    "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool",
+}
+
+
+class SafetensorsSource(WeightSource):
+    """One or more safetensors shards; only headers are read up front, data per tensor on demand."""
+
+    def __init__(self, shard_paths: list[Path], description: str) -> None:
+        self.description = description
+        self._handles = []
+        self._where: dict[str, int] = {}
+        self._infos: list[TensorInfo] = []
+        for path in shard_paths:
+            handle = _open_shard(path)
+            self._handles.append(handle)
+            for name in handle.keys():
+                if name in self._where:
+                    raise GateInputError(f"{path}: tensor {name!r} appears in two shards; the checkpoint is inconsistent")
+                tensor_slice = handle.get_slice(name)
+                dtype = _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), tensor_slice.get_dtype().lower())
+                self._where[name] = len(self._handles) - 1
+                self._infos.append(TensorInfo(name, tuple(tensor_slice.get_shape()), dtype))
+        self._infos.sort(key=lambda info: natural_key(info.name))
+
+    @classmethod
+    def from_index(cls, index_path: Path) -> "SafetensorsSource":
+        """A sharded checkpoint: the index's ``weight_map`` names the shard of every tensor."""
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise GateInputError(
+                f"{index_path}: not a valid safetensors index (expected JSON with a 'weight_map'): {err}"
+            ) from err
+        shard_names = list(dict.fromkeys(weight_map.values()))
+        shards = [index_path.parent / shard for shard in shard_names]
+        missing = [str(p) for p in shards if not p.is_file()]
+        if missing:
+            raise GateInputError(f"{index_path}: shard files listed in the index are missing: {', '.join(missing)}")
+        return cls(shards, str(index_path))
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def load(self, name: str) -> torch.Tensor:
+        try:
+            return self._handles[self._where[name]].get_tensor(name)
+        except SafetensorError as err:
+            raise GateInputError(f"{self.description}: cannot read tensor {name!r}: {err}") from err
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+def _open_shard(path: Path):
+    if path.stat().st_size < 8:
+        raise GateInputError(f"{path}: file is {path.stat().st_size} bytes, too short to be safetensors (truncated?)")
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise GateInputError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
