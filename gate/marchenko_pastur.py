@@ -42,11 +42,26 @@ def mp_fit(evals: np.ndarray, N: int, M: int) -> dict[str, float | int]:
     }
 
 
-def shuffled(matrix: torch.Tensor, seed: int) -> torch.Tensor:
-    """The matrix with its elements permuted by a seeded generator: same values, no structure."""
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(matrix.numel(), generator=generator, dtype=torch.int32).to(matrix.device)
-    return matrix.reshape(-1)[order].reshape(matrix.shape)
+class Shuffler:
+    """Element-wise shuffles of weight matrices with a fixed seed.
+
+    One permutation is drawn per matrix size and reused for every matrix of that size in a scan:
+    each shuffled matrix is still a uniformly random arrangement of its own elements, and drawing a
+    permutation (random access over the whole index range) is the dominant cost of ``--randomize``.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+        self._permutations: dict[int, torch.Tensor] = {}
+
+    def __call__(self, matrix: torch.Tensor) -> torch.Tensor:
+        size = matrix.numel()
+        order = self._permutations.get(size)
+        if order is None:
+            generator = torch.Generator().manual_seed(self._seed + size)
+            order = torch.randperm(size, generator=generator)
+            self._permutations[size] = order
+        return torch.take(matrix, order.to(matrix.device)).reshape(matrix.shape)
 
 
 def randomized_comparison(evals: np.ndarray, rand_evals: np.ndarray, N: int, M: int) -> dict[str, float | int]:

@@ -20,10 +20,10 @@ import torch
 from gate.errors import GateInputError
 from gate.layer_metrics import spectral_metrics
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
-from gate.marchenko_pastur import mp_fit, randomized_comparison, shuffled
+from gate.marchenko_pastur import Shuffler, mp_fit, randomized_comparison
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import WeightSource, open_source
-from gate.spectrum import SpectrumBatcher, resolve_device
+from gate.spectrum import SpectrumBatcher, cpu_threads_for_blas, resolve_device
 from gate.summary import summarize
 
 
@@ -64,7 +64,7 @@ def scan(
     scan_options = ScanOptions(**options)
     device = resolve_device(scan_options.device)
     started = time.perf_counter()
-    with open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri) as weights:
+    with cpu_threads_for_blas(device), open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri) as weights:
         plan_options = PlanOptions(scan_options.min_evals, scan_options.max_evals, scan_options.max_N,
                                    scan_options.conv2d_method)
         plans = plan_layers(weights.tensor_infos(), plan_options)
@@ -80,6 +80,7 @@ def scan(
 def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions, device: torch.device,
              progress: bool) -> list[dict[str, Any]]:
     batcher = SpectrumBatcher(device, options.precision)
+    shuffle = Shuffler(options.seed)
     rows: dict[int, dict[str, Any]] = {}
     analysable: list[LayerPlan] = []
     groups = [(name, list(group)) for name, group in groupby(plans, key=lambda p: p.tensor_name)]
@@ -93,14 +94,17 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
             if tensor is None:
                 tensor = weights.load(tensor_name)
             matrices = layer_matrices(plan, tensor)
-            problem = _matrix_problem(matrices)
+            grams = [batcher.gram(m) for m in matrices]
+            problem = _weight_problem(matrices, grams)
             if problem is not None:
                 rows[plan.index].update(problem)
                 continue
-            for k, matrix in enumerate(matrices):
-                batcher.add((plan.index, k), matrix)
+            for k, (matrix, g) in enumerate(zip(matrices, grams)):
+                batcher.add((plan.index, k), g)
                 if options.randomize:
-                    batcher.add((plan.index, k, "random"), shuffled(matrix, options.seed + plan.index * 1009 + k))
+                    # float32 suffices here: shuffled ESDs feed only the MP fit (a density estimate
+                    # with bandwidth 0.1 on rescaled eigenvalues) and the largest eigenvalue.
+                    batcher.add((plan.index, k, "random"), batcher.gram(shuffle(matrix), torch.float32))
             analysable.append(plan)
         del tensor
     results = batcher.flush()
@@ -123,13 +127,20 @@ def _pooled(results: dict, plan: LayerPlan, suffix: tuple) -> np.ndarray:
     return evals * plan.scale**2 if plan.scale != 1.0 else evals
 
 
-def _matrix_problem(matrices: list[torch.Tensor]) -> dict[str, str] | None:
-    """``nonfinite`` for NaN/Inf weights, ``degenerate`` for all-zero weights, else ``None``."""
-    bad = sum(int((~torch.isfinite(m)).sum()) for m in matrices)
-    if bad:
+def _weight_problem(matrices: list[torch.Tensor], grams: list[torch.Tensor]) -> dict[str, str] | None:
+    """``nonfinite`` for NaN/Inf weights, ``degenerate`` for all-zero weights, else ``None``.
+
+    Checked on the small Gram matrices: a NaN/Inf weight makes its Gram matrix non-finite, and the
+    trace of W^T W is the squared Frobenius norm, zero only for all-zero weights. The weights
+    themselves are scanned only to count bad values once a problem is known.
+    """
+    if not all(bool(torch.isfinite(g).all()) for g in grams):
+        bad = sum(int((~torch.isfinite(m)).sum()) for m in matrices)
         total = sum(m.numel() for m in matrices)
-        return {"status": "nonfinite", "reason": f"{bad} of {total} weights are NaN or infinite"}
-    if all(not bool(m.any()) for m in matrices):
+        if bad:
+            return {"status": "nonfinite", "reason": f"{bad} of {total} weights are NaN or infinite"}
+        return {"status": "nonfinite", "reason": "weights overflow when squared (|w| too large for the Gram matrix)"}
+    if all(float(g.diagonal().sum()) == 0.0 for g in grams):
         return {"status": "degenerate", "reason": "all weights are zero"}
     return None
 

@@ -10,9 +10,11 @@ there for users who accept that trade (see tests/test_spectrum.py for the measur
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
+import scipy.linalg
 import torch
 
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
@@ -34,9 +36,39 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@contextmanager
+def cpu_threads_for_blas(device: torch.device) -> Iterator[None]:
+    """On the CPU, run torch single-threaded for the duration of a scan, then restore it.
+
+    The heavy CPU work (Gram products, eigensolves) runs in OpenBLAS through numpy/scipy; torch's
+    OpenMP workers keep spinning between torch ops and take the cores from OpenBLAS (measured: the
+    MiniLM scan takes 1.0 s instead of 0.46 s on 2 cores). On a GPU nothing changes.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def gram(matrix: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """W^T W (M x M) for an N x M matrix, accumulated over row blocks in ``dtype`` on ``device``."""
+    """W^T W (M x M) for an N x M matrix, accumulated over row blocks in ``dtype`` on ``device``.
+
+    On the CPU the product goes through numpy, whose ``a.T @ a`` is a symmetric rank-k update
+    (half the flops) on OpenBLAS: measured 2x faster than torch's CPU matmul on this machine.
+    """
     rows, cols = matrix.shape
+    if device.type == "cpu":
+        numpy_dtype = np.float64 if dtype == torch.float64 else np.float32
+        total = np.zeros((cols, cols), dtype=numpy_dtype)
+        for start in range(0, rows, _ROW_BLOCK):
+            block = matrix[start:start + _ROW_BLOCK].to(dtype).numpy()
+            total += block.T @ block
+        return torch.from_numpy(total)
     result = torch.zeros((cols, cols), dtype=dtype, device=device)
     for start in range(0, rows, _ROW_BLOCK):
         block = matrix[start:start + _ROW_BLOCK].to(device=device, dtype=dtype)
@@ -57,26 +89,32 @@ class SpectrumBatcher:
         self.device = device
         self.dtype = PRECISIONS[precision]
         self._budget = budget_bytes
-        self._pending: dict[int, list[tuple[Hashable, torch.Tensor]]] = defaultdict(list)
+        self._pending: dict[tuple, list[tuple[Hashable, torch.Tensor]]] = defaultdict(list)
         self._pending_bytes = 0
         self.results: dict[Hashable, np.ndarray] = {}
 
-    def add(self, key: Hashable, matrix: torch.Tensor) -> None:
-        """Queue the spectrum of ``matrix`` (N x M, N >= M) under ``key``."""
-        g = gram(matrix, self.device, self.dtype)
-        self._pending[g.shape[0]].append((key, g))
+    def gram(self, matrix: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """W^T W on this batcher's device, in its precision unless ``dtype`` says otherwise."""
+        return gram(matrix, self.device, dtype or self.dtype)
+
+    def add(self, key: Hashable, g: torch.Tensor) -> None:
+        """Queue the eigenvalues of the Gram matrix ``g`` (from :meth:`gram`) under ``key``."""
+        self._pending[(g.shape[0], g.dtype)].append((key, g))
         self._pending_bytes += g.numel() * g.element_size()
         if self._pending_bytes >= self._budget:
             self.flush()
 
     def flush(self) -> dict[Hashable, np.ndarray]:
         """Solve everything queued; returns all results so far."""
-        for size, items in self._pending.items():
+        for items in self._pending.values():
             keys = [key for key, _ in items]
-            stacked = torch.stack([g for _, g in items])
-            evals = torch.linalg.eigvalsh(stacked).clamp_min_(0).to("cpu", torch.float64).numpy()
+            if self.device.type == "cpu":
+                # LAPACK's divide-and-conquer solver through scipy: faster than torch's CPU batch loop.
+                evals = [scipy.linalg.eigvalsh(g.numpy(), driver="evd", check_finite=False) for _, g in items]
+            else:
+                evals = torch.linalg.eigvalsh(torch.stack([g for _, g in items])).to("cpu", torch.float64).numpy()
             for key, row in zip(keys, evals):
-                self.results[key] = row
+                self.results[key] = np.clip(np.asarray(row, dtype=np.float64), 0, None)
         self._pending.clear()
         self._pending_bytes = 0
         return self.results

