@@ -4,8 +4,11 @@ For each candidate xmin = x_i (all sorted eigenvalues above ``EVALS_THRESH`` but
 continuous MLE alpha_i = 1 + n_i / sum_{j>=i} log(x_j / x_i) and the KS distance
 D_i = max_{j>=i} |1 - (x_j/x_i)^(1-alpha_i) - (j-i)/n_i| are computed for all i at once as an
 (n x n) triangle, in row chunks so memory stays bounded; the fit is the candidate with the smallest
-D. Tails of fewer than 20 eigenvalues use WeightWatcher's bias-corrected small-sample variant:
-alpha = 1 + (n_i - 1)/sum log(x_j/x_i), tails of at least 8, minimising D - 0.868/sqrt(n_i).
+D. Below 20 eigenvalues WeightWatcher's small-sample variant applies: the bias-corrected
+alpha = 1 + (n_i - 1)/sum log(x_j/x_i), only tails of at least 8 eigenvalues. WWFit computes an
+objective D - 0.868/sqrt(n_i) for that case, but its constructor then re-selects the candidate by
+minimum D, and that is what 0.7.7 reports; we reproduce the reported behaviour
+(tests/test_layers.py checks a 10-eigenvalue layer against WeightWatcher itself).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import torch
 EVALS_THRESH = 1e-5  # eigenvalues at or below this are numerical zeros, as in WeightWatcher
 SMALL_N_CUTOFF = 20
 SMALL_N_MIN_TAIL = 8
-SMALL_N_PENALTY = 0.868
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -59,8 +61,7 @@ def fit_power_law(evals: np.ndarray, device: torch.device | str = "cpu") -> Powe
     distances = _ks_distances(logx, alphas, tail_sizes, valid)
     if not bool(valid.any()):
         return None
-    objective = distances - SMALL_N_PENALTY / torch.sqrt(tail_sizes) if small else distances.clone()
-    objective[~valid] = math.inf
+    objective = torch.where(valid, distances, torch.full_like(distances, math.inf))
     best = int(torch.argmin(objective))
     alpha = float(alphas[best])
     tail = int(tail_sizes[best])

@@ -15,11 +15,13 @@ class ModuleSource(WeightSource):
         self.description = description or f"<{type(module).__name__} object>"
         self._params: dict[str, torch.Tensor] = {}
         self._infos: list[TensorInfo] = []
+        seen: set[int] = set()
         for module_name, owner in module.named_modules():
             for param_name, param in owner.named_parameters(recurse=False):
-                name = f"{module_name}.{param_name}" if module_name else param_name
-                if name in self._params:  # shared (tied) parameter: analyse it once
+                if id(param) in seen:  # shared (tied) parameter, e.g. embedding and LM head: analyse it once
                     continue
+                seen.add(id(param))
+                name = f"{module_name}.{param_name}" if module_name else param_name
                 self._params[name] = param
                 self._infos.append(
                     TensorInfo(name, tuple(param.shape), dtype_name(param.dtype), type(owner).__name__)

@@ -52,7 +52,7 @@ class OnnxSource(WeightSource):
             array = numpy_helper.to_array(self._initializers[name], base_dir=self._base_dir)
         except (OSError, ValueError) as err:
             raise GateInputError(f"{self.description}: cannot read initializer {name!r}: {err}") from err
-        return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(np.array(array))  # a writable copy: protobuf-backed arrays are read-only
 
     def close(self) -> None:
         self._initializers.clear()

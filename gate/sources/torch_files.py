@@ -18,6 +18,8 @@ from gate.errors import GateInputError, UnsafePickleError
 from gate.sources.base import TensorInfo, WeightSource, dtype_name
 from gate.sources.module import ModuleSource
 
+_ZIP_MAGIC = b"PK"
+_PICKLE_PROTOCOL = b"\x80"
 # Wrapper keys used by common training loops around the real state dict.
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 
@@ -49,11 +51,20 @@ class StateDictSource(WeightSource):
 
 def open_torch_file(path: Path, allow_pickle: bool = False) -> WeightSource:
     """Open a torch checkpoint safely; the whole-module case only with ``allow_pickle``."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head[:2] != _ZIP_MAGIC and head[:1] != _PICKLE_PROTOCOL:
+        raise GateInputError(
+            f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle stream); "
+            "weightgate reads .safetensors, .pt/.pth/.bin/.ckpt, .pt2, .onnx or a model directory"
+        )
     try:
         obj = _load_weights_only(path)
     except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():
+            raise GateInputError(f"{path}: corrupt PyTorch checkpoint: {_first_line(err)}") from err
         if not allow_pickle:
-            raise UnsafePickleError(PICKLE_REFUSAL.format(path=path, detail=_first_line(err))) from err
+            raise UnsafePickleError(PICKLE_REFUSAL.format(path=path, detail=_unsafe_detail(err))) from err
         obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, torch.nn.Module):
         return ModuleSource(obj, str(path))
@@ -65,6 +76,9 @@ def open_torch_file(path: Path, allow_pickle: bool = False) -> WeightSource:
 
 def _load_weights_only(path: Path) -> object:
     is_zip = zipfile.is_zipfile(path)
+    with path.open("rb") as handle:
+        if handle.read(2) == _ZIP_MAGIC and not is_zip:
+            raise GateInputError(f"{path}: truncated or corrupt zip archive (its central directory is missing)")
     try:
         # mmap keeps tensors on disk until used; only zip-format (torch>=1.6) files support it.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
@@ -92,6 +106,12 @@ def _collect_tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
         elif isinstance(value, Mapping):
             tensors.update(_collect_tensors(value, prefix=f"{name}."))
     return tensors
+
+
+def _unsafe_detail(err: BaseException) -> str:
+    """The line of torch's message that names the Python object the file wanted to create."""
+    lines = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+    return lines[0] if lines else _first_line(err)
 
 
 def _first_line(err: BaseException) -> str:
