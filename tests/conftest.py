@@ -44,3 +44,13 @@ class SmallNet(torch.nn.Module):
 @pytest.fixture
 def small_net() -> SmallNet:
     return SmallNet()
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking_uri(tmp_path_factory):
+    """URL of a real ``mlflow server`` subprocess (sqlite, local proxied artifacts) for the session."""
+    from mlflow_server import mlflow_server
+
+    workdir = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server(workdir) as url:
+        yield url

@@ -1,0 +1,166 @@
+"""Bad input is expected input: per-layer problems are reported and the scan goes on; unreadable
+files stop with exit status 2, a message naming the file and the problem, and nothing on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import gate
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gate", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.fixture
+def three_layers() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {"a.weight": torch.randn(64, 32), "b.weight": torch.randn(32, 32), "c.weight": torch.randn(48, 16)}
+
+
+def test_nan_and_inf_layers_are_reported_and_scan_goes_on(three_layers):
+    three_layers["a.weight"][3, 4] = float("nan")
+    three_layers["b.weight"][0, 0] = float("inf")
+    layers = gate.scan(three_layers, device="cpu").layers.set_index("name")
+    assert layers.loc["a", "status"] == "nonfinite"
+    assert layers.loc["a", "reason"] == "1 of 2048 weights are NaN or infinite"
+    assert layers.loc["b", "status"] == "nonfinite"
+    assert layers.loc["c", "status"] == "ok" and layers.loc["c", "alpha"] > 1
+
+
+def test_all_zero_and_constant_matrices_are_degenerate(three_layers):
+    three_layers["a.weight"].zero_()
+    three_layers["b.weight"] = torch.eye(32)  # all eigenvalues equal: no power-law tail
+    result = gate.scan(three_layers, device="cpu")
+    layers = result.layers.set_index("name")
+    assert (layers.loc["a", "status"], layers.loc["a", "reason"]) == ("degenerate", "all weights are zero")
+    assert layers.loc["b", "status"] == "degenerate"
+    assert result.summary["num_degenerate"] == 2 and result.summary["num_analysed"] == 1
+
+
+def test_summary_counts_nonfinite_layers(three_layers):
+    three_layers["c.weight"][:] = float("nan")
+    summary = gate.scan(three_layers, device="cpu").summary
+    assert (summary["num_analysed"], summary["num_nonfinite"]) == (2, 1)
+
+
+def test_json_output_has_null_for_missing_metrics(tmp_path, three_layers):
+    three_layers["a.weight"][0, 0] = float("nan")
+    path = tmp_path / "m.safetensors"
+    save_file(three_layers, path)
+    proc = run_cli("scan", str(path), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+
+    def reject(constant: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    document = json.loads(proc.stdout, parse_constant=reject)
+    row = next(r for r in document["layers"] if r["name"] == "a")
+    assert (row["status"], row["alpha"], row["shape"]) == ("nonfinite", None, [64, 32])
+
+
+def _truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    broken = path.with_name("truncated" + path.suffix)
+    broken.write_bytes(data[: len(data) // 2])
+    return broken
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "pt", "pt2", "onnx"])
+def test_truncated_files_exit_2_naming_the_file(tmp_path, three_layers, kind):
+    if kind == "safetensors":
+        path = tmp_path / "m.safetensors"
+        save_file(three_layers, path)
+    elif kind == "pt":
+        path = tmp_path / "m.pt"
+        torch.save(three_layers, path)
+    elif kind == "pt2":
+        import mlflow.pytorch
+        import numpy as np
+
+        mlflow.pytorch.save_model(torch.nn.Linear(32, 16), tmp_path / "mm", input_example=np.zeros((1, 32), np.float32))
+        path = tmp_path / "mm" / "data" / "model.pt2"
+    else:
+        import onnx
+        from onnx import helper, numpy_helper
+
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 32])],
+            initializer=[numpy_helper.from_array(three_layers["a.weight"].numpy(), "w")],
+        )
+        path = tmp_path / "m.onnx"
+        onnx.save(helper.make_model(graph), path)
+    broken = _truncate(path)
+    proc = run_cli("scan", str(broken), "--format", "json")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert str(broken) in proc.stderr
+    assert "truncated" in proc.stderr or "corrupt" in proc.stderr
+
+
+def test_missing_empty_and_unknown_files_exit_2(tmp_path):
+    proc = run_cli("scan", str(tmp_path / "nope.safetensors"))
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert "no such file" in proc.stderr
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    proc = run_cli("scan", str(empty))
+    assert proc.returncode == 2 and "empty" in proc.stderr
+    junk = tmp_path / "weights.xyz"
+    junk.write_bytes(os.urandom(4096))
+    proc = run_cli("scan", str(junk))
+    assert proc.returncode == 2 and "unknown model file format" in proc.stderr
+    garbage_pt = tmp_path / "garbage.pt"
+    garbage_pt.write_bytes(b"hello, not a checkpoint" * 10)
+    proc = run_cli("scan", str(garbage_pt))
+    assert proc.returncode == 2 and "not a PyTorch checkpoint" in proc.stderr
+    no_weights = tmp_path / "emptydir"
+    no_weights.mkdir()
+    proc = run_cli("scan", str(no_weights))
+    assert proc.returncode == 2 and "no model weights found" in proc.stderr
+
+
+def test_pickled_whole_module_is_refused_unless_opted_in(tmp_path):
+    path = tmp_path / "whole_model.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(32, 32)), path)
+    proc = run_cli("scan", str(path))
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert "--allow-pickle" in proc.stderr and "arbitrary code" in proc.stderr
+    assert "torch.nn.modules.container.Sequential" in proc.stderr  # names what it wanted to create
+    proc = run_cli("scan", str(path), "--allow-pickle", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1].split(",")[1] == "0"  # the layer named "0" was analysed
+
+
+def test_pickle_payload_never_runs(tmp_path):
+    """A file whose unpickling would create a file on disk: refusing it must not run it."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": torch.randn(16, 16), "x": Payload()}, path)
+    proc = run_cli("scan", str(path))
+    assert proc.returncode == 2
+    assert not marker.exists()
+
+
+def test_bad_options_exit_2():
+    proc = run_cli("scan", "whatever.pt", "--format", "xml")
+    assert proc.returncode == 2 and "xml" in proc.stderr
+    proc = run_cli("scan", "whatever.pt", "--device", "cuda")
+    if not torch.cuda.is_available():
+        assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr

@@ -1,0 +1,69 @@
+"""MLflow model URIs against a real ``mlflow server`` process: registry versions, aliases, logged
+model ids, run artifacts, and the pickle refusal for mlflow.pytorch's pickle format."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import gate
+
+
+@pytest.fixture(scope="module")
+def registry(mlflow_tracking_uri, tmp_path_factory):
+    """Registers a pt2 model (version 1, alias champion), a pickled one, and logs a run artifact."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(mlflow_tracking_uri)
+    mlflow.set_registry_uri(mlflow_tracking_uri)
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 64), torch.nn.ReLU(), torch.nn.Linear(64, 24))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mlflow.start_run() as run:
+            pt2_info = mlflow.pytorch.log_model(model, name="model", registered_model_name="mlp",
+                                                input_example=np.zeros((2, 40), np.float32))
+            mlflow.pytorch.log_model(model, name="pickled", registered_model_name="mlp-pickled",
+                                     serialization_format="pickle")
+            weights = tmp_path_factory.mktemp("weights") / "model.safetensors"
+            save_file(model.state_dict(), weights)
+            mlflow.log_artifact(str(weights), artifact_path="weights")
+    MlflowClient().set_registered_model_alias("mlp", "champion", "1")
+    expected = gate.scan(model, device="cpu").layers.set_index("name")["alpha"]
+    return {"model_id": pt2_info.model_id, "run_id": run.info.run_id, "expected": expected,
+            "uri": mlflow_tracking_uri}
+
+
+@pytest.mark.parametrize("uri_template", [
+    "models:/mlp/1", "models:/mlp@champion", "models:/{model_id}", "runs:/{run_id}/weights/model.safetensors",
+])
+def test_mlflow_uris_resolve_to_the_same_weights(registry, uri_template):
+    uri = uri_template.format(**registry)
+    result = gate.scan(uri, device="cpu", tracking_uri=registry["uri"])
+    got = result.layers.set_index("name")["alpha"]
+    assert result.source == uri
+    assert list(got.index) == ["0", "2"]
+    np.testing.assert_allclose(got.loc[["0", "2"]], registry["expected"].loc[["0", "2"]], rtol=1e-12)
+
+
+def test_pickled_mlflow_model_is_refused_then_allowed(registry):
+    cli = [sys.executable, "-m", "gate", "scan", "models:/mlp-pickled/1", "--tracking-uri", registry["uri"]]
+    refused = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "pickled Python objects" in refused.stderr and "model.pth" in refused.stderr
+    allowed = subprocess.run(cli + ["--allow-pickle", "--format", "json"], capture_output=True, text=True, timeout=300)
+    assert allowed.returncode == 0, allowed.stderr
+    assert '"status": "ok"' in allowed.stdout
+
+
+def test_unknown_model_is_a_clear_error(registry):
+    with pytest.raises(gate.errors.GateInputError, match="models:/does-not-exist/1"):
+        gate.scan("models:/does-not-exist/1", tracking_uri=registry["uri"])
