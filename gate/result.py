@@ -26,10 +26,10 @@ class ScanResult:
         """JSON-ready: NaN and infinities become ``null``, numpy scalars plain numbers."""
         return {
             "source": self.source,
-            "summary": {key: _plain(value) for key, value in self.summary.items()},
-            "options": {key: _plain(value) for key, value in self.options.items()},
+            "summary": {key: plain_json_value(value) for key, value in self.summary.items()},
+            "options": {key: plain_json_value(value) for key, value in self.options.items()},
             "layers": [
-                {key: _plain(value) for key, value in row.items()} for row in self.layers.to_dict(orient="records")
+                {key: plain_json_value(value) for key, value in row.items()} for row in self.layers.to_dict(orient="records")
             ],
         }
 
@@ -42,9 +42,10 @@ class ScanResult:
         return table.to_csv(index=False)
 
 
-def _plain(value: Any) -> Any:
+def plain_json_value(value: Any) -> Any:
+    """A value json.dumps accepts with allow_nan=False: NaN/Inf -> None, numpy scalars -> Python."""
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_json_value(v) for v in value]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

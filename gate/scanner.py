@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from itertools import groupby
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gate.benford import DigitCounts, ModelDigits, digit_counts
 from gate.errors import GateInputError
 from gate.layer_metrics import spectral_metrics
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
@@ -40,6 +42,8 @@ class ScanOptions:
     mp_fit: bool = False
     randomize: bool = False
     seed: int = 0
+    benford: bool = True
+    train_accuracy: float | None = None  # enables EIC (training accuracy as a fraction in [0, 1])
 
 
 def scan(
@@ -62,42 +66,53 @@ def scan(
             f"unknown scan option(s) {sorted(unknown)}; valid: {sorted(ScanOptions.__dataclass_fields__)}"
         )
     scan_options = ScanOptions(**options)
+    if scan_options.train_accuracy is not None and not 0 <= scan_options.train_accuracy <= 1:
+        raise GateInputError(f"train_accuracy must be a fraction in [0, 1], not {scan_options.train_accuracy}")
     device = resolve_device(scan_options.device)
     started = time.perf_counter()
-    with cpu_threads_for_blas(device), open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri) as weights:
+    weights = open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
+    # A WeightSource passed in belongs to the caller (e.g. compare reads it again): leave it open.
+    owner = nullcontext() if weights is source else weights
+    with cpu_threads_for_blas(device), owner:
         plan_options = PlanOptions(scan_options.min_evals, scan_options.max_evals, scan_options.max_N,
                                    scan_options.conv2d_method)
         plans = plan_layers(weights.tensor_infos(), plan_options)
-        rows = _analyse(weights, plans, scan_options, device, progress)
+        rows, model_digits = _analyse(weights, plans, scan_options, device, progress)
         description = weights.description
+        vectors_left_out = sum(1 for info in weights.tensor_infos() if info.is_floating and len(info.shape) < 2)
     layers = _layer_table(rows)
     summary = summarize(layers)
+    if scan_options.benford:
+        summary.update(model_digits.summary(vectors_left_out, scan_options.train_accuracy))
     summary["device"] = device.type
     summary["scan_seconds"] = time.perf_counter() - started
     return ScanResult(description, layers, summary, asdict(scan_options))
 
 
 def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions, device: torch.device,
-             progress: bool) -> list[dict[str, Any]]:
+             progress: bool) -> tuple[list[dict[str, Any]], ModelDigits]:
     batcher = SpectrumBatcher(device, options.precision)
     shuffle = Shuffler(options.seed)
+    model_digits = ModelDigits()
     rows: dict[int, dict[str, Any]] = {}
     analysable: list[LayerPlan] = []
     groups = [(name, list(group)) for name, group in groupby(plans, key=lambda p: p.tensor_name)]
     for tensor_name, group in _progress(groups, progress):
-        tensor = None
+        tensor = weights.load(tensor_name).to(device)
+        tensor_digits = model_digits.add(tensor_name, tensor) if options.benford else None
         for plan in group:
-            rows[plan.index] = _base_row(plan)
-            if plan.skip_reason:
-                rows[plan.index].update(status="skipped", reason=plan.skip_reason)
-                continue
-            if tensor is None:
-                tensor = weights.load(tensor_name)
+            row = rows[plan.index] = _base_row(plan)
             matrices = layer_matrices(plan, tensor)
+            if options.benford:
+                digits = tensor_digits if len(group) == 1 else sum(map(digit_counts, matrices), DigitCounts.empty())
+                row["mlh"] = digits.mlh()
+            if plan.skip_reason:
+                row.update(status="skipped", reason=plan.skip_reason)
+                continue
             grams = [batcher.gram(m) for m in matrices]
             problem = _weight_problem(matrices, grams)
             if problem is not None:
-                rows[plan.index].update(problem)
+                row.update(problem)
                 continue
             for k, (matrix, g) in enumerate(zip(matrices, grams)):
                 batcher.add((plan.index, k), g)
@@ -118,7 +133,7 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
             row.update(mp_fit(evals, plan.N, plan.M))
         if options.randomize:
             row.update(randomized_comparison(evals, _pooled(results, plan, ("random",)), plan.N, plan.M))
-    return [rows[i] for i in sorted(rows)]
+    return [rows[i] for i in sorted(rows)], model_digits
 
 
 def _pooled(results: dict, plan: LayerPlan, suffix: tuple) -> np.ndarray:
