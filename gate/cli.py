@@ -32,6 +32,14 @@ def _input_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _source_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every command that reads models shares."""
+    command = click.option("--tracking-uri", default=None,
+                           help="MLflow tracking URI for models:/ and runs:/ sources")(command)
+    return click.option("--allow-pickle", is_flag=True,
+                        help="load whole pickled models (can run code from the file: only for trusted authors)")(command)
+
+
 @click.group()
 @click.version_option(package_name="weightgate")
 def main() -> None:
@@ -53,14 +61,14 @@ def main() -> None:
 @click.option("--max-evals", type=click.IntRange(min=1), default=None, help="skip layers with more eigenvalues")
 @click.option("--conv2d-method", type=click.Choice(["pooled", "per_slice"]), default="pooled", show_default=True,
               help="pool the kh*kw kernel slices into one ESD, or one row per slice")
-@click.option("--allow-pickle", is_flag=True,
-              help="load whole pickled models (can run code from the file: only for trusted authors)")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI for models:/ and runs:/ sources")
+@_source_options
+@click.option("--train-accuracy", type=click.FloatRange(0, 1), default=None,
+              help="training accuracy (fraction) of the model: adds the EIC criteria to the summary")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @_input_errors_exit_2
 def scan(source: str, output_format: str, device: str, precision: str, mp_fit: bool, randomize: bool, seed: int,
          min_evals: int, max_evals: int | None, conv2d_method: str, allow_pickle: bool, tracking_uri: str | None,
-         quiet: bool) -> None:
+         train_accuracy: float | None, quiet: bool) -> None:
     """Compute weight-only quality metrics of every layer of SOURCE.
 
     SOURCE: a .safetensors/.pt/.pth/.bin/.pt2/.onnx file, a sharded index, a model directory, or
@@ -71,13 +79,46 @@ def scan(source: str, output_format: str, device: str, precision: str, mp_fit: b
     result = run_scan(
         source, device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed,
         min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
-        tracking_uri=tracking_uri, progress=not quiet,
+        tracking_uri=tracking_uri, train_accuracy=train_accuracy, progress=not quiet,
     )
+    from gate.table import SCAN_COLUMNS, render_table
+
+    _emit(result, output_format, lambda: render_table([f"source: {result.source}"], result.layers, SCAN_COLUMNS,
+                                                      result.summary))
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--init", "init", default=None, help="initialisation checkpoint of A: adds each layer's distance from it")
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="list layers whose relative distance ||A-B||/||B|| exceeds this as changed")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@_source_options
+@_input_errors_exit_2
+def compare(a: str, b: str, init: str | None, threshold: float, output_format: str, device: str, allow_pickle: bool,
+            tracking_uri: str | None) -> None:
+    """Distance between the weights of model A and reference B, layer by layer.
+
+    Layers are matched by name and shape; deltas (alpha, log spectral norm, stable rank, MLH) are
+    A - B. The summary flags identical weights (no training happened), changed and re-initialised
+    layers, and layers present on one side only.
+    """
+    from gate.compare import compare as run_compare
+    from gate.table import COMPARE_COLUMNS, render_table
+
+    result = run_compare(a, b, init=init, changed_threshold=threshold, device=device, allow_pickle=allow_pickle,
+                         tracking_uri=tracking_uri)
+    heading = [f"A: {result.a}", f"B: {result.b}"] + ([f"init: {result.init}"] if result.init else [])
+    _emit(result, output_format, lambda: render_table(heading, result.layers, COMPARE_COLUMNS, result.summary))
+
+
+def _emit(result: Any, output_format: str, render: Callable[[], str]) -> None:
     if output_format == "json":
         click.echo(result.to_json())
     elif output_format == "csv":
         click.echo(result.to_csv(), nl=False)
     else:
-        from gate.table import render_scan_table
-
-        click.echo(render_scan_table(result))
+        click.echo(render())
