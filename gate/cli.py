@@ -56,6 +56,8 @@ def main() -> None:
 @click.option("--mp-fit", is_flag=True, help="also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank, sigma_mp)")
 @click.option("--randomize", is_flag=True, help="also compare with the ESD of shuffled weights (correlation traps)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the --randomize shuffle")
+@click.option("--benford/--no-benford", default=True, show_default=True,
+              help="first-digit counts and MLH per layer and for the model")
 @click.option("--min-evals", type=click.IntRange(min=1), default=8, show_default=True,
               help="skip layers with fewer eigenvalues (M*rf)")
 @click.option("--max-evals", type=click.IntRange(min=1), default=None, help="skip layers with more eigenvalues")
@@ -67,7 +69,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @_input_errors_exit_2
 def scan(source: str, output_format: str, device: str, precision: str, mp_fit: bool, randomize: bool, seed: int,
-         min_evals: int, max_evals: int | None, conv2d_method: str, allow_pickle: bool, tracking_uri: str | None,
+         benford: bool, min_evals: int, max_evals: int | None, conv2d_method: str, allow_pickle: bool, tracking_uri: str | None,
          train_accuracy: float | None, quiet: bool) -> None:
     """Compute weight-only quality metrics of every layer of SOURCE.
 
@@ -77,7 +79,7 @@ def scan(source: str, output_format: str, device: str, precision: str, mp_fit: b
     from gate.scanner import scan as run_scan
 
     result = run_scan(
-        source, device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed,
+        source, device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed, benford=benford,
         min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
         tracking_uri=tracking_uri, train_accuracy=train_accuracy, progress=not quiet,
     )

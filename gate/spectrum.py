@@ -83,12 +83,14 @@ class SpectrumBatcher:
     semi-definite; tiny negative values are rounding).
     """
 
-    def __init__(self, device: torch.device, precision: str = "float64", budget_bytes: int = 512 * 2**20) -> None:
+    def __init__(self, device: torch.device, precision: str = "float64", budget_bytes: int | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
         self.device = device
         self.dtype = PRECISIONS[precision]
-        self._budget = budget_bytes
+        # Batching pays on a GPU (one batched call for many small matrices); on the CPU matrices are
+        # solved one by one anyway, so each is solved at once and host memory stays at one Gram.
+        self._budget = budget_bytes if budget_bytes is not None else (2**30 if device.type == "cuda" else 0)
         self._pending: dict[tuple, list[tuple[Hashable, torch.Tensor]]] = defaultdict(list)
         self._pending_bytes = 0
         self.results: dict[Hashable, np.ndarray] = {}

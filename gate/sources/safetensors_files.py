@@ -19,24 +19,30 @@ _SAFETENSORS_DTYPES = {
 
 
 class SafetensorsSource(WeightSource):
-    """One or more safetensors shards; only headers are read up front, data per tensor on demand."""
+    """One or more safetensors shards; only headers are read up front, data per tensor on demand.
+
+    A shard is memory-mapped only while one of its tensors is read: pages of a mapping that stays
+    open count towards the process's resident memory, which would then grow with model size.
+    """
 
     def __init__(self, shard_paths: list[Path], description: str) -> None:
         self.description = description
-        self._handles = []
+        self._shards = list(shard_paths)
         self._where: dict[str, int] = {}
         self._infos: list[TensorInfo] = []
-        for path in shard_paths:
-            handle = _open_shard(path)
-            self._handles.append(handle)
-            for name in handle.keys():
-                if name in self._where:
-                    raise GateInputError(f"{path}: tensor {name!r} appears in two shards; the checkpoint is inconsistent")
-                tensor_slice = handle.get_slice(name)
-                dtype = _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), tensor_slice.get_dtype().lower())
-                self._where[name] = len(self._handles) - 1
-                self._infos.append(TensorInfo(name, tuple(tensor_slice.get_shape()), dtype))
+        for shard_number, path in enumerate(self._shards):
+            with _open_shard(path) as handle:
+                self._index_shard(shard_number, handle)
         self._infos.sort(key=lambda info: natural_key(info.name))
+
+    def _index_shard(self, shard_number: int, handle) -> None:
+        for name in handle.keys():
+            if name in self._where:
+                raise GateInputError(f"{self._shards[shard_number]}: tensor {name!r} appears in two shards; the checkpoint is inconsistent")
+            tensor_slice = handle.get_slice(name)
+            dtype = _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), tensor_slice.get_dtype().lower())
+            self._where[name] = shard_number
+            self._infos.append(TensorInfo(name, tuple(tensor_slice.get_shape()), dtype))
 
     @classmethod
     def from_index(cls, index_path: Path) -> "SafetensorsSource":
@@ -59,12 +65,10 @@ class SafetensorsSource(WeightSource):
 
     def load(self, name: str) -> torch.Tensor:
         try:
-            return self._handles[self._where[name]].get_tensor(name)
+            with _open_shard(self._shards[self._where[name]]) as handle:
+                return handle.get_tensor(name)
         except SafetensorError as err:
             raise GateInputError(f"{self.description}: cannot read tensor {name!r}: {err}") from err
-
-    def close(self) -> None:
-        self._handles.clear()
 
 
 def _open_shard(path: Path):
