@@ -15,6 +15,7 @@ import click
 
 from gate.errors import GateInputError
 
+EXIT_BLOCKED = 1
 EXIT_INPUT_ERROR = 2
 
 
@@ -115,6 +116,62 @@ def compare(a: str, b: str, init: str | None, threshold: float, output_format: s
                          tracking_uri=tracking_uri)
     heading = [f"A: {result.a}", f"B: {result.b}"] + ([f"init: {result.init}"] if result.init else [])
     _emit(result, output_format, lambda: render_table(heading, result.layers, COMPARE_COLUMNS, result.summary))
+
+
+@main.command()
+@click.argument("source")
+@click.option("--policy", "policy_file", default=None, help="policy YAML (default: the shipped policy)")
+@click.option("--baseline", default=None, help="the version to compare against (any source, e.g. models:/name@champion)")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="write decision.json and the layer table(s) as CSV into this folder")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@click.option("--train-accuracy", type=click.FloatRange(0, 1), default=None,
+              help="training accuracy (fraction), for policies with EIC rules")
+@_source_options
+@_input_errors_exit_2
+def check(source: str, policy_file: str | None, baseline: str | None, output_format: str, out_dir: str | None,
+          device: str, train_accuracy: float | None, allow_pickle: bool, tracking_uri: str | None) -> None:
+    """Check SOURCE against a policy before deployment.
+
+    Exit status: 0 approve or warn (warnings printed), 1 block, 2 error (bad input or policy).
+    """
+    from gate.check import check as run_check
+    from gate.policy.report import render_decision, write_outputs
+
+    result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
+                       allow_pickle=allow_pickle, tracking_uri=tracking_uri)
+    if out_dir is not None:
+        write_outputs(result, out_dir)
+    click.echo(result.decision.to_json() if output_format == "json" else render_decision(result.decision))
+    sys.exit(EXIT_BLOCKED if result.decision.decision == "block" else 0)
+
+
+@main.group()
+def policy() -> None:
+    """Read, check and print policy files."""
+
+
+@policy.command("validate")
+@click.argument("policy_file", type=click.Path(dir_okay=False))
+@_input_errors_exit_2
+def policy_validate(policy_file: str) -> None:
+    """Check a policy file; errors name the line and field."""
+    from gate.policy.schema import load_policy
+
+    loaded = load_policy(policy_file)
+    click.echo(f"{policy_file}: valid policy {loaded.name!r}, {len(loaded.rules)} rules, sha256 {loaded.sha256}")
+
+
+@policy.command("show")
+@click.argument("policy_file", type=click.Path(dir_okay=False), required=False)
+@_input_errors_exit_2
+def policy_show(policy_file: str | None) -> None:
+    """Print a policy (default: the shipped one) with each rule explained."""
+    from gate.policy.report import render_policy
+    from gate.policy.schema import load_policy
+
+    click.echo(render_policy(load_policy(policy_file)))
 
 
 def _emit(result: Any, output_format: str, render: Callable[[], str]) -> None:

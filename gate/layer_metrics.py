@@ -7,11 +7,15 @@ log10 sums over the ESD; alpha comes from :mod:`gate.powerlaw_fit`.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from gate.powerlaw_fit import fit_power_law
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 OVER_TRAINED_ALPHA = 2.0
 UNDER_TRAINED_ALPHA = 6.0
@@ -100,3 +104,18 @@ def _matrix_entropy(evals: np.ndarray, rank: int) -> float:
         return math.nan
     p = evals / total + _ENTROPY_EPSILON
     return float(-(p * np.log(p)).sum() / math.log(rank + _ENTROPY_EPSILON))
+
+
+def add_peer_ratios(layers: "pd.DataFrame") -> None:
+    """Each analysed layer's stable rank and lambda_max over the median of its peers (same layer
+    type and N x M), so that one collapsed layer stands out without a baseline version
+    (004_289276ed8238cc9e.txt: a poorly trained model shows anomalously small spectral norms).
+    A layer without peers gets 1.0: there is nothing to compare it with."""
+    if layers.empty or "stable_rank" not in layers.columns:
+        return
+    analysed = layers["status"] == "ok"
+    groups = layers.loc[analysed, "layer_type"] + ":" + layers.loc[analysed, "N"].astype(str) + "x" + \
+        layers.loc[analysed, "M"].astype(str)
+    for metric, column in (("stable_rank", "stable_rank_peer_ratio"), ("lambda_max", "spectral_norm_peer_ratio")):
+        values = layers.loc[analysed, metric]
+        layers.loc[analysed, column] = values / values.groupby(groups).transform("median")

@@ -20,7 +20,7 @@ import torch
 
 from gate.benford import DigitCounts, ModelDigits, digit_counts
 from gate.errors import GateInputError
-from gate.layer_metrics import spectral_metrics
+from gate.layer_metrics import add_peer_ratios, spectral_metrics
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.marchenko_pastur import Shuffler, mp_fit, randomized_comparison
 from gate.result import LEADING_COLUMNS, ScanResult
@@ -81,6 +81,7 @@ def scan(
         description = weights.description
         vectors_left_out = sum(1 for info in weights.tensor_infos() if info.is_floating and len(info.shape) < 2)
     layers = _layer_table(rows)
+    add_peer_ratios(layers)
     summary = summarize(layers)
     if scan_options.benford:
         summary.update(model_digits.summary(vectors_left_out, scan_options.train_accuracy))

@@ -122,6 +122,9 @@ def default_policy_path() -> Path:
     return Path(str(resources.files("gate.policy") / "default.yaml"))
 
 
+DEFAULT_POLICY_NAME = "weightgate:default.yaml"  # how decisions name the shipped policy, on any machine
+
+
 def load_policy(path: str | Path | None = None) -> Policy:
     """Read and validate a policy file (the shipped default when ``path`` is None)."""
     policy_path = Path(path) if path is not None else default_policy_path()
@@ -129,7 +132,8 @@ def load_policy(path: str | Path | None = None) -> Policy:
         raw = policy_path.read_bytes()
     except OSError as err:
         raise PolicyError(f"{policy_path}: cannot read policy file: {err.strerror or err}") from err
-    return parse_policy(raw.decode("utf-8", errors="replace"), str(policy_path), hashlib.sha256(raw).hexdigest())
+    origin = str(policy_path) if path is not None else DEFAULT_POLICY_NAME
+    return parse_policy(raw.decode("utf-8", errors="replace"), origin, hashlib.sha256(raw).hexdigest())
 
 
 def parse_policy(text: str, origin: str, sha256: str | None = None) -> Policy:

@@ -1,0 +1,62 @@
+"""``weightgate check``: scan a model (and its baseline), evaluate the policy, record a decision."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from gate.fingerprint import weights_sha256
+from gate.policy.decision import Decision, decide, now_utc, weightgate_version
+from gate.policy.evaluate import evaluate
+from gate.policy.schema import load_policy
+from gate.result import ScanResult
+from gate.scanner import scan
+from gate.sources import open_source
+
+SUMMARY_KEYS = ("num_analysed", "num_skipped", "num_nonfinite", "num_degenerate", "alpha", "alpha_weighted",
+                "log_spectral_norm", "stable_rank", "mlh")
+
+
+@dataclass
+class CheckResult:
+    decision: Decision
+    scan: ScanResult
+    baseline_scan: ScanResult | None
+
+
+def check(source: Any, *, policy: str | None = None, baseline: Any = None, device: str = "auto",
+          train_accuracy: float | None = None, allow_pickle: bool = False, tracking_uri: str | None = None) -> CheckResult:
+    """Evaluate ``policy`` (default: the shipped one) on ``source`` against ``baseline``."""
+    loaded = load_policy(policy)
+    preload = threading.Thread(target=_import_great_expectations, daemon=True)
+    preload.start()  # Great Expectations imports for seconds; let that overlap with the scans
+    options = {"device": device, "train_accuracy": train_accuracy, **loaded.scan_options()}
+    opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
+    with open_source(source, **opened) as weights:
+        result = scan(weights, **options)
+        digest = weights_sha256(weights)
+    baseline_result, baseline_digest = None, None
+    if baseline is not None:
+        with open_source(baseline, **opened) as base_weights:
+            baseline_result = scan(base_weights, **options)
+            baseline_digest = weights_sha256(base_weights)
+    preload.join()
+    outcomes = evaluate(loaded, result, baseline_result)
+    decision = Decision(
+        decision=decide(outcomes),
+        source=result.source,
+        baseline=baseline_result.source if baseline_result else None,
+        policy={"path": loaded.path, "name": loaded.name, "sha256": loaded.sha256},
+        weights_sha256=digest,
+        baseline_weights_sha256=baseline_digest,
+        rules=outcomes,
+        summary={key: result.summary.get(key) for key in SUMMARY_KEYS},
+        timestamp=now_utc(),
+        weightgate_version=weightgate_version(),
+    )
+    return CheckResult(decision, result, baseline_result)
+
+
+def _import_great_expectations() -> None:
+    import great_expectations  # noqa: F401

@@ -1,0 +1,1 @@
+"""Policies: rules over scan metrics, evaluated into an approve / warn / block decision."""

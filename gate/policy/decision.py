@@ -1,0 +1,70 @@
+"""The decision record: what was checked, against what, under which policy, and the verdict.
+
+Everything but ``timestamp`` is a function of the inputs (weights, baseline weights, policy), so
+identical inputs give identical records apart from the time; weightgate's version is recorded too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from gate.policy.evaluate import RuleOutcome
+
+APPROVE, WARN, BLOCK = "approve", "warn", "block"
+
+
+@dataclass
+class Decision:
+    decision: str
+    source: str
+    baseline: str | None
+    policy: dict[str, str]
+    weights_sha256: str
+    baseline_weights_sha256: str | None
+    rules: list[RuleOutcome]
+    summary: dict[str, Any] = field(default_factory=dict)
+    timestamp: str = ""
+    weightgate_version: str = ""
+
+    @property
+    def failed_rules(self) -> list[RuleOutcome]:
+        return [rule for rule in self.rules if not rule.passed]
+
+    def reason(self) -> str:
+        """One line: why the model is blocked or warned, or that all rules passed."""
+        failed = self.failed_rules
+        if not failed:
+            return f"all {len(self.rules)} rules passed"
+        return "; ".join(f"{r.rule_id} ({r.severity}): {r.reason}" for r in failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["rules"] = [{**asdict(rule), "passed": rule.passed} for rule in self.rules]
+        return record
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
+
+
+def decide(outcomes: list[RuleOutcome]) -> str:
+    """Block on any failed or erroring block rule and on any evaluation error; warn on failed warn rules."""
+    if any(o.status == "error" or (o.status == "failed" and o.severity == "block") for o in outcomes):
+        return BLOCK
+    if any(o.status == "failed" for o in outcomes):
+        return WARN
+    return APPROVE
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def weightgate_version() -> str:
+    try:
+        return version("weightgate")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,200 @@
+"""Evaluate a policy's rules on a scan (and a baseline scan) with Great Expectations.
+
+Each rule becomes one expectation (values between bounds, with the rule's ``mostly`` share) run on
+an in-memory frame of the rule's layers, or of the single model row. Our own layer decides the
+outcome, because Great Expectations does not: NaN would pass its range checks as "missing", so a
+NaN value is replaced by one just outside the allowed range and counts as a violation; an
+expectation that raises (a missing column, say) is an evaluation error and fails closed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gate.policy.schema import Policy, PolicyError, Rule
+from gate.result import ScanResult
+
+MODEL_ROW = "<model>"
+
+
+@dataclass
+class RuleOutcome:
+    """One rule's verdict: ``status`` is passed, failed, error (fails closed) or skipped."""
+
+    rule_id: str
+    severity: str
+    scope: str
+    metric: str
+    status: str
+    observed: float | None
+    threshold: dict[str, Any]
+    offending_layers: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+    description: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status in ("passed", "skipped")
+
+
+def evaluate(policy: Policy, scan: ScanResult, baseline: ScanResult | None = None) -> list[RuleOutcome]:
+    """All rules' outcomes, in policy order. A change rule without a baseline is an input error
+    unless the rule says ``when_no_baseline: skip``."""
+    missing = [r.id for r in policy.rules if r.needs_baseline and baseline is None and r.when_no_baseline == "error"]
+    if missing:
+        raise PolicyError(f"{policy.path}: rules {', '.join(missing)} compare against a baseline, but none was given; "
+                          "pass --baseline SOURCE (or mark the rules 'when_no_baseline: skip')")
+    validator = _Validator()
+    return [_evaluate_rule(rule, scan, baseline, validator) for rule in policy.rules]
+
+
+def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, validator: "_Validator") -> RuleOutcome:
+    outcome = RuleOutcome(rule.id, rule.severity, rule.scope, rule.metric, "passed", None, _threshold(rule),
+                          description=rule.description)
+    if rule.needs_baseline and baseline is None:
+        outcome.status, outcome.reason = "skipped", "no baseline given"
+        return outcome
+    frame = _rule_frame(rule, scan, baseline)
+    if frame.empty:
+        outcome.status, outcome.reason = "error", "no layer matches the rule's filters, so there is no evidence"
+        return outcome
+    values = frame["value"].astype(float)
+    low, high = rule.condition.low, rule.condition.high
+    outside = (high + 1.0) if high is not None else (low - 1.0)
+    frame = frame.assign(value=values.fillna(outside).replace([np.inf, -np.inf], outside))
+    result = validator.between(frame, low, high, rule.mostly if rule.scope == "layer" else 1.0)
+    exception = result.exception_info or {}
+    raised = exception.get("raised_exception") or any(
+        isinstance(v, dict) and v.get("raised_exception") for v in exception.values())
+    if raised:
+        outcome.status, outcome.reason = "error", f"evaluation error: {_exception_message(exception)}"
+        return outcome
+    unexpected = {row["name"] for row in result.result.get("unexpected_index_list") or []}
+    offending = [{"name": name, "value": _json_number(value)}
+                 for name, value in zip(frame["name"], values) if name in unexpected]
+    outcome.offending_layers = [] if rule.scope == "model" else offending
+    if rule.scope == "model":
+        outcome.observed = _json_number(values.iloc[0])
+    else:
+        outcome.observed = 1.0 - len(unexpected) / len(frame)  # share of layers within bounds
+    if not result.success:
+        outcome.status = "failed"
+        outcome.reason = _failure_reason(rule, outcome, len(frame))
+    return outcome
+
+
+def _rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None) -> pd.DataFrame:
+    """Columns ``name`` and ``value``: the metric (or its change against the baseline)."""
+    if rule.scope == "model":
+        value = scan.summary.get(rule.metric, math.nan)
+        if rule.needs_baseline:
+            value = _change(value, baseline.summary.get(rule.metric, math.nan), rule.condition.relative)
+        return pd.DataFrame({"name": [MODEL_ROW], "value": [value]})
+    layers = _select_layers(rule, scan.layers)
+    if rule.metric not in layers.columns:
+        values = pd.Series(math.nan, index=layers.index)
+    else:
+        values = layers[rule.metric]
+    if rule.needs_baseline:
+        reference = baseline.layers.set_index("name")
+        base_values = reference[rule.metric] if rule.metric in reference.columns else pd.Series(dtype=float)
+        values = pd.Series([_change(v, base_values.get(n, math.nan), rule.condition.relative)
+                            for n, v in zip(layers["name"], values)], index=layers.index)
+    return pd.DataFrame({"name": layers["name"].to_numpy(), "value": values.to_numpy(dtype=float)})
+
+
+def _select_layers(rule: Rule, layers: pd.DataFrame) -> pd.DataFrame:
+    """Layers a rule looks at: not skipped (too small by design), then the rule's filters."""
+    selected = layers[layers["status"] != "skipped"]
+    filters = rule.layers
+    if filters.exclude_first_last and len(selected) > 2:
+        selected = selected.iloc[1:-1]
+    if filters.types:
+        selected = selected[selected["layer_type"].isin(filters.types)]
+    if filters.exclude_types:
+        selected = selected[~selected["layer_type"].isin(filters.exclude_types)]
+    if filters.name_pattern:
+        selected = selected[selected["name"].map(lambda n: re.search(filters.name_pattern, n) is not None)]
+    if filters.exclude_pattern:
+        selected = selected[selected["name"].map(lambda n: re.search(filters.exclude_pattern, n) is None)]
+    return selected
+
+
+def _change(value: float, base: float, relative: bool) -> float:
+    if relative:
+        return (value - base) / abs(base) if base not in (0, None) and math.isfinite(base) else math.nan
+    return value - base
+
+
+def _threshold(rule: Rule) -> dict[str, Any]:
+    described = rule.condition.describe()
+    if rule.scope == "layer":
+        described["mostly"] = rule.mostly
+    return described
+
+
+def _failure_reason(rule: Rule, outcome: RuleOutcome, total: int) -> str:
+    what = f"change of {rule.metric}" if rule.needs_baseline else rule.metric
+    bounds = _bounds_text(rule)
+    if rule.scope == "model":
+        return f"{what} is {_fmt(outcome.observed)}, outside {bounds}"
+    names = ", ".join(o["name"] for o in outcome.offending_layers[:5])
+    more = f" and {len(outcome.offending_layers) - 5} more" if len(outcome.offending_layers) > 5 else ""
+    return (f"{len(outcome.offending_layers)} of {total} layers have {what} outside {bounds} "
+            f"(required share within: {rule.mostly:g}): {names}{more}")
+
+
+def _bounds_text(rule: Rule) -> str:
+    low, high = rule.condition.low, rule.condition.high
+    suffix = " (relative)" if rule.condition.relative else ""
+    if low is not None and high is not None:
+        return f"[{low:g}, {high:g}]{suffix}"
+    return (f">= {low:g}" if low is not None else f"<= {high:g}") + suffix
+
+
+def _fmt(value: float | None) -> str:
+    return "NaN" if value is None else f"{value:.4g}"
+
+
+def _json_number(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _exception_message(exception: dict[str, Any]) -> str:
+    if exception.get("exception_message"):
+        return str(exception["exception_message"])
+    messages = [v.get("exception_message") for v in exception.values() if isinstance(v, dict)]
+    return next((m for m in messages if m), "unknown error")
+
+
+class _Validator:
+    """One ephemeral Great Expectations context (no files, no network) for a whole evaluation."""
+
+    def __init__(self) -> None:
+        import great_expectations as gx  # 3-6 s to import: only where a policy is evaluated
+
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = _progress_bars_off()
+        source = context.data_sources.add_pandas("weightgate")
+        self._batches = source.add_dataframe_asset("rule_values").add_batch_definition_whole_dataframe("all")
+
+    def between(self, frame: pd.DataFrame, low: float | None, high: float | None, mostly: float):
+        import great_expectations.expectations as gxe
+
+        expectation = gxe.ExpectColumnValuesToBeBetween(column="value", min_value=low, max_value=high, mostly=mostly)
+        batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
+        return batch.validate(expectation, result_format={"result_format": "COMPLETE",
+                                                          "unexpected_index_column_names": ["name"]})
+
+
+def _progress_bars_off():
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    return ProgressBarsConfig(globally=False, metric_calculations=False)

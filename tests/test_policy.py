@@ -1,0 +1,228 @@
+"""Policy engine: the shipped default on real MiniLM variants, policy validation, decisions, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gate.check import check
+from gate.policy.schema import PolicyError, load_policy
+
+
+@pytest.fixture(scope="module")
+def minilm_file(minilm_dir):
+    return minilm_dir / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def variants(minilm_file, tmp_path_factory):
+    """Damaged copies of the real all-MiniLM-L6-v2 weights."""
+    folder = tmp_path_factory.mktemp("variants")
+    original = load_file(str(minilm_file))
+    generator = torch.Generator().manual_seed(0)
+
+    def save(name: str, change) -> str:
+        state = {k: v.clone() for k, v in original.items()}
+        change(state)
+        path = folder / f"{name}.safetensors"
+        save_file(state, str(path))
+        return str(path)
+
+    def random_init(state):
+        for key, value in state.items():
+            if value.ndim == 2 and value.is_floating_point():
+                state[key] = torch.randn(value.shape, generator=generator) * 0.02
+
+    def nan_in_one_layer(state):
+        state["encoder.layer.1.attention.self.key.weight"][3, 3] = float("nan")
+
+    def rank_collapse(state):
+        W = state["encoder.layer.2.intermediate.dense.weight"].double()
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        state["encoder.layer.2.intermediate.dense.weight"] = (S[0] * torch.outer(U[:, 0], Vh[0])).float()
+
+    def scaled_down(state):
+        state["encoder.layer.3.attention.self.query.weight"] *= 0.01
+
+    return {"random_init": save("random_init", random_init), "nan": save("nan", nan_in_one_layer),
+            "rank_collapse": save("rank_collapse", rank_collapse), "scaled_down": save("scaled_down", scaled_down)}
+
+
+def _failed(result) -> set[str]:
+    return {rule.rule_id for rule in result.decision.failed_rules}
+
+
+def test_default_policy_approves_minilm(minilm_file):
+    alone = check(minilm_file, device="cpu")
+    assert alone.decision.decision == "approve", alone.decision.reason()
+    against_itself = check(minilm_file, baseline=minilm_file, device="cpu")
+    assert against_itself.decision.decision == "approve", against_itself.decision.reason()
+    assert all(rule.status == "passed" for rule in against_itself.decision.rules)
+
+
+def test_default_policy_blocks_random_init(variants, minilm_file):
+    result = check(variants["random_init"], baseline=minilm_file, device="cpu")
+    assert result.decision.decision == "block"
+    assert "alpha-not-under-trained" in _failed(result)
+    under = next(r for r in result.decision.rules if r.rule_id == "alpha-not-under-trained")
+    assert under.observed < 0.5 and len(under.offending_layers) > 20
+    no_baseline = check(variants["random_init"], device="cpu")
+    assert no_baseline.decision.decision == "block"  # caught without a baseline too
+
+
+def test_default_policy_blocks_nan(variants):
+    result = check(variants["nan"], device="cpu")
+    assert result.decision.decision == "block"
+    assert "no-nonfinite-layers" in _failed(result)
+    rule = next(r for r in result.decision.rules if r.rule_id == "no-nonfinite-layers")
+    assert rule.observed == 1.0 and "num_nonfinite is 1" in rule.reason
+
+
+def test_default_policy_blocks_rank_collapse(variants, minilm_file):
+    result = check(variants["rank_collapse"], baseline=minilm_file, device="cpu")
+    assert result.decision.decision == "block"
+    assert {"stable-rank-collapse", "stable-rank-vs-peers"} <= _failed(result)
+    collapse = next(r for r in result.decision.rules if r.rule_id == "stable-rank-collapse")
+    assert [o["name"] for o in collapse.offending_layers] == ["encoder.layer.2.intermediate.dense"]
+    assert collapse.offending_layers[0]["value"] < -0.9  # stable rank fell by over 90%
+
+
+def test_default_policy_blocks_scaled_down_layer_against_baseline(variants, minilm_file):
+    result = check(variants["scaled_down"], baseline=minilm_file, device="cpu")
+    assert result.decision.decision == "block"
+    assert _failed(result) == {"spectral-norm-collapse"}
+    alone = check(variants["scaled_down"], device="cpu")
+    assert alone.decision.decision == "approve"  # scale alone leaves no trace without a baseline
+
+
+def test_identical_inputs_give_identical_decisions(variants, minilm_file):
+    first = check(variants["nan"], baseline=minilm_file, device="cpu").decision.to_dict()
+    second = check(variants["nan"], baseline=minilm_file, device="cpu").decision.to_dict()
+    first.pop("timestamp"), second.pop("timestamp")
+    assert first == second
+    assert first["weights_sha256"] != first["baseline_weights_sha256"]
+    assert len(first["policy"]["sha256"]) == 64
+
+
+def test_same_weights_in_another_format_hash_alike(tmp_path, minilm_file):
+    from gate.fingerprint import weights_sha256
+    from gate.sources import open_source
+
+    state = load_file(str(minilm_file))
+    torch.save(state, tmp_path / "same.pt")
+    with open_source(minilm_file) as a, open_source(tmp_path / "same.pt") as b:
+        assert weights_sha256(a) == weights_sha256(b)
+
+
+def write_policy(tmp_path, body: str):
+    path = tmp_path / "policy.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+GOOD_RULE = """\
+schema_version: 1
+rules:
+  - id: alpha-max
+    description: alpha at most 6
+    metric: alpha
+    scope: layer
+    condition: {max: 6}
+    severity: block
+"""
+
+
+@pytest.mark.parametrize("body, message", [
+    ("rules: [unclosed", "not valid YAML"),
+    (GOOD_RULE.replace("metric: alpha", "metric: alpah"), ":5: rules[0].metric: unknown layer metric 'alpah'"),
+    (GOOD_RULE.replace("{max: 6}", "{between: [4, 2]}"), ":7: rules[0].condition.between: impossible range"),
+    (GOOD_RULE.replace("severity: block", "severity: fatal"), ":8: rules[0].severity: must be 'block' or 'warn'"),
+    (GOOD_RULE.replace("schema_version: 1", "schema_version: 7"), ":1: schema_version: must be 1"),
+    (GOOD_RULE.replace("scope: layer", "scope: layer\n    mostly: 1.5"), "rules[0].mostly: must be a share in (0, 1]"),
+    (GOOD_RULE.replace("scope: layer", "scope: layer\n    layers: {name_pattern: '['}"), "not a valid regular expression"),
+    (GOOD_RULE.replace("condition: {max: 6}", "condition: {betwen: [2, 4]}"), "rules[0].condition: must be exactly one of"),
+    (GOOD_RULE + "  - id: alpha-max\n    description: again\n    metric: alpha\n    scope: layer\n"
+                 "    condition: {min: 1}\n    severity: warn\n", ":9: rules[1].id: duplicate rule id"),
+    (GOOD_RULE.replace("    severity: block\n", ""), "missing required field 'severity'"),
+])
+def test_malformed_policies_are_rejected_with_line_and_field(tmp_path, body, message):
+    path = write_policy(tmp_path, body)
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_missing_baseline_for_a_baseline_rule_is_an_error(tmp_path, minilm_file):
+    path = write_policy(tmp_path, GOOD_RULE.replace("condition: {max: 6}", "condition: {change: {max_decrease: 1}}"))
+    with pytest.raises(PolicyError, match="compare against a baseline, but none was given"):
+        check(minilm_file, policy=str(path), device="cpu")
+
+
+def test_nan_metric_is_a_violation_and_empty_selection_fails_closed(tmp_path, variants):
+    path = write_policy(tmp_path, GOOD_RULE.replace("condition: {max: 6}", "condition: {max: 100}")
+                        + "  - id: no-such-layers\n    description: filters that match nothing\n    metric: alpha\n"
+                          "    scope: layer\n    condition: {max: 100}\n    severity: warn\n"
+                          "    layers: {name_pattern: '^nothing-matches$'}\n")
+    result = check(variants["nan"], policy=str(path), device="cpu")
+    alpha = next(r for r in result.decision.rules if r.rule_id == "alpha-max")
+    assert alpha.status == "failed"  # the NaN layer's alpha is not "missing", it is a violation
+    assert [o["name"] for o in alpha.offending_layers] == ["encoder.layer.1.attention.self.key"]
+    assert alpha.offending_layers[0]["value"] is None
+    empty = next(r for r in result.decision.rules if r.rule_id == "no-such-layers")
+    assert empty.status == "error" and result.decision.decision == "block"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gate", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_exit_codes_and_outputs(tmp_path, variants, minilm_file):
+    approved = run_cli("check", str(minilm_file), "--out", str(tmp_path / "ok"))
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout.startswith("decision: APPROVE")
+    record = json.loads((tmp_path / "ok" / "decision.json").read_text())
+    assert record["decision"] == "approve" and (tmp_path / "ok" / "layers.csv").is_file()
+    blocked = run_cli("check", variants["nan"], "--format", "json")
+    assert blocked.returncode == 1
+    assert json.loads(blocked.stdout)["decision"] == "block"
+    bad_policy = write_policy(tmp_path, "schema_version: 1\nrules: []\n")
+    error = run_cli("check", str(minilm_file), "--policy", str(bad_policy), "--out", str(tmp_path / "err"))
+    assert error.returncode == 2 and "rules: must be a non-empty list" in error.stderr
+    assert not (tmp_path / "err").exists()  # nothing half-written
+
+
+def test_cli_policy_validate_and_show(tmp_path):
+    good = write_policy(tmp_path, GOOD_RULE)
+    valid = run_cli("policy", "validate", str(good))
+    assert valid.returncode == 0 and "1 rules" in valid.stdout
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(GOOD_RULE.replace("scope: layer", "scope: everything"))
+    invalid = run_cli("policy", "validate", str(broken))
+    assert invalid.returncode == 2 and f"{broken}:6: rules[0].scope" in invalid.stderr
+    shown = run_cli("policy", "show")
+    assert shown.returncode == 0 and "alpha-not-under-trained [block]" in shown.stdout
+
+
+def test_commands_without_a_policy_do_not_import_great_expectations(minilm_file, tmp_path):
+    """Great Expectations takes seconds to import: scan and compare must not pay for it."""
+    code = textwrap.dedent(f"""
+        import sys
+        from gate.cli import main
+        for args in (["scan", {str(minilm_file)!r}, "--format", "json"],
+                     ["compare", {str(minilm_file)!r}, {str(minilm_file)!r}, "--format", "json"]):
+            try:
+                main(args, standalone_mode=False)
+            except SystemExit:
+                pass
+        assert "great_expectations" not in sys.modules, "imported great_expectations"
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")
