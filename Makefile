@@ -30,6 +30,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_cpu_minilm.py
 	$(PY) bench/bench_memory.py
+	$(PY) bench/bench_check_cold.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts test-output
