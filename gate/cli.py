@@ -174,6 +174,68 @@ def policy_show(policy_file: str | None) -> None:
     click.echo(render_policy(load_policy(policy_file)))
 
 
+@main.command()
+@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI",
+              help="the MLflow server running with --app-name weightgate")
+@click.option("--policy", "policy_file", default=None, envvar="WEIGHTGATE_POLICY",
+              help="policy YAML; must be the one the server enforces (default: the shipped policy)")
+@click.option("--device", default="auto", show_default=True, envvar="WEIGHTGATE_DEVICE", help="auto, cpu or cuda[:N]")
+@click.option("--once", is_flag=True, help="process what is pending, then exit")
+@click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--lease-seconds", type=click.FloatRange(min=1), default=900.0, show_default=True,
+              help="after this long a claimed but unfinished scan may be taken over by another worker")
+def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, poll_seconds: float,
+           lease_seconds: float) -> None:
+    """Scan newly registered model versions and record the gate's decisions.
+
+    Needs WEIGHTGATE_WORKER_TOKEN, the credential the server accepts for gate.* tags.
+    """
+    import logging
+
+    from mlflow_plugin.config import GateConfigError
+    from mlflow_plugin.worker import Worker, WorkerSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        gate_worker = Worker(WorkerSettings(tracking_uri, policy_file, device, lease_seconds))
+    except GateConfigError as err:
+        click.echo(f"weightgate: error: {err}", err=True)
+        sys.exit(EXIT_INPUT_ERROR)
+    count = gate_worker.run(once=once, poll_seconds=poll_seconds)
+    click.echo(f"processed {count} model version(s)")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--reason", required=True, help="why the gate's decision is overridden (recorded)")
+@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI")
+def override(name: str, version: int, reason: str, tracking_uri: str) -> None:
+    """Approve NAME VERSION despite the gate's decision, recording who, when and why.
+
+    Authorised by WEIGHTGATE_OVERRIDE_TOKEN (the server's override credential) or, on a server
+    with basic-auth, by an admin's MLFLOW_TRACKING_USERNAME/PASSWORD.
+    """
+    import getpass
+    import os
+
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    from mlflow_plugin.config import ACTOR_HEADER, OVERRIDE_TOKEN_HEADER
+
+    headers = {ACTOR_HEADER: getpass.getuser()}
+    if os.environ.get("WEIGHTGATE_OVERRIDE_TOKEN"):
+        headers[OVERRIDE_TOKEN_HEADER] = os.environ["WEIGHTGATE_OVERRIDE_TOKEN"]
+    response = http_request(get_default_host_creds(tracking_uri), "/api/2.0/weightgate/override", "POST",
+                            json={"name": name, "version": version, "reason": reason}, extra_headers=headers)
+    if response.status_code != 200:
+        click.echo(f"weightgate: error: override refused ({response.status_code}): {response.text[:500]}", err=True)
+        sys.exit(EXIT_INPUT_ERROR)
+    record = response.json()
+    click.echo(f"{name} version {version} overridden by {record['by']} at {record['at']}")
+
+
 def _emit(result: Any, output_format: str, render: Callable[[], str]) -> None:
     if output_format == "json":
         click.echo(result.to_json())

@@ -21,18 +21,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(workdir: Path, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
-    """Start ``mlflow server`` (sqlite backend, proxied local artifacts); yield its URL."""
-    port = free_port()
+def mlflow_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                  backend_uri: str | None = None, port: int | None = None) -> Iterator[str]:
+    """Start ``mlflow server`` (sqlite backend unless ``backend_uri``, proxied local artifacts); yield its URL."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log = (workdir / "mlflow-server.log").open("w")
     command = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+        "--backend-store-uri", backend_uri or f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination", str(workdir / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra_args,
     ]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
+                               env={**os.environ, **(env or {})})
     try:
         _wait_until_healthy(url, process, workdir)
         yield url

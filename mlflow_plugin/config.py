@@ -1,0 +1,43 @@
+"""The gate's settings, all from environment variables (one table in README.md and deploy/)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+TAG_PREFIX = "gate."
+STATUS = "gate.status"
+PENDING, APPROVED, WARNED, BLOCKED, ERROR, OVERRIDDEN = "pending", "approved", "warned", "blocked", "error", "overridden"
+WORKER_TOKEN_HEADER = "X-Weightgate-Token"
+OVERRIDE_TOKEN_HEADER = "X-Weightgate-Override"
+ACTOR_HEADER = "X-Weightgate-Actor"
+
+
+class GateConfigError(RuntimeError):
+    """The server or worker cannot start with these settings."""
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    protected_aliases: frozenset[str]
+    allow_warned: bool
+    worker_token: str | None
+    override_token: str | None
+    policy_path: str | None
+
+    @classmethod
+    def from_env(cls) -> "GateConfig":
+        aliases = os.environ.get("WEIGHTGATE_PROTECTED_ALIASES", "champion,production,prod")
+        allow_warned = os.environ.get("WEIGHTGATE_ALLOW_WARNED", "false").strip().lower()
+        if allow_warned not in ("true", "false"):
+            raise GateConfigError(f"WEIGHTGATE_ALLOW_WARNED must be true or false, not {allow_warned!r}")
+        return cls(
+            protected_aliases=frozenset(a.strip() for a in aliases.split(",") if a.strip()),
+            allow_warned=allow_warned == "true",
+            worker_token=os.environ.get("WEIGHTGATE_WORKER_TOKEN") or None,
+            override_token=os.environ.get("WEIGHTGATE_OVERRIDE_TOKEN") or None,
+            policy_path=os.environ.get("WEIGHTGATE_POLICY") or None,
+        )
+
+    def approving_statuses(self) -> frozenset[str]:
+        return frozenset({APPROVED, OVERRIDDEN} | ({WARNED} if self.allow_warned else set()))

@@ -1,0 +1,251 @@
+"""``mlflow server --app-name weightgate``: the registry refuses promotions the gate has not approved.
+
+Follows MLflow's own basic-auth app: Flask ``before_request``/``after_request`` hooks routed by
+(path, method), small functions per check. Both the ``/api/2.0`` and the UI's ``/ajax-api/2.0``
+prefixes are covered. Checks read the decision recorded as version tags; nothing is rescanned.
+
+- New versions get ``gate.status=pending`` as soon as they are created, however created.
+- Setting a protected alias, or moving a version to Staging/Production, needs an approving
+  decision (approved; warned if allowed; overridden) made under the server's policy for the
+  version's current source; otherwise 403 PERMISSION_DENIED with the failed rules.
+- ``gate.*`` tags can be written only with the worker credential (``X-Weightgate-Token``).
+- ``/api/2.0/weightgate/{claim,record,override}`` serve the worker and the override command.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, jsonify, make_response, request
+
+from mlflow_plugin.config import (
+    ACTOR_HEADER, OVERRIDE_TOKEN_HEADER, OVERRIDDEN, PENDING, STATUS, TAG_PREFIX, WORKER_TOKEN_HEADER,
+    GateConfig, GateConfigError,
+)
+
+_logger = logging.getLogger(__name__)
+_PREFIX = re.compile(r"^/(?:ajax-)?api/\d+\.\d+")
+_PROMOTING_STAGES = {"staging", "production"}
+
+
+def create_app(app: Flask | None = None):
+    """Factory for ``--app-name weightgate``."""
+    from mlflow.server import app as mlflow_app
+
+    flask_app = app or mlflow_app
+    _Gate(flask_app, GateConfig.from_env())
+    return _asgi_if_needed(flask_app)
+
+
+def create_app_with_basic_auth(app: Flask | None = None):
+    """Factory for ``--app-name weightgate-basic-auth``: MLflow's basic-auth, then the gate.
+
+    Basic-auth's hooks are installed first, so a request is authenticated before the gate looks
+    at it; basic-auth admins may override decisions.
+    """
+    from mlflow.server import app as mlflow_app
+    from mlflow.server.auth import create_app as basic_auth_create_app
+
+    flask_app = app or mlflow_app
+    served = basic_auth_create_app(flask_app)
+    _Gate(flask_app, GateConfig.from_env(), basic_auth=True)
+    return served
+
+
+def _asgi_if_needed(flask_app: Flask):
+    from mlflow.environment_variables import _MLFLOW_SGI_NAME
+
+    if _MLFLOW_SGI_NAME.get() == "uvicorn":
+        from mlflow.server.fastapi_app import create_fastapi_app
+
+        return create_fastapi_app(flask_app)
+    return flask_app
+
+
+class _Gate:
+    """The hooks and endpoints, bound to one configuration."""
+
+    def __init__(self, app: Flask, config: GateConfig, basic_auth: bool = False) -> None:
+        if not config.worker_token:
+            raise GateConfigError("WEIGHTGATE_WORKER_TOKEN must be set: without it no decision can ever be recorded")
+        from gate.policy.schema import load_policy
+
+        self.config = config
+        self.basic_auth = basic_auth
+        self.policy_sha256 = load_policy(config.policy_path).sha256
+        self._claims = None
+        self.before: dict[tuple[str, str], Callable[[dict], Response | None]] = {
+            ("/mlflow/registered-models/alias", "POST"): self.check_alias,
+            ("/mlflow/model-versions/transition-stage", "POST"): self.check_stage,
+            ("/mlflow/model-versions/set-tag", "POST"): self.guard_tag,
+            ("/mlflow/model-versions/delete-tag", "DELETE"): self.guard_tag,
+            ("/mlflow/registered-models/set-tag", "POST"): self.guard_tag,
+            ("/mlflow/registered-models/delete-tag", "DELETE"): self.guard_tag,
+            ("/mlflow/model-versions/create", "POST"): self.guard_initial_tags,
+            ("/mlflow/registered-models/create", "POST"): self.guard_initial_tags,
+        }
+        app.before_request(self.before_request)
+        app.after_request(self.after_request)
+        for rule, view in (("claim", self.claim), ("record", self.record), ("override", self.override)):
+            app.add_url_rule(f"/api/2.0/weightgate/{rule}", endpoint=f"weightgate_{rule}", view_func=view,
+                             methods=["POST"])
+
+    # -- hooks -------------------------------------------------------------------------------
+    def before_request(self) -> Response | None:
+        handler = self.before.get((_PREFIX.sub("", request.path), request.method))
+        return handler(_request_params()) if handler else None
+
+    def after_request(self, response: Response) -> Response:
+        route = (_PREFIX.sub("", request.path), request.method)
+        if route == ("/mlflow/model-versions/create", "POST") and response.status_code == 200:
+            version = (response.get_json(silent=True) or {}).get("model_version", {})
+            if version.get("name") and version.get("version"):
+                self._set_tags(version["name"], version["version"], {STATUS: PENDING})
+        return response
+
+    # -- checks ------------------------------------------------------------------------------
+    def check_alias(self, params: dict) -> Response | None:
+        alias = str(params.get("alias", "")).lower()
+        if alias not in {a.lower() for a in self.config.protected_aliases}:
+            return None
+        problem = self.approval_problem(params.get("name", ""), params.get("version", ""))
+        return _denied(f"cannot set protected alias '{alias}': {problem}") if problem else None
+
+    def check_stage(self, params: dict) -> Response | None:
+        stage = str(params.get("stage", "")).lower()
+        if stage not in _PROMOTING_STAGES:
+            return None
+        problem = self.approval_problem(params.get("name", ""), params.get("version", ""))
+        return _denied(f"cannot move to stage {params.get('stage')}: {problem}") if problem else None
+
+    def guard_tag(self, params: dict) -> Response | None:
+        if str(params.get("key", "")).startswith(TAG_PREFIX) and not self.is_worker():
+            return _denied(f"tags starting with '{TAG_PREFIX}' are written only by weightgate itself")
+        return None
+
+    def guard_initial_tags(self, params: dict) -> Response | None:
+        keys = [str(tag.get("key", "")) for tag in params.get("tags") or [] if isinstance(tag, dict)]
+        if any(key.startswith(TAG_PREFIX) for key in keys) and not self.is_worker():
+            return _denied(f"tags starting with '{TAG_PREFIX}' are written only by weightgate itself")
+        return None
+
+    def approval_problem(self, name: str, version: Any) -> str | None:
+        """Why ``name`` version ``version`` may not be promoted, or None when it may (fail closed)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model_version = _registry_store().get_model_version(name, str(version))
+        except MlflowException as err:
+            return f"no such model version ({err.message})"
+        tags = dict(model_version.tags or {})
+        status = tags.get(STATUS)
+        label = f"{name} version {version}"
+        if status is None:
+            return f"{label} has no weightgate decision"
+        if status == PENDING:
+            return f"{label} is waiting for its weightgate scan"
+        if status not in self.config.approving_statuses():
+            return f"{label} is {status} by weightgate: {tags.get('gate.reason', 'no reason recorded')}"
+        if status == OVERRIDDEN:
+            return None
+        if tags.get("gate.policy_sha256") != self.policy_sha256:
+            return (f"{label} was judged under another policy (sha256 {tags.get('gate.policy_sha256', 'none')[:12]}, "
+                    f"this server requires {self.policy_sha256[:12]}); it must be scanned again")
+        if tags.get("gate.source") != model_version.source:
+            return f"{label}'s decision was recorded for other weights ({tags.get('gate.source')})"
+        return None
+
+    # -- endpoints ---------------------------------------------------------------------------
+    def claim(self) -> Response:
+        if not self.is_worker():
+            return _denied("only the weightgate worker may claim scans")
+        body = request.get_json(force=True, silent=True) or {}
+        claimed = self.claims().claim(body["name"], int(body["version"]), str(body["worker"]),
+                                      float(body.get("lease_seconds", 900)))
+        return jsonify({"claimed": claimed})
+
+    def record(self) -> Response:
+        if not self.is_worker():
+            return _denied("only the weightgate worker may record decisions")
+        body = request.get_json(force=True, silent=True) or {}
+        name, version, worker = body["name"], int(body["version"]), str(body["worker"])
+        tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items() if str(k).startswith(TAG_PREFIX)}
+        if not self.claims().finish(name, version, worker):
+            return make_response(jsonify({"error_code": "RESOURCE_CONFLICT",
+                                          "message": f"{worker} does not hold the claim on {name} version {version}"}), 409)
+        try:
+            self._set_tags(name, version, tags)
+        except Exception:
+            self.claims().release(name, version, worker)
+            raise
+        return jsonify({"recorded": True})
+
+    def override(self) -> Response:
+        actor = self.override_actor()
+        if actor is None:
+            return _denied("overriding a decision needs the override credential or a basic-auth admin")
+        body = request.get_json(force=True, silent=True) or {}
+        name, version, reason = body.get("name"), body.get("version"), str(body.get("reason", "")).strip()
+        if not name or not version or not reason:
+            return make_response(jsonify({"error_code": "INVALID_PARAMETER_VALUE",
+                                          "message": "override needs name, version and a reason"}), 400)
+        previous = dict(_registry_store().get_model_version(name, str(version)).tags or {}).get(STATUS, "none")
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._set_tags(name, version, {STATUS: OVERRIDDEN, "gate.override_by": actor, "gate.override_at": when,
+                                       "gate.override_reason": reason, "gate.override_previous_status": previous})
+        _logger.warning("weightgate override: %s version %s by %s at %s: %s", name, version, actor, when, reason)
+        return jsonify({"overridden": True, "by": actor, "at": when})
+
+    # -- identity ----------------------------------------------------------------------------
+    def is_worker(self) -> bool:
+        presented = request.headers.get(WORKER_TOKEN_HEADER, "")
+        return bool(presented) and hmac.compare_digest(presented, self.config.worker_token or "")
+
+    def override_actor(self) -> str | None:
+        presented = request.headers.get(OVERRIDE_TOKEN_HEADER, "")
+        if self.config.override_token and presented and hmac.compare_digest(presented, self.config.override_token):
+            return f"override-credential:{request.headers.get(ACTOR_HEADER, 'unnamed')}"
+        if self.basic_auth and request.authorization and request.authorization.username:
+            from mlflow.server.auth import store as users
+
+            user = users.get_user(request.authorization.username)
+            return f"basic-auth-admin:{user.username}" if user.is_admin else None
+        return None
+
+    # -- storage -----------------------------------------------------------------------------
+    def claims(self):
+        if self._claims is None:
+            from mlflow_plugin.claims import ClaimStore
+
+            self._claims = ClaimStore(_registry_store().engine)
+        return self._claims
+
+    def _set_tags(self, name: str, version: Any, tags: dict[str, str]) -> None:
+        from mlflow.entities.model_registry import ModelVersionTag
+
+        store = _registry_store()
+        for key, value in tags.items():
+            store.set_model_version_tag(name, str(version), ModelVersionTag(key, value[:5000]))
+
+
+def _registry_store():
+    from mlflow.server.handlers import _get_model_registry_store
+
+    return _get_model_registry_store()
+
+
+def _request_params() -> dict:
+    params = dict(request.args)
+    body = request.get_json(force=True, silent=True)
+    if isinstance(body, dict):
+        params.update(body)
+    return params
+
+
+def _denied(message: str) -> Response:
+    return make_response(jsonify({"error_code": "PERMISSION_DENIED", "message": message}), 403)

@@ -1,0 +1,250 @@
+"""The gate inside MLflow, against a real ``mlflow server --app-name weightgate`` process: pending on
+registration, decisions by the worker, promotion refused or allowed on both route prefixes, tag
+spoofing refused, overrides with their audit record, durability across worker and server restarts,
+and concurrent workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mlflow_server import free_port, mlflow_server
+
+GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret",
+            "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+@pytest.fixture(scope="module")
+def weights(minilm_dir, tmp_path_factory):
+    """A small healthy model (MiniLM's first encoder block) and copies with NaN / rank collapse."""
+    folder = tmp_path_factory.mktemp("gate-weights")
+    full = load_file(str(minilm_dir / "model.safetensors"))
+    block = {k: v for k, v in full.items() if k.startswith("encoder.layer.0.")}
+    broken = {k: v.clone() for k, v in block.items()}
+    broken["encoder.layer.0.attention.self.key.weight"][0, 0] = float("nan")
+    paths = {}
+    for name, state in (("healthy", block), ("nan", broken)):
+        (folder / name).mkdir()
+        save_file(state, str(folder / name / "model.safetensors"))
+        paths[name] = folder / name / "model.safetensors"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gate-server")
+    port = free_port()
+    with mlflow_server(workdir, ("--app-name", "weightgate"), env=GATE_ENV, port=port) as url:
+        yield {"url": url, "workdir": workdir, "port": port}
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from mlflow import MlflowClient
+
+    return MlflowClient(server["url"], server["url"])
+
+
+def register(client, url: str, model: str, weights_file: Path) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(url)
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    client.log_artifact(run.info.run_id, str(weights_file), "weights")
+    try:
+        client.create_registered_model(model)
+    except Exception as err:  # noqa: BLE001 - only "already exists" is expected here
+        assert "RESOURCE_ALREADY_EXISTS" in str(err)
+    version = client.create_model_version(model, f"{run.info.artifact_uri}/weights", run_id=run.info.run_id)
+    return version.version
+
+
+def run_worker(url: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "gate", "worker", "--tracking-uri", url, "--once", "--device", "cpu",
+                           *extra], capture_output=True, text=True, timeout=600, env={**os.environ, **GATE_ENV, **(env or {})})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def decided(server, client, weights):
+    """Version 1 healthy, version 2 with NaN, scanned by one worker pass."""
+    healthy = register(client, server["url"], "encoder", weights["healthy"])
+    broken = register(client, server["url"], "encoder", weights["nan"])
+    pending = {v: client.get_model_version("encoder", v).tags.get("gate.status") for v in (healthy, broken)}
+    output = run_worker(server["url"])
+    return {"healthy": healthy, "broken": broken, "pending_before": pending, "worker_output": output.stdout}
+
+
+def test_registration_is_pending_until_the_worker_decides(client, decided):
+    assert decided["pending_before"] == {decided["healthy"]: "pending", decided["broken"]: "pending"}
+    assert "processed 2 model version(s)" in decided["worker_output"]
+    healthy = client.get_model_version("encoder", decided["healthy"]).tags
+    broken = client.get_model_version("encoder", decided["broken"]).tags
+    assert healthy["gate.status"] == "approved", healthy
+    assert broken["gate.status"] == "blocked"
+    assert "no-nonfinite-layers" in broken["gate.reason"]
+    assert broken["gate.baseline"] == f"models:/encoder/{decided['healthy']}"  # the previous version
+    from gate.policy.schema import load_policy
+
+    assert healthy["gate.policy_sha256"] == load_policy().sha256
+    assert len(healthy["gate.weights_sha256"]) == 64
+
+
+def test_decision_run_holds_metrics_series_and_artifacts(client, decided, tmp_path):
+    run_id = client.get_model_version("encoder", decided["healthy"]).tags["gate.decision_run"]
+    run = client.get_run(run_id)
+    assert run.data.tags["weightgate.decision"] == "approve"
+    assert run.data.metrics["model.num_analysed"] == 6
+    series = client.get_metric_history(run_id, "layer.alpha")
+    assert len(series) == 6 and sorted(m.step for m in series) == sorted(set(m.step for m in series))
+    files = {f.path for f in client.list_artifacts(run_id, "weightgate")}
+    assert {"weightgate/decision.json", "weightgate/layers.csv"} <= files
+    local = client.download_artifacts(run_id, "weightgate/decision.json", str(tmp_path))
+    assert json.loads(Path(local).read_text())["decision"] == "approve"
+
+
+@pytest.mark.parametrize("prefix", ["/api/2.0", "/ajax-api/2.0"])
+def test_protected_alias_refused_unless_approved(server, decided, prefix):
+    status, body = post(server["url"], f"{prefix}/mlflow/registered-models/alias",
+                        {"name": "encoder", "alias": "champion", "version": decided["broken"]})
+    assert status == 403 and body["error_code"] == "PERMISSION_DENIED"
+    assert "blocked by weightgate" in body["message"] and "no-nonfinite-layers" in body["message"]
+    status, _ = post(server["url"], f"{prefix}/mlflow/registered-models/alias",
+                     {"name": "encoder", "alias": "candidate", "version": decided["broken"]})
+    assert status == 200  # not a protected alias
+    status, _ = post(server["url"], f"{prefix}/mlflow/registered-models/alias",
+                     {"name": "encoder", "alias": "champion", "version": decided["healthy"]})
+    assert status == 200
+
+
+def test_client_sees_permission_denied_and_stage_rules(client, decided):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED"):
+        client.set_registered_model_alias("encoder", "Production", decided["broken"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with pytest.raises(MlflowException, match="cannot move to stage Production"):
+            client.transition_model_version_stage("encoder", decided["broken"], "Production")
+        client.transition_model_version_stage("encoder", decided["broken"], "Archived")  # not a promotion
+        moved = client.transition_model_version_stage("encoder", decided["healthy"], "Staging")
+    assert moved.current_stage == "Staging"
+
+
+def test_gate_tags_cannot_be_spoofed(server, client, decided, weights):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="written only by weightgate"):
+        client.set_model_version_tag("encoder", decided["broken"], "gate.status", "approved")
+    with pytest.raises(MlflowException, match="written only by weightgate"):
+        client.delete_model_version_tag("encoder", decided["broken"], "gate.status")
+    with pytest.raises(MlflowException, match="written only by weightgate"):
+        client.set_registered_model_tag("encoder", "gate.trusted", "yes")
+    status, _ = post(server["url"], "/ajax-api/2.0/mlflow/model-versions/create",
+                     {"name": "encoder", "source": "/tmp/x", "tags": [{"key": "gate.status", "value": "approved"}]})
+    assert status == 403
+    status, _ = post(server["url"], "/api/2.0/weightgate/record",
+                     {"name": "encoder", "version": 2, "worker": "me", "tags": {"gate.status": "approved"}})
+    assert status == 403
+    assert client.get_model_version("encoder", decided["broken"]).tags["gate.status"] == "blocked"
+    client.set_model_version_tag("encoder", decided["broken"], "team.note", "ordinary tags still work")
+
+
+def test_override_needs_credential_and_is_audited(server, client, decided):
+    url = server["url"]
+    refused = subprocess.run([sys.executable, "-m", "gate", "override", "encoder", str(decided["broken"]), "--reason",
+                              "no credential", "--tracking-uri", url], capture_output=True, text=True, timeout=120,
+                             env={k: v for k, v in os.environ.items() if not k.startswith("WEIGHTGATE_")})
+    assert refused.returncode == 2 and "override refused (403)" in refused.stderr
+    done = subprocess.run([sys.executable, "-m", "gate", "override", "encoder", str(decided["broken"]), "--reason",
+                           "hotfix approved by the platform lead", "--tracking-uri", url], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret"})
+    assert done.returncode == 0, done.stderr
+    tags = client.get_model_version("encoder", decided["broken"]).tags
+    assert tags["gate.status"] == "overridden"
+    assert tags["gate.override_reason"] == "hotfix approved by the platform lead"
+    assert tags["gate.override_by"].startswith("override-credential:")
+    assert tags["gate.override_previous_status"] == "blocked" and tags["gate.override_at"].endswith("Z")
+    client.set_registered_model_alias("encoder", "prod", decided["broken"])  # now allowed
+    assert "weightgate override" in (server["workdir"] / "mlflow-server.log").read_text()
+
+
+def test_expired_claim_is_taken_over(server, client, weights):
+    """A worker that dies after claiming leaves the version pending; after the lease another
+    worker finishes it, and the dead worker can no longer record anything."""
+    version = register(client, server["url"], "takeover", weights["healthy"])
+    headers = {"X-Weightgate-Token": "worker-secret"}
+    status, body = post(server["url"], "/api/2.0/weightgate/claim",
+                        {"name": "takeover", "version": int(version), "worker": "dead-worker", "lease_seconds": 2},
+                        headers)
+    assert (status, body) == (200, {"claimed": True})
+    run_worker(server["url"])
+    assert client.get_model_version("takeover", version).tags["gate.status"] == "pending"  # claim still held
+    time.sleep(2.5)
+    run_worker(server["url"])
+    assert client.get_model_version("takeover", version).tags["gate.status"] == "approved"
+    status, _ = post(server["url"], "/api/2.0/weightgate/record",
+                     {"name": "takeover", "version": int(version), "worker": "dead-worker",
+                      "tags": {"gate.status": "blocked"}}, headers)
+    assert status == 409
+    assert client.get_model_version("takeover", version).tags["gate.status"] == "approved"
+
+
+def test_twenty_versions_two_workers_each_scanned_once(server, client, weights):
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(lambda _: register(client, server["url"], "burst", weights["healthy"]), range(20)))
+    assert len(set(versions)) == 20
+    workers = [subprocess.Popen([sys.executable, "-m", "gate", "worker", "--tracking-uri", server["url"], "--once",
+                                 "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **GATE_ENV}) for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outputs]
+    counts = [int(out.strip().splitlines()[-1].split()[1]) for out, _ in outputs]
+    assert sum(counts) == 20
+    statuses = [client.get_model_version("burst", v).tags.get("gate.status") for v in versions]
+    assert statuses == ["approved"] * 20
+    experiment = client.get_experiment_by_name("weightgate")
+    runs = client.search_runs([experiment.experiment_id], "tags.`weightgate.model` = 'burst'", max_results=100)
+    assert sorted(int(r.data.tags["weightgate.version"]) for r in runs) == sorted(int(v) for v in versions)
+
+
+def test_worker_down_then_up_and_server_restart_lose_nothing(tmp_path, weights):
+    """Registered while no worker runs -> pending; the server restarts; a worker then catches up."""
+    from mlflow import MlflowClient
+
+    port = free_port()
+    with mlflow_server(tmp_path, ("--app-name", "weightgate"), env=GATE_ENV, port=port) as url:
+        first = MlflowClient(url, url)
+        version = register(first, url, "restart", weights["healthy"])
+        assert first.get_model_version("restart", version).tags["gate.status"] == "pending"
+    with mlflow_server(tmp_path, ("--app-name", "weightgate"), env=GATE_ENV, port=port) as url:
+        again = MlflowClient(url, url)
+        assert again.get_model_version("restart", version).tags["gate.status"] == "pending"
+        run_worker(url)
+        assert again.get_model_version("restart", version).tags["gate.status"] == "approved"
+    with mlflow_server(tmp_path, ("--app-name", "weightgate"), env=GATE_ENV, port=port) as url:
+        after = MlflowClient(url, url)
+        assert after.get_model_version("restart", version).tags["gate.status"] == "approved"
+        after.set_registered_model_alias("restart", "champion", version)
