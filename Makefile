@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(PY) deploy/demo.py
 
 test: $(STAMP)
+	deploy/local/install-postgres.sh
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -54,3 +54,26 @@ def mlflow_tracking_uri(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("mlflow-server")
     with mlflow_server(workdir) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_uri_prefix():
+    """A PostgreSQL server (Debian's packages) on loopback for the whole session."""
+    from mlflow_server import free_port
+    from postgres import postgres_server
+
+    with postgres_server(free_port()) as prefix:
+        yield prefix
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend_store(request, tmp_path_factory):
+    """A fresh MLflow backend store URI per test module, on sqlite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mlflow.db'}"
+    import uuid
+
+    from postgres import create_database
+
+    prefix = request.getfixturevalue("postgres_uri_prefix")
+    return create_database(prefix, f"mlflow_{uuid.uuid4().hex[:10]}")

@@ -42,11 +42,12 @@ def weights(minilm_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, backend_store):
     workdir = tmp_path_factory.mktemp("gate-server")
     port = free_port()
-    with mlflow_server(workdir, ("--app-name", "weightgate"), env=GATE_ENV, port=port) as url:
-        yield {"url": url, "workdir": workdir, "port": port}
+    with mlflow_server(workdir, ("--app-name", "weightgate"), env=GATE_ENV, port=port,
+                       backend_uri=backend_store) as url:
+        yield {"url": url, "workdir": workdir, "port": port, "backend": backend_store}
 
 
 @pytest.fixture(scope="module")
@@ -230,21 +231,23 @@ def test_twenty_versions_two_workers_each_scanned_once(server, client, weights):
     assert sorted(int(r.data.tags["weightgate.version"]) for r in runs) == sorted(int(v) for v in versions)
 
 
-def test_worker_down_then_up_and_server_restart_lose_nothing(tmp_path, weights):
+def test_worker_down_then_up_and_server_restart_lose_nothing(tmp_path, weights, server):
     """Registered while no worker runs -> pending; the server restarts; a worker then catches up."""
     from mlflow import MlflowClient
 
     port = free_port()
-    with mlflow_server(tmp_path, ("--app-name", "weightgate"), env=GATE_ENV, port=port) as url:
+    backend = f"sqlite:///{tmp_path / 'restart.db'}" if "sqlite" in server["backend"] else server["backend"]
+    server_args = dict(env=GATE_ENV, port=port, backend_uri=backend)
+    with mlflow_server(tmp_path, ("--app-name", "weightgate"), **server_args) as url:
         first = MlflowClient(url, url)
         version = register(first, url, "restart", weights["healthy"])
         assert first.get_model_version("restart", version).tags["gate.status"] == "pending"
-    with mlflow_server(tmp_path, ("--app-name", "weightgate"), env=GATE_ENV, port=port) as url:
+    with mlflow_server(tmp_path, ("--app-name", "weightgate"), **server_args) as url:
         again = MlflowClient(url, url)
         assert again.get_model_version("restart", version).tags["gate.status"] == "pending"
         run_worker(url)
         assert again.get_model_version("restart", version).tags["gate.status"] == "approved"
-    with mlflow_server(tmp_path, ("--app-name", "weightgate"), env=GATE_ENV, port=port) as url:
+    with mlflow_server(tmp_path, ("--app-name", "weightgate"), **server_args) as url:
         after = MlflowClient(url, url)
         assert after.get_model_version("restart", version).tags["gate.status"] == "approved"
         after.set_registered_model_alias("restart", "champion", version)
