@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-stop test bench clean
 
 # No network beyond package registries: keep MLflow's usage telemetry and Hugging Face hub lookups off.
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) demo-stop
 	$(PY) deploy/demo.py
+
+demo-stop:
+	@if [ -f .demo/server.pid ]; then kill -TERM -- -$$(cat .demo/server.pid) 2>/dev/null || true; rm -f .demo/server.pid; fi
 
 test: $(STAMP)
 	deploy/local/install-postgres.sh
@@ -34,4 +37,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_check_cold.py
 
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts test-output
+	rm -rf $(VENV) mlflow.db mlartifacts mlflow-server.log .demo test-output

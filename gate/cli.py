@@ -195,7 +195,9 @@ def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, 
     from mlflow_plugin.config import GateConfigError
     from mlflow_plugin.worker import Worker, WorkerSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("mlflow_plugin").setLevel(logging.INFO)
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs its temp dirs at INFO
     try:
         gate_worker = Worker(WorkerSettings(tracking_uri, policy_file, device, lease_seconds))
     except GateConfigError as err:

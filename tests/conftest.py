@@ -49,7 +49,7 @@ def small_net() -> SmallNet:
 @pytest.fixture(scope="session")
 def mlflow_tracking_uri(tmp_path_factory):
     """URL of a real ``mlflow server`` subprocess (sqlite, local proxied artifacts) for the session."""
-    from mlflow_server import mlflow_server
+    from mlflow_plugin.local_server import mlflow_server
 
     workdir = tmp_path_factory.mktemp("mlflow-server")
     with mlflow_server(workdir) as url:
@@ -59,7 +59,7 @@ def mlflow_tracking_uri(tmp_path_factory):
 @pytest.fixture(scope="session")
 def postgres_uri_prefix():
     """A PostgreSQL server (Debian's packages) on loopback for the whole session."""
-    from mlflow_server import free_port
+    from mlflow_plugin.local_server import free_port
     from postgres import postgres_server
 
     with postgres_server(free_port()) as prefix:

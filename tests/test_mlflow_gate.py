@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mlflow_server import free_port, mlflow_server
+from mlflow_plugin.local_server import free_port, mlflow_server
 
 GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret",
             "MLFLOW_DISABLE_TELEMETRY": "true"}

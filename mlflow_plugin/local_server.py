@@ -1,0 +1,77 @@
+"""Start a real ``mlflow server`` process on loopback: the embedded default (sqlite + local
+artifacts) for ``make demo`` and the integration tests, or any backend store URI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 backend_uri: str | None = None, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``mlflow server`` in its own process group (sqlite in ``workdir`` unless ``backend_uri``,
+    artifacts proxied to ``workdir/artifacts``); return the process and its URL once healthy."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend_uri or f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination", str(workdir / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra_args,
+    ]
+    with (workdir / "mlflow-server.log").open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
+                                   env={**os.environ, **(env or {})})
+    try:
+        _wait_until_healthy(url, process, workdir)
+    except BaseException:
+        stop_server(process)
+        raise
+    return process, url
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextmanager
+def mlflow_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                  backend_uri: str | None = None, port: int | None = None) -> Iterator[str]:
+    """:func:`start_server` for the duration of a ``with`` block; yields the URL."""
+    process, url = start_server(workdir, extra_args, env, backend_uri, port)
+    try:
+        yield url
+    finally:
+        stop_server(process)
+
+
+def _wait_until_healthy(url: str, process: subprocess.Popen, workdir: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {(workdir / 'mlflow-server.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"mlflow server did not become healthy in {timeout} s")
