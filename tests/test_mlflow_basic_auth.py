@@ -1,0 +1,63 @@
+"""``--app-name weightgate-basic-auth``: MLflow's basic-auth authenticates first, then the gate
+enforces; a basic-auth admin may override without the override credential."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import torch
+from safetensors.torch import save_file
+
+from mlflow_plugin.local_server import mlflow_server
+
+ADMIN = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "weightgate-admin-pw1"}
+ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN["MLFLOW_TRACKING_PASSWORD"],
+       "MLFLOW_DISABLE_TELEMETRY": "true",
+       "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
+
+
+def test_gate_composes_with_basic_auth(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    for key, value in ADMIN.items():
+        monkeypatch.setenv(key, value)
+    with mlflow_server(tmp_path, ("--app-name", "weightgate-basic-auth"), env=ENV) as url:
+        anonymous = urllib.request.Request(f"{url}/api/2.0/mlflow/registered-models/search")
+        try:
+            urllib.request.urlopen(anonymous, timeout=30)
+            raise AssertionError("an unauthenticated request was served")
+        except urllib.error.HTTPError as err:
+            assert err.code == 401
+        client = MlflowClient(url, url)
+        torch.manual_seed(0)
+        weight = torch.randn(64, 64)
+        weight[0, 0] = float("nan")
+        save_file({"w.weight": weight}, tmp_path / "model.safetensors")
+        run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+        client.log_artifact(run.info.run_id, str(tmp_path / "model.safetensors"), "weights")
+        client.create_registered_model("guarded")
+        version = client.create_model_version("guarded", f"{run.info.artifact_uri}/weights", run_id=run.info.run_id)
+        assert client.get_model_version("guarded", version.version).tags["gate.status"] == "pending"
+        try:
+            client.set_registered_model_alias("guarded", "champion", version.version)
+            raise AssertionError("a pending version was promoted")
+        except MlflowException as err:
+            assert "waiting for its weightgate scan" in err.message
+        worker = subprocess.run([sys.executable, "-m", "gate", "worker", "--tracking-uri", url, "--once", "--device",
+                                 "cpu"], capture_output=True, text=True, timeout=300, env={**os.environ, **ENV})
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        assert client.get_model_version("guarded", version.version).tags["gate.status"] == "blocked"  # NaN weight
+        token = base64.b64encode(f"{ADMIN['MLFLOW_TRACKING_USERNAME']}:{ADMIN['MLFLOW_TRACKING_PASSWORD']}".encode())
+        request = urllib.request.Request(
+            f"{url}/api/2.0/weightgate/override", method="POST",
+            data=json.dumps({"name": "guarded", "version": version.version, "reason": "admin decision"}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Basic {token.decode()}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["by"] == "basic-auth-admin:admin"
+        client.set_registered_model_alias("guarded", "champion", version.version)
