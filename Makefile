@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_cpu_minilm.py
 	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_check_cold.py
+	$(PY) bench/bench_enforcement.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts mlflow-server.log .demo test-output

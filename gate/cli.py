@@ -207,6 +207,34 @@ def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, 
     click.echo(f"processed {count} model version(s)")
 
 
+@main.command("webhook-receiver")
+@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI", help="the MLflow server (no plugin needed)")
+@click.option("--secret", required=True, envvar="WEIGHTGATE_WEBHOOK_SECRET", help="the webhook's signing secret")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--policy", "policy_file", default=None, envvar="WEIGHTGATE_POLICY")
+@click.option("--device", default="auto", show_default=True, envvar="WEIGHTGATE_DEVICE")
+def webhook_receiver(tracking_uri: str, secret: str, host: str, port: int, policy_file: str | None,
+                     device: str) -> None:
+    """Gate an MLflow server that cannot load the plugin, through its webhooks.
+
+    Register a webhook for model_version.created and model_version_alias.created pointing here.
+    Enforcement is after the fact: a protected alias on an unapproved version is removed again.
+    """
+    import logging
+
+    from mlflow_plugin.webhook import WebhookGate, pending_on_start, serve
+    from mlflow_plugin.worker import WorkerSettings
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("mlflow_plugin").setLevel(logging.INFO)
+    gate_receiver = WebhookGate(WorkerSettings(tracking_uri, policy_file, device))
+    click.echo(f"scanned {pending_on_start(gate_receiver)} version(s) registered while the receiver was down")
+    server = serve(gate_receiver, secret, host, port)
+    click.echo(f"weightgate webhook receiver on http://{host}:{port}")
+    server.serve_forever()
+
+
 @main.command()
 @click.argument("name")
 @click.argument("version", type=int)

@@ -46,9 +46,14 @@ class WorkerSettings:
 
 
 class Worker:
+    """Scans against a server with the weightgate plugin: claims and records through its endpoints."""
+
     def __init__(self, settings: WorkerSettings) -> None:
         if not os.environ.get("WEIGHTGATE_WORKER_TOKEN"):
             raise GateConfigError("WEIGHTGATE_WORKER_TOKEN must be set to the server's worker credential")
+        self._connect(settings)
+
+    def _connect(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.config = GateConfig.from_env()
         self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
