@@ -29,6 +29,7 @@ demo-stop:
 
 test: $(STAMP)
 	deploy/local/install-postgres.sh
+	deploy/local/install-chromium.sh
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -46,6 +46,7 @@ def main() -> None:
 
     import gate
     from gate.compare import compare
+    from gate.report.html import write_report
 
     model_dir = Path(get_model_path())
     module = SentenceTransformer(str(model_dir), device="cpu")
@@ -67,8 +68,12 @@ def main() -> None:
         "gate_full_file_s": best_of(3, lambda: gate.scan(model_dir, device="cpu", mp_fit=True, randomize=True,
                                                          benford=False)),
         "gate_compare_s": best_of(3, lambda: compare(model_dir, perturbed, device="cpu")),
+        "gate_scan_keep_spectra_s": best_of(5, lambda: gate.scan(model_dir, device="cpu", keep_spectra=True)),
         "ww_layers": ww_default_rows,
     }
+    kept = gate.scan(model_dir, device="cpu", keep_spectra=True)
+    results["gate_report_s"] = best_of(5, lambda: write_report(tempfile.mkdtemp(), kept))
+    results["report_share_of_scan"] = results["gate_report_s"] / results["gate_scan_keep_spectra_s"]
     if not args.skip_ww_full:
         results["ww_full_s"] = best_of(1, lambda: watcher.analyze(mp_fit=True, randomize=True))
         results["ratio_full"] = results["ww_full_s"] / results["gate_full_file_s"]

@@ -26,12 +26,14 @@ class CheckResult:
 
 
 def check(source: Any, *, policy: str | None = None, baseline: Any = None, device: str = "auto",
-          train_accuracy: float | None = None, allow_pickle: bool = False, tracking_uri: str | None = None) -> CheckResult:
+          train_accuracy: float | None = None, allow_pickle: bool = False, tracking_uri: str | None = None,
+          keep_spectra: bool = False) -> CheckResult:
     """Evaluate ``policy`` (default: the shipped one) on ``source`` against ``baseline``."""
     loaded = load_policy(policy)
     preload = threading.Thread(target=_import_great_expectations, daemon=True)
     preload.start()  # Great Expectations imports for seconds; let that overlap with the scans
-    options = {"device": device, "train_accuracy": train_accuracy, **loaded.scan_options()}
+    options = {"device": device, "train_accuracy": train_accuracy, "keep_spectra": keep_spectra,
+               **loaded.scan_options()}
     opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
     with open_source(source, **opened) as weights:
         result = scan(weights, **options)

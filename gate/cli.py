@@ -147,6 +147,32 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     sys.exit(EXIT_BLOCKED if result.decision.decision == "block" else 0)
 
 
+@main.command()
+@click.argument("source")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="folder for report.html and charts")
+@click.option("--baseline", default=None, help="the version to compare against")
+@click.option("--policy", "policy_file", default=None, help="policy YAML (default: the shipped policy)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@_source_options
+@_input_errors_exit_2
+def report(source: str, out_dir: str, baseline: str | None, policy_file: str | None, device: str,
+           allow_pickle: bool, tracking_uri: str | None) -> None:
+    """Write a self-contained HTML report with ESD plots, alpha/MLH by depth and Benford digits.
+
+    Also writes decision.json and the layer table(s); exit status as for `check`.
+    """
+    from gate.check import check as run_check
+    from gate.policy.report import write_outputs
+    from gate.report.html import write_report
+
+    result = run_check(source, policy=policy_file, baseline=baseline, device=device, allow_pickle=allow_pickle,
+                       tracking_uri=tracking_uri, keep_spectra=True)
+    write_outputs(result, out_dir)
+    files = write_report(out_dir, result.scan, result.decision, result.baseline_scan)
+    click.echo(f"decision {result.decision.decision}; wrote {len(files) + 2} files, open {out_dir}/report.html")
+    sys.exit(EXIT_BLOCKED if result.decision.decision == "block" else 0)
+
+
 @main.group()
 def policy() -> None:
     """Read, check and print policy files."""

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 # Column order of the layer table; metrics a scan did not compute are simply absent.
@@ -21,6 +22,7 @@ class ScanResult:
     layers: pd.DataFrame
     summary: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)
+    spectra: dict[str, np.ndarray] = field(default_factory=dict)  # eigenvalues by layer, with keep_spectra
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN and infinities become ``null``, numpy scalars plain numbers."""

@@ -43,6 +43,7 @@ class ScanOptions:
     randomize: bool = False
     seed: int = 0
     benford: bool = True
+    keep_spectra: bool = False  # keep each layer's eigenvalues in ScanResult.spectra (for ESD plots)
     train_accuracy: float | None = None  # enables EIC (training accuracy as a fraction in [0, 1])
 
 
@@ -77,7 +78,8 @@ def scan(
         plan_options = PlanOptions(scan_options.min_evals, scan_options.max_evals, scan_options.max_N,
                                    scan_options.conv2d_method)
         plans = plan_layers(weights.tensor_infos(), plan_options)
-        rows, model_digits = _analyse(weights, plans, scan_options, device, progress)
+        spectra: dict[str, np.ndarray] = {}
+        rows, model_digits = _analyse(weights, plans, scan_options, device, progress, spectra)
         description = weights.description
         vectors_left_out = sum(1 for info in weights.tensor_infos() if info.is_floating and len(info.shape) < 2)
     layers = _layer_table(rows)
@@ -87,11 +89,11 @@ def scan(
         summary.update(model_digits.summary(vectors_left_out, scan_options.train_accuracy))
     summary["device"] = device.type
     summary["scan_seconds"] = time.perf_counter() - started
-    return ScanResult(description, layers, summary, asdict(scan_options))
+    return ScanResult(description, layers, summary, asdict(scan_options), spectra)
 
 
 def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions, device: torch.device,
-             progress: bool) -> tuple[list[dict[str, Any]], ModelDigits]:
+             progress: bool, spectra: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], ModelDigits]:
     batcher = SpectrumBatcher(device, options.precision)
     shuffle = Shuffler(options.seed)
     model_digits = ModelDigits()
@@ -126,6 +128,8 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
     results = batcher.flush()
     for plan in analysable:
         evals = _pooled(results, plan, ())
+        if options.keep_spectra:
+            spectra[plan.name] = evals
         row = rows[plan.index]
         row.update(spectral_metrics(evals, plan.N, device))
         if not np.isfinite(row["alpha"]):

@@ -95,7 +95,7 @@ class Worker:
         _logger.info("weightgate worker %s: checking %s against %s", self.settings.worker_id, uri, baseline)
         try:
             result = check(uri, policy=self.settings.policy, baseline=baseline, device=self.settings.device,
-                           tracking_uri=self.settings.tracking_uri)
+                           tracking_uri=self.settings.tracking_uri, keep_spectra=True)
         except Exception as err:  # the boundary of one version: record the failure, keep serving others
             _logger.exception("weightgate worker: scanning %s failed", uri)
             self.record(version, {STATUS: ERROR, "gate.reason": f"scan failed: {type(err).__name__}: {err}"[:4000],
@@ -149,8 +149,10 @@ class Worker:
         self.client.log_param(run_id, "baseline", result.decision.baseline or "none")
         with tempfile.TemporaryDirectory() as scratch:
             from gate.policy.report import write_outputs
+            from gate.report.html import write_report
 
             write_outputs(result, scratch)
+            write_report(scratch, result.scan, result.decision, result.baseline_scan)
             self.client.log_artifacts(run_id, scratch, artifact_path="weightgate")
         self.client.set_terminated(run_id)
         return run_id

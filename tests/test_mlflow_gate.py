@@ -251,3 +251,28 @@ def test_worker_down_then_up_and_server_restart_lose_nothing(tmp_path, weights, 
         after = MlflowClient(url, url)
         assert after.get_model_version("restart", version).tags["gate.status"] == "approved"
         after.set_registered_model_alias("restart", "champion", version)
+
+
+def test_log_model_registration_pt2_is_scanned_without_unpickling(server, client):
+    """``mlflow.pytorch.log_model(registered_model_name=...)``: source ``models:/m-<id>``, pt2 format."""
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+
+    mlflow.set_tracking_uri(server["url"])
+    mlflow.set_registry_uri(server["url"])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16))
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mlflow.start_run():
+            info = mlflow.pytorch.log_model(model, name="model", registered_model_name="logged",
+                                            input_example=np.zeros((1, 32), np.float32))
+    version = client.search_model_versions("name='logged'")[0]
+    assert version.source.startswith("models:/m-") and info.model_id in version.source
+    assert client.get_model_version("logged", version.version).tags["gate.status"] == "pending"
+    run_worker(server["url"])
+    tags = client.get_model_version("logged", version.version).tags
+    assert tags["gate.status"] == "blocked" and "no-nonfinite-layers" in tags["gate.reason"]
