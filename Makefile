@@ -30,6 +30,7 @@ demo-stop:
 test: $(STAMP)
 	deploy/local/install-postgres.sh
 	deploy/local/install-chromium.sh
+	deploy/local/install-compose.sh
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -262,6 +262,41 @@ def webhook_receiver(tracking_uri: str, secret: str, host: str, port: int, polic
 
 
 @main.command()
+@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def queue(tracking_uri: str, output_format: str) -> None:
+    """Model versions by gate status, and the age of the oldest pending one (for monitoring)."""
+    import json
+    import time
+    from collections import Counter
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    counts: Counter[str] = Counter()
+    oldest_pending_ms = None
+    token = None
+    while True:
+        page = client.search_model_versions(max_results=200, page_token=token)
+        for version in page:
+            status = (version.tags or {}).get("gate.status", "none")
+            counts[status] += 1
+            if status in ("pending", "none"):
+                created = version.creation_timestamp
+                oldest_pending_ms = created if oldest_pending_ms is None else min(oldest_pending_ms, created)
+        token = page.token
+        if not token:
+            break
+    age = None if oldest_pending_ms is None else round(time.time() - oldest_pending_ms / 1000, 1)
+    if output_format == "json":
+        click.echo(json.dumps({"by_status": dict(counts), "oldest_pending_age_seconds": age}))
+    else:
+        for status, count in sorted(counts.items()):
+            click.echo(f"{status:12s} {count}")
+        click.echo(f"oldest pending: {age if age is not None else '-'} s")
+
+
+@main.command()
 @click.argument("name")
 @click.argument("version", type=int)
 @click.option("--reason", required=True, help="why the gate's decision is overridden (recorded)")

@@ -60,7 +60,7 @@ def mlflow_tracking_uri(tmp_path_factory):
 def postgres_uri_prefix():
     """A PostgreSQL server (Debian's packages) on loopback for the whole session."""
     from mlflow_plugin.local_server import free_port
-    from postgres import postgres_server
+    from mlflow_plugin.local_postgres import postgres_server
 
     with postgres_server(free_port()) as prefix:
         yield prefix
@@ -73,7 +73,7 @@ def backend_store(request, tmp_path_factory):
         return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mlflow.db'}"
     import uuid
 
-    from postgres import create_database
+    from mlflow_plugin.local_postgres import create_database
 
     prefix = request.getfixturevalue("postgres_uri_prefix")
     return create_database(prefix, f"mlflow_{uuid.uuid4().hex[:10]}")

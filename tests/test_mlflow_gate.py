@@ -276,3 +276,12 @@ def test_log_model_registration_pt2_is_scanned_without_unpickling(server, client
     run_worker(server["url"])
     tags = client.get_model_version("logged", version.version).tags
     assert tags["gate.status"] == "blocked" and "no-nonfinite-layers" in tags["gate.reason"]
+
+
+def test_queue_command_reports_statuses(server, decided):
+    proc = subprocess.run([sys.executable, "-m", "gate", "queue", "--tracking-uri", server["url"], "--format", "json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["by_status"].get("approved", 0) >= 1 and report["by_status"].get("blocked", 0) + \
+        report["by_status"].get("overridden", 0) >= 1
