@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-stop test bench clean
+.PHONY: setup demo demo-stop test bench zoo clean
 
 # No network beyond package registries: keep MLflow's usage telemetry and Hugging Face hub lookups off.
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -38,6 +38,9 @@ bench: $(STAMP)
 	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_check_cold.py
 	$(PY) bench/bench_enforcement.py
+
+zoo: $(STAMP)
+	$(PY) bench/zoo.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts mlflow-server.log .demo test-output

@@ -8,7 +8,6 @@ metrics of both sides are compared too (deltas are A - B: B is the reference, e.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -18,7 +17,7 @@ import pandas as pd
 import torch
 
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
-from gate.result import plain_json_value
+from gate.result import LayerTableExport, plain_json_value
 from gate.scanner import scan
 from gate.sources import WeightSource, open_source
 from gate.spectrum import resolve_device
@@ -28,7 +27,7 @@ REINIT_COSINE = 0.1  # |cosine| below this: the layer no longer resembles its re
 
 
 @dataclass
-class CompareResult:
+class CompareResult(LayerTableExport):
     """``layers``: one row per layer present in both (matched by name and shape)."""
 
     a: str
@@ -43,16 +42,8 @@ class CompareResult:
             "a": self.a, "b": self.b, "init": self.init,
             "summary": {k: plain_json_value(v) for k, v in self.summary.items()},
             "options": {k: plain_json_value(v) for k, v in self.options.items()},
-            "layers": [{k: plain_json_value(v) for k, v in row.items()} for row in self.layers.to_dict(orient="records")],
+            "layers": self._plain_layers(),
         }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-    def to_csv(self) -> str:
-        table = self.layers.copy()
-        table["shape"] = table["shape"].map(lambda s: "x".join(str(d) for d in s))
-        return table.to_csv(index=False)
 
 
 def compare(a: Any, b: Any, *, init: Any = None, changed_threshold: float = 0.5, device: str = "auto",

@@ -14,8 +14,29 @@ import pandas as pd
 LEADING_COLUMNS = ["layer_id", "name", "layer_type", "shape", "status", "reason", "N", "M", "rf", "num_evals"]
 
 
+class LayerTableExport:
+    """JSON and CSV exports shared by results that hold a ``layers`` table (scan, compare)."""
+
+    layers: pd.DataFrame
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def to_csv(self) -> str:
+        table = self.layers.copy()
+        table["shape"] = table["shape"].map(lambda s: "x".join(str(d) for d in s))
+        return table.to_csv(index=False)
+
+    def _plain_layers(self) -> list[dict[str, Any]]:
+        return [{key: plain_json_value(value) for key, value in row.items()}
+                for row in self.layers.to_dict(orient="records")]
+
+
 @dataclass
-class ScanResult:
+class ScanResult(LayerTableExport):
     """``layers`` is a DataFrame (one row per matrix, skipped ones included with a reason)."""
 
     source: str
@@ -30,18 +51,8 @@ class ScanResult:
             "source": self.source,
             "summary": {key: plain_json_value(value) for key, value in self.summary.items()},
             "options": {key: plain_json_value(value) for key, value in self.options.items()},
-            "layers": [
-                {key: plain_json_value(value) for key, value in row.items()} for row in self.layers.to_dict(orient="records")
-            ],
+            "layers": self._plain_layers(),
         }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-    def to_csv(self) -> str:
-        table = self.layers.copy()
-        table["shape"] = table["shape"].map(lambda s: "x".join(str(d) for d in s))
-        return table.to_csv(index=False)
 
 
 def plain_json_value(value: Any) -> Any:

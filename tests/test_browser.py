@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from mlflow_plugin.local_server import mlflow_server
+from registry_helpers import register_file
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output"
@@ -35,10 +36,7 @@ def gated_version(tmp_path_factory, minilm_dir):
         from mlflow import MlflowClient
 
         client = MlflowClient(url, url)
-        run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
-        client.log_artifact(run.info.run_id, str(workdir / "model.safetensors"), "weights")
-        client.create_registered_model("ui-model")
-        version = client.create_model_version("ui-model", f"{run.info.artifact_uri}/weights", run_id=run.info.run_id)
+        version = client.get_model_version("ui-model", register_file(client, "ui-model", workdir / "model.safetensors"))
         worker = subprocess.run([sys.executable, "-m", "gate", "worker", "--tracking-uri", url, "--once", "--device",
                                  "cpu"], capture_output=True, text=True, timeout=300, env={**os.environ, **ENV})
         assert worker.returncode == 0, worker.stderr[-2000:]

@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from mlflow_plugin.local_server import free_port
+from registry_helpers import register_file
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -57,13 +58,8 @@ def test_local_topology_end_to_end(tmp_path, minilm_dir):
         assert up["backend"].startswith("postgresql://")
         client = MlflowClient(up["url"], up["url"])
 
-        def register(path: Path) -> str:
-            run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
-            client.log_artifact(run.info.run_id, str(path), "weights")
-            return client.create_model_version("deployed", f"{run.info.artifact_uri}/weights", run_id=run.info.run_id).version
-
-        client.create_registered_model("deployed")
-        healthy, broken = register(tmp_path / "healthy.safetensors"), register(tmp_path / "broken.safetensors")
+        healthy = register_file(client, "deployed", tmp_path / "healthy.safetensors")
+        broken = register_file(client, "deployed", tmp_path / "broken.safetensors")
         assert wait_for_status(client, "deployed", healthy) == "approved"  # the background worker scanned it
         assert wait_for_status(client, "deployed", broken) == "blocked"
         with pytest.raises(MlflowException, match="PERMISSION_DENIED"):

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from mlflow_plugin.local_server import mlflow_server
+from registry_helpers import register_file
 
 ADMIN = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "weightgate-admin-pw1"}
 ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN["MLFLOW_TRACKING_PASSWORD"],
@@ -39,11 +40,8 @@ def test_gate_composes_with_basic_auth(tmp_path, monkeypatch):
         weight = torch.randn(64, 64)
         weight[0, 0] = float("nan")
         save_file({"w.weight": weight}, tmp_path / "model.safetensors")
-        run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
-        client.log_artifact(run.info.run_id, str(tmp_path / "model.safetensors"), "weights")
-        client.create_registered_model("guarded")
-        version = client.create_model_version("guarded", f"{run.info.artifact_uri}/weights", run_id=run.info.run_id)
-        assert client.get_model_version("guarded", version.version).tags["gate.status"] == "pending"
+        version = client.get_model_version("guarded", register_file(client, "guarded", tmp_path / "model.safetensors"))
+        assert version.tags["gate.status"] == "pending"
         try:
             client.set_registered_model_alias("guarded", "champion", version.version)
             raise AssertionError("a pending version was promoted")

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mlflow_plugin.local_server import free_port, mlflow_server
+from registry_helpers import register_file
 
 GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret",
             "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -57,20 +58,6 @@ def client(server):
     return MlflowClient(server["url"], server["url"])
 
 
-def register(client, url: str, model: str, weights_file: Path) -> str:
-    import mlflow
-
-    mlflow.set_tracking_uri(url)
-    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
-    client.log_artifact(run.info.run_id, str(weights_file), "weights")
-    try:
-        client.create_registered_model(model)
-    except Exception as err:  # noqa: BLE001 - only "already exists" is expected here
-        assert "RESOURCE_ALREADY_EXISTS" in str(err)
-    version = client.create_model_version(model, f"{run.info.artifact_uri}/weights", run_id=run.info.run_id)
-    return version.version
-
-
 def run_worker(url: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "gate", "worker", "--tracking-uri", url, "--once", "--device", "cpu",
                            *extra], capture_output=True, text=True, timeout=600, env={**os.environ, **GATE_ENV, **(env or {})})
@@ -91,8 +78,8 @@ def post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[
 @pytest.fixture(scope="module")
 def decided(server, client, weights):
     """Version 1 healthy, version 2 with NaN, scanned by one worker pass."""
-    healthy = register(client, server["url"], "encoder", weights["healthy"])
-    broken = register(client, server["url"], "encoder", weights["nan"])
+    healthy = register_file(client, "encoder", weights["healthy"])
+    broken = register_file(client, "encoder", weights["nan"])
     pending = {v: client.get_model_version("encoder", v).tags.get("gate.status") for v in (healthy, broken)}
     output = run_worker(server["url"])
     return {"healthy": healthy, "broken": broken, "pending_before": pending, "worker_output": output.stdout}
@@ -195,7 +182,7 @@ def test_override_needs_credential_and_is_audited(server, client, decided):
 def test_expired_claim_is_taken_over(server, client, weights):
     """A worker that dies after claiming leaves the version pending; after the lease another
     worker finishes it, and the dead worker can no longer record anything."""
-    version = register(client, server["url"], "takeover", weights["healthy"])
+    version = register_file(client, "takeover", weights["healthy"])
     headers = {"X-Weightgate-Token": "worker-secret"}
     status, body = post(server["url"], "/api/2.0/weightgate/claim",
                         {"name": "takeover", "version": int(version), "worker": "dead-worker", "lease_seconds": 2},
@@ -215,7 +202,7 @@ def test_expired_claim_is_taken_over(server, client, weights):
 
 def test_twenty_versions_two_workers_each_scanned_once(server, client, weights):
     with ThreadPoolExecutor(4) as pool:
-        versions = list(pool.map(lambda _: register(client, server["url"], "burst", weights["healthy"]), range(20)))
+        versions = list(pool.map(lambda _: register_file(client, "burst", weights["healthy"]), range(20)))
     assert len(set(versions)) == 20
     workers = [subprocess.Popen([sys.executable, "-m", "gate", "worker", "--tracking-uri", server["url"], "--once",
                                  "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -240,7 +227,7 @@ def test_worker_down_then_up_and_server_restart_lose_nothing(tmp_path, weights, 
     server_args = dict(env=GATE_ENV, port=port, backend_uri=backend)
     with mlflow_server(tmp_path, ("--app-name", "weightgate"), **server_args) as url:
         first = MlflowClient(url, url)
-        version = register(first, url, "restart", weights["healthy"])
+        version = register_file(first, "restart", weights["healthy"])
         assert first.get_model_version("restart", version).tags["gate.status"] == "pending"
     with mlflow_server(tmp_path, ("--app-name", "weightgate"), **server_args) as url:
         again = MlflowClient(url, url)

@@ -93,12 +93,17 @@ def test_default_policy_blocks_rank_collapse(variants, minilm_file):
     assert collapse.offending_layers[0]["value"] < -0.9  # stable rank fell by over 90%
 
 
-def test_default_policy_blocks_scaled_down_layer_against_baseline(variants, minilm_file):
+def test_default_policy_blocks_scaled_layers_against_baseline(variants, minilm_file, tmp_path):
     result = check(variants["scaled_down"], baseline=minilm_file, device="cpu")
     assert result.decision.decision == "block"
-    assert _failed(result) == {"spectral-norm-collapse"}
+    assert _failed(result) == {"spectral-norm-change"}
     alone = check(variants["scaled_down"], device="cpu")
     assert alone.decision.decision == "approve"  # scale alone leaves no trace without a baseline
+    state = load_file(str(minilm_file))
+    state["encoder.layer.3.attention.self.query.weight"] *= 100
+    save_file(state, str(tmp_path / "scaled_up.safetensors"))
+    scaled_up = check(tmp_path / "scaled_up.safetensors", baseline=minilm_file, device="cpu")
+    assert scaled_up.decision.decision == "block" and "spectral-norm-change" in _failed(scaled_up)
 
 
 def test_identical_inputs_give_identical_decisions(variants, minilm_file):

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from mlflow_plugin.local_server import free_port, mlflow_server
 from mlflow_plugin.webhook import verify_signature
+from registry_helpers import register_file
 
 SECRET = "webhook-signing-secret"
 
@@ -62,11 +63,7 @@ def test_webhook_mode_end_to_end(tmp_path):
             weight = torch.randn(48, 48)
             weight[1, 1] = float("nan")
             save_file({"w.weight": weight}, tmp_path / "model.safetensors")
-            run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
-            client.log_artifact(run.info.run_id, str(tmp_path / "model.safetensors"), "weights")
-            client.create_registered_model("hooked")
-            version = client.create_model_version("hooked", f"{run.info.artifact_uri}/weights",
-                                                  run_id=run.info.run_id).version
+            version = register_file(client, "hooked", tmp_path / "model.safetensors")
             status = wait_for(lambda: client.get_model_version("hooked", version).tags.get("gate.status"))
             assert status == "blocked"
             client.set_registered_model_alias("hooked", "champion", version)  # accepted: no plugin here

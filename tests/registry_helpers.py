@@ -1,0 +1,19 @@
+"""Registering a weights file as a model version, as the integration tests all need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register_file(client, model: str, weights_file: Path) -> str:
+    """Log ``weights_file`` in a new run and register that artifact as a new version of ``model``."""
+    from mlflow.exceptions import MlflowException
+
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    client.log_artifact(run.info.run_id, str(weights_file), "weights")
+    try:
+        client.create_registered_model(model)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.create_model_version(model, f"{run.info.artifact_uri}/weights", run_id=run.info.run_id).version
