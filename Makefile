@@ -25,7 +25,7 @@ demo: $(STAMP) demo-stop
 	$(PY) deploy/demo.py
 
 demo-stop:
-	@if [ -f .demo/server.pid ]; then kill -TERM -- -$$(cat .demo/server.pid) 2>/dev/null || true; rm -f .demo/server.pid; fi
+	@if [ -f .demo/server.pid ]; then $(PYTHON) -c "import os, signal; os.killpg(int(open('.demo/server.pid').read()), signal.SIGTERM)" 2>/dev/null || true; rm -f .demo/server.pid; fi
 
 test: $(STAMP)
 	deploy/local/install-postgres.sh
