@@ -28,9 +28,7 @@ demo-stop:
 	@if [ -f .demo/server.pid ]; then $(PYTHON) -c "import os, signal; os.killpg(int(open('.demo/server.pid').read()), signal.SIGTERM)" 2>/dev/null || true; rm -f .demo/server.pid; fi
 
 test: $(STAMP)
-	deploy/local/install-postgres.sh
-	deploy/local/install-chromium.sh
-	deploy/local/install-compose.sh
+	deploy/local/install-test-deps.sh
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -272,21 +272,17 @@ def queue(tracking_uri: str, output_format: str) -> None:
 
     from mlflow.tracking import MlflowClient
 
+    from mlflow_plugin.worker import all_model_versions
+
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     counts: Counter[str] = Counter()
     oldest_pending_ms = None
-    token = None
-    while True:
-        page = client.search_model_versions(max_results=200, page_token=token)
-        for version in page:
-            status = (version.tags or {}).get("gate.status", "none")
-            counts[status] += 1
-            if status in ("pending", "none"):
-                created = version.creation_timestamp
-                oldest_pending_ms = created if oldest_pending_ms is None else min(oldest_pending_ms, created)
-        token = page.token
-        if not token:
-            break
+    for version in all_model_versions(client):
+        status = (version.tags or {}).get("gate.status", "none")
+        counts[status] += 1
+        if status in ("pending", "none"):
+            created = version.creation_timestamp
+            oldest_pending_ms = created if oldest_pending_ms is None else min(oldest_pending_ms, created)
     age = None if oldest_pending_ms is None else round(time.time() - oldest_pending_ms / 1000, 1)
     if output_format == "json":
         click.echo(json.dumps({"by_status": dict(counts), "oldest_pending_age_seconds": age}))

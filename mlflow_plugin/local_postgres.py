@@ -1,7 +1,7 @@
 """A PostgreSQL server on loopback from Debian's packages: throwaway for the integration tests, or
 kept in a state folder by the container-free deployment (deploy/local/topology.py).
 
-``deploy/local/install-postgres.sh`` installs the packages on a fresh machine (``make test`` runs
+``deploy/local/install-test-deps.sh`` installs the packages on a fresh machine (``make test`` runs
 it). PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user.
 """
 
@@ -31,7 +31,7 @@ def start_postgres(root: str, port: int) -> str:
     returns the URI prefix ``postgresql://postgres@127.0.0.1:port``."""
     bin_dir = postgres_bin()
     if bin_dir is None:
-        raise RuntimeError("PostgreSQL is not installed: run deploy/local/install-postgres.sh (make test does)")
+        raise RuntimeError("PostgreSQL is not installed: run deploy/local/install-test-deps.sh (make test does)")
     os.makedirs(root, exist_ok=True)
     os.chmod(root, 0o777)
     data = os.path.join(root, "data")

@@ -71,15 +71,9 @@ class Worker:
             time.sleep(poll_seconds)
 
     def pending_versions(self) -> Iterator[ModelVersion]:
-        token = None
-        while True:
-            page = self.client.search_model_versions(max_results=200, page_token=token, order_by=["name ASC"])
-            for version in page:
-                if (version.tags or {}).get(STATUS, PENDING) == PENDING:
-                    yield version
-            token = page.token
-            if not token:
-                return
+        for version in all_model_versions(self.client):
+            if (version.tags or {}).get(STATUS, PENDING) == PENDING:
+                yield version
 
     def claim(self, version: ModelVersion) -> bool:
         body = {"name": version.name, "version": int(version.version), "worker": self.settings.worker_id,
@@ -175,6 +169,17 @@ class Worker:
             raise MlflowException(f"weightgate server endpoint {endpoint} answered {response.status_code}: "
                                   f"{response.text[:500]} (is the server started with --app-name weightgate?)")
         return response.json()
+
+
+def all_model_versions(client: MlflowClient) -> Iterator[ModelVersion]:
+    """Every model version of the registry, page by page, in name order."""
+    token = None
+    while True:
+        page = client.search_model_versions(max_results=200, page_token=token, order_by=["name ASC"])
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def _finite(value) -> bool:

@@ -50,7 +50,7 @@ def page():
     from playwright.sync_api import sync_playwright
 
     if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian's chromium is missing: run deploy/local/install-chromium.sh (make test does)")
+        pytest.fail("Debian's chromium is missing: run deploy/local/install-test-deps.sh (make test does)")
     SCREENSHOTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -81,7 +81,7 @@ def _compose_command() -> list[str]:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    pytest.fail("no compose client: run deploy/local/install-compose.sh (make test does)")
+    pytest.fail("no compose client: run deploy/local/install-test-deps.sh (make test does)")
 
 
 def test_compose_file_is_valid(tmp_path):
