@@ -47,7 +47,9 @@ class Shuffler:
 
     One permutation is drawn per matrix size and reused for every matrix of that size in a scan:
     each shuffled matrix is still a uniformly random arrangement of its own elements, and drawing a
-    permutation (random access over the whole index range) is the dominant cost of ``--randomize``.
+    permutation (random access over the whole index range: 0.36 s for MiniLM's 11.7 M-element
+    embedding) is the dominant cost of ``--randomize``. Drawing them on a background thread while
+    the real spectra are solved was tried: no gain on 2 cores, where both compete for the same cores.
     """
 
     def __init__(self, seed: int) -> None:
@@ -61,7 +63,8 @@ class Shuffler:
             generator = torch.Generator().manual_seed(self._seed + size)
             order = torch.randperm(size, generator=generator)
             self._permutations[size] = order
-        return torch.take(matrix, order.to(matrix.device)).reshape(matrix.shape)
+        # index_select on the flat view: the same gather as torch.take, measured 2.5x faster on the CPU.
+        return torch.index_select(matrix.reshape(-1), 0, order.to(matrix.device)).reshape(matrix.shape)
 
 
 def randomized_comparison(evals: np.ndarray, rand_evals: np.ndarray, N: int, M: int) -> dict[str, float | int]:
@@ -104,15 +107,23 @@ def _residuals(sigmas: np.ndarray, x: np.ndarray, y: np.ndarray, peak_x: float, 
     s = sigmas[:, None]
     with np.errstate(all="ignore"):
         if Q == 1:
-            model = np.nan_to_num(1 / (np.pi * s * s) * np.sqrt(4 - x[None, :] ** 2))
+            model = _nan_to_zero(1 / (np.pi * s * s) * np.sqrt(4 - x[None, :] ** 2))
             return ((model - y[None, :]) ** 2).sum(axis=1)
         upper = (s * (1 + math.sqrt(1 / Q))) ** 2
         lower = (s * (1 - math.sqrt(1 / Q))) ** 2
-        model = np.nan_to_num(1 / (2 * np.pi * s * s * x[None, :] / Q) * np.sqrt((upper - x) * (x - lower)))
-    costs = ((model - y[None, :]) ** 2).sum(axis=1)
+        model = _nan_to_zero(1 / (2 * np.pi * s * s * x[None, :] / Q) * np.sqrt((upper - x) * (x - lower)))
+        costs = ((model - y[None, :]) ** 2).sum(axis=1)
     rejected = (upper[:, 0] < peak_x) | (upper[:, 0] > x.max()) | (lower[:, 0] > peak_x)
     costs[rejected] = _REJECTED**2 * x.size
     return costs
+
+
+def _nan_to_zero(model: np.ndarray) -> np.ndarray:
+    """The density is NaN outside the bulk (square root of a negative number): zero there, as
+    WeightWatcher's ``np.nan_to_num`` makes it. Its other effect, inf -> float max, gives the same
+    infinite cost, so only NaN is replaced (in place: this runs ~20 times per Nelder-Mead step)."""
+    model[np.isnan(model)] = 0.0
+    return model
 
 
 def _linear_kde(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
