@@ -67,3 +67,45 @@ def test_pickled_mlflow_model_is_refused_then_allowed(registry):
 def test_unknown_model_is_a_clear_error(registry):
     with pytest.raises(gate.errors.GateInputError, match="models:/does-not-exist/1"):
         gate.scan("models:/does-not-exist/1", tracking_uri=registry["uri"])
+
+
+def test_tracking_uri_is_used_without_changing_the_process_default(registry, tmp_path):
+    """``tracking_uri=`` reaches the download only: a notebook's or worker's own MLflow settings stay."""
+    import mlflow
+
+    elsewhere = (tmp_path / "elsewhere").as_uri()
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(elsewhere)
+    mlflow.set_registry_uri(elsewhere)
+    try:
+        result = gate.scan("models:/mlp@champion", device="cpu", tracking_uri=registry["uri"])
+        assert list(result.layers["name"]) == ["0", "2"]
+        assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == (elsewhere, elsewhere)
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
+@pytest.mark.slow
+def test_transformers_flavor_model_is_read_from_its_weight_files(registry, minilm_dir):
+    """mlflow.transformers stores save_pretrained output (safetensors) inside the MLflow model: the
+    registered version must give the same 39 layers and alphas as the Hugging Face folder itself."""
+    import mlflow
+    import mlflow.transformers
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(str(minilm_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mlflow.start_run():
+            mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, name="hf",
+                                          task="feature-extraction", registered_model_name="minilm-hf",
+                                          pip_requirements=["transformers", "torch"])  # no inference: offline
+    from_registry = gate.scan("models:/minilm-hf/1", device="cpu", benford=False, tracking_uri=registry["uri"])
+    direct = gate.scan(minilm_dir, device="cpu", benford=False)
+    ours = from_registry.layers[from_registry.layers["status"] == "ok"].set_index("name")["alpha"]
+    expected = direct.layers[direct.layers["status"] == "ok"].set_index("name")["alpha"]
+    assert len(ours) == 39
+    assert sorted(ours.index) == sorted(expected.index)
+    np.testing.assert_allclose(ours.loc[expected.index], expected, rtol=1e-12)

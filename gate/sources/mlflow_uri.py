@@ -29,12 +29,13 @@ def open_mlflow_uri(uri: str, allow_pickle: bool = False, tracking_uri: str | No
 
     from gate.sources.local_files import open_local
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     workdir = Path(tempfile.mkdtemp(prefix="weightgate-"))
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(workdir)))
+        # The URIs go to these calls only: mlflow.set_tracking_uri would change the whole process
+        # (e.g. the worker's or a notebook's own MLflow client).
+        location = _model_location(uri, tracking_uri) if uri.startswith("models:/") else uri
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(workdir),
+                                                         tracking_uri=tracking_uri, registry_uri=tracking_uri))
         inner = open_local(local, allow_pickle)
     except MlflowException as err:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -43,3 +44,21 @@ def open_mlflow_uri(uri: str, allow_pickle: bool = False, tracking_uri: str | No
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return CompositeSource([inner], uri, on_close=lambda: shutil.rmtree(workdir, ignore_errors=True))
+
+
+def _model_location(uri: str, tracking_uri: str | None) -> str:
+    """Where a ``models:/`` URI's files are stored, resolved with an explicit client.
+
+    MLflow 3.17's ``download_artifacts(tracking_uri=...)`` resolves ``models:/`` URIs with the
+    process-wide registry and tracking URIs and ignores the ones passed in; runs:/ and storage URIs
+    do honour them.
+    """
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    identifiers = get_model_name_and_version(client, uri)
+    if len(identifiers) == 1:  # models:/m-<id>, a logged model
+        return client.get_logged_model(identifiers[0]).artifact_location
+    name, version = identifiers
+    return client.get_model_version_download_uri(name, version)
