@@ -52,8 +52,9 @@ def main() -> None:
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True, help="table for people, json/csv for machines")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
-@click.option("--precision", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
-              help="Gram-matrix eigensolver precision (float32 loses small eigenvalues)")
+@click.option("--precision", type=click.Choice(["auto", "float64", "float32"]), default="auto", show_default=True,
+              help="eigensolver precision; auto: float32 for float16/bfloat16 weights unless the fitted tail "
+                   "needs float64, float64 otherwise (float32 loses small eigenvalues)")
 @click.option("--mp-fit", is_flag=True, help="also fit the Marchenko-Pastur bulk (num_spikes, mp_softrank, sigma_mp)")
 @click.option("--randomize", is_flag=True, help="also compare with the ESD of shuffled weights (correlation traps)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the --randomize shuffle")

@@ -34,12 +34,18 @@ def rank_threshold(lambda_max: float, N: int) -> float:
     return lambda_max * N * np.finfo(np.float64).eps
 
 
-def spectral_metrics(evals: np.ndarray, N: int, device: torch.device | str = "cpu") -> dict[str, float | int | str]:
-    """All ESD-derived metrics of one layer; alpha-based ones are NaN when no fit is possible."""
+def spectral_metrics(evals: np.ndarray, N: int, device: torch.device | str = "cpu",
+                     error_bound: float = 0.0) -> dict[str, float | int | str]:
+    """All ESD-derived metrics of one layer; alpha-based ones are NaN when no fit is possible.
+
+    ``error_bound`` (absolute, from the solve) also counts as zero: an eigenvalue the solve cannot
+    tell from zero does not add to the rank. It matters only for float32 solves; a float64 bound
+    lies below :func:`rank_threshold` for all but tiny matrices.
+    """
     evals = np.sort(np.asarray(evals, dtype=np.float64))
     lambda_max = float(evals[-1])
     norm = float(evals.sum())
-    threshold = rank_threshold(lambda_max, N)
+    threshold = max(rank_threshold(lambda_max, N), error_bound)
     rank = int(np.count_nonzero(evals > threshold))
     metrics: dict[str, float | int | str] = {
         "num_evals": int(evals.size),

@@ -28,13 +28,15 @@ from gate.sources import WeightSource, open_source
 from gate.spectrum import SpectrumBatcher, cpu_threads_for_blas, resolve_device
 from gate.summary import summarize
 
+TAIL_TOLERANCE = 1e-3  # largest relative error bound accepted at xmin for a float32 solve (precision="auto")
+
 
 @dataclass(frozen=True)
 class ScanOptions:
     """Everything that changes a scan's numbers; recorded in the result for reproducibility."""
 
     device: str = "auto"
-    precision: str = "float64"
+    precision: str = "auto"  # or "float64" / "float32" for every layer (gate.spectrum says how auto chooses)
     min_evals: int = 8
     max_evals: int | None = None
     max_N: int | None = None
@@ -123,22 +125,59 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
                     # float32 suffices here: shuffled ESDs feed only the MP fit (a density estimate
                     # with bandwidth 0.1 on rescaled eigenvalues) and the largest eigenvalue.
                     batcher.add((plan.index, k, "random"), batcher.gram(shuffle(matrix), torch.float32))
+            row["solve_precision"] = str(grams[0].dtype).removeprefix("torch.")
             analysable.append(plan)
         del tensor
-    results = batcher.flush()
+    batcher.flush()
     for plan in analysable:
-        evals = _pooled(results, plan, ())
+        rows[plan.index].update(_spectral_row(batcher, plan, device))
+    unresolved = [plan for plan in analysable if _tail_unresolved(rows[plan.index])]
+    if unresolved and options.precision == "auto":
+        _resolve_in_float64(weights, unresolved, batcher, device)
+        for plan in unresolved:
+            rows[plan.index].update(_spectral_row(batcher, plan, device), solve_precision="float64")
+    for plan in analysable:
+        evals = _pooled(batcher.results, plan, ())
         if options.keep_spectra:
             spectra[plan.name] = evals
         row = rows[plan.index]
-        row.update(spectral_metrics(evals, plan.N, device))
-        if not np.isfinite(row["alpha"]):
-            row.update(status="degenerate", reason="no power-law fit: fewer than 2 distinct eigenvalues above 1e-5")
         if options.mp_fit:
             row.update(mp_fit(evals, plan.N, plan.M))
         if options.randomize:
-            row.update(randomized_comparison(evals, _pooled(results, plan, ("random",)), plan.N, plan.M))
+            row.update(randomized_comparison(evals, _pooled(batcher.results, plan, ("random",)), plan.N, plan.M))
     return [rows[i] for i in sorted(rows)], model_digits
+
+
+def _spectral_row(batcher: SpectrumBatcher, plan: LayerPlan, device: torch.device) -> dict[str, Any]:
+    """The ESD metrics of one solved layer, with its eigenvalue error bound (pooled slices: the largest)."""
+    bound = max(batcher.error_bounds[(plan.index, k)] for k in range(len(plan.slices))) * plan.scale**2
+    row = spectral_metrics(_pooled(batcher.results, plan, ()), plan.N, device, error_bound=bound)
+    row["eig_error_bound"] = bound
+    if not np.isfinite(row["alpha"]):
+        row.update(status="degenerate", reason="no power-law fit: fewer than 2 distinct eigenvalues above 1e-5")
+    return row
+
+
+def _tail_unresolved(row: dict[str, Any]) -> bool:
+    """A float32 solve whose error bound is not small against the fitted xmin: the tail that alpha,
+    xmin and D come from is then not resolved to TAIL_TOLERANCE, and the layer is solved again in
+    float64."""
+    return row.get("solve_precision") == "float32" and bool(row["eig_error_bound"] > TAIL_TOLERANCE * row["xmin"])
+
+
+def _resolve_in_float64(weights: WeightSource, plans: list[LayerPlan], batcher: SpectrumBatcher,
+                        device: torch.device) -> None:
+    """Solve these layers again in float64, reading their tensors once more (memory stays one
+    tensor), and replace their eigenvalues and error bounds in ``batcher``."""
+    exact = SpectrumBatcher(device, "float64")
+    for tensor_name, group in groupby(plans, key=lambda p: p.tensor_name):
+        tensor = weights.load(tensor_name).to(device)
+        for plan in group:
+            for k, matrix in enumerate(layer_matrices(plan, tensor)):
+                exact.add((plan.index, k), exact.gram(matrix))
+        del tensor
+    batcher.results.update(exact.flush())
+    batcher.error_bounds.update(exact.error_bounds)
 
 
 def _pooled(results: dict, plan: LayerPlan, suffix: tuple) -> np.ndarray:

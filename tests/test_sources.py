@@ -153,9 +153,13 @@ def test_pt2_dtype_codes_match_torch_export_schema():
             assert ScalarType(code).name == names[dtype]
 
 
-def test_half_precision_weights_are_analysed_in_float64(tmp_path, model, expected):
+def test_half_precision_weights_are_read_and_solved_in_float32(tmp_path, model, expected):
     path = tmp_path / "half.safetensors"
     save_file({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}, path)
-    got = _by_name(gate.scan(path, device="cpu"))
+    result = gate.scan(path, device="cpu")
+    got = _by_name(result)
     for name, alpha in expected.items():
         assert got[name] == pytest.approx(alpha, abs=0.05), name  # bf16 rounding of the weights only
+    analysed = result.layers[result.layers["status"] == "ok"]
+    assert set(analysed["solve_precision"]) <= {"float32", "float64"}
+    assert (analysed["solve_precision"] == "float32").any()
