@@ -1,6 +1,7 @@
 """CPU benchmark, side by side in one process: weightgate vs WeightWatcher 0.7.7 on all-MiniLM-L6-v2.
 
-(a) the same metrics: WeightWatcher analyze() vs gate.scan(benford=False); (b) full set:
+(a) the same metrics: WeightWatcher analyze() vs gate.scan(benford=False), and gate alone on a
+float16 copy (precision auto, i.e. float32 solves, against float64 solves); (b) full set:
 analyze(mp_fit=True, randomize=True) vs gate.scan(mp_fit=True, randomize=True); (c) gate's own
 default scan (spectra + Benford) and `compare` of MiniLM against a perturbed copy (issue 3's 2 s).
 Each tool gets one warm-up call, then the best of several timed calls (WeightWatcher's full run
@@ -59,12 +60,16 @@ def main() -> None:
     state = load_file(str(model_dir / "model.safetensors"))
     save_file({k: v + 1e-3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()},
               str(perturbed))
+    half = Path(scratch.name) / "model-fp16.safetensors"  # how large models usually ship
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(half))
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "ww_default_s": best_of(3, lambda: watcher.analyze()),
         "gate_same_metrics_file_s": best_of(5, lambda: gate.scan(model_dir, device="cpu", benford=False)),
         "gate_same_metrics_module_s": best_of(5, lambda: gate.scan(module, device="cpu", benford=False)),
         "gate_default_with_benford_s": best_of(5, lambda: gate.scan(model_dir, device="cpu")),
+        "gate_fp16_auto_s": best_of(5, lambda: gate.scan(half, device="cpu", benford=False)),
+        "gate_fp16_float64_s": best_of(5, lambda: gate.scan(half, device="cpu", benford=False, precision="float64")),
         "gate_full_file_s": best_of(3, lambda: gate.scan(model_dir, device="cpu", mp_fit=True, randomize=True,
                                                          benford=False)),
         "gate_compare_s": best_of(3, lambda: compare(model_dir, perturbed, device="cpu")),
