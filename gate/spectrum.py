@@ -75,9 +75,12 @@ def gram(matrix: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torc
     if device.type == "cpu":
         numpy_dtype = np.float64 if dtype == torch.float64 else np.float32
         total = np.zeros((cols, cols), dtype=numpy_dtype)
-        for start in range(0, rows, _ROW_BLOCK):
-            block = matrix[start:start + _ROW_BLOCK].to(dtype).numpy()
-            total += block.T @ block
+        # Overflow and NaN are checked on the result by the caller (non-finite Gram -> nonfinite
+        # layer, or a float64 retry), so numpy's warnings would only be noise.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, rows, _ROW_BLOCK):
+                block = matrix[start:start + _ROW_BLOCK].to(dtype).numpy()
+                total += block.T @ block
         return torch.from_numpy(total)
     result = torch.zeros((cols, cols), dtype=dtype, device=device)
     for start in range(0, rows, _ROW_BLOCK):

@@ -47,6 +47,21 @@ def test_all_zero_and_constant_matrices_are_degenerate(three_layers):
     assert result.summary["num_degenerate"] == 2 and result.summary["num_analysed"] == 1
 
 
+def test_huge_bfloat16_weights_fall_back_to_a_float64_gram(three_layers):
+    """bfloat16 holds values whose squares overflow float32: the layer is still analysed, in float64,
+    with the spectrum of the same weights (scipy's SVD as the reference)."""
+    import numpy as np
+    import scipy.linalg
+
+    huge = {name: (w * 1e20).to(torch.bfloat16) for name, w in three_layers.items()}
+    layers = gate.scan(huge, device="cpu", benford=False).layers.set_index("name")
+    assert list(layers["status"]) == ["ok", "ok", "ok"]
+    assert list(layers["solve_precision"]) == ["float64"] * 3
+    reference = scipy.linalg.svdvals(huge["a.weight"].double().numpy()).max() ** 2
+    assert layers.loc["a", "lambda_max"] == pytest.approx(reference, rel=1e-10)
+    assert np.isfinite(layers["alpha"]).all()
+
+
 def test_summary_counts_nonfinite_layers(three_layers):
     three_layers["c.weight"][:] = float("nan")
     summary = gate.scan(three_layers, device="cpu").summary
