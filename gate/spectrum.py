@@ -83,11 +83,22 @@ def gram(matrix: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torc
                 block = matrix[start:start + _ROW_BLOCK].to(dtype).numpy()
                 total += block.T @ block
         return torch.from_numpy(total)
+    if dtype == torch.float32 and not ieee_float32_matmul(device):
+        # The caller's process allows TF32 (10-bit mantissa) products; the error bound assumes IEEE
+        # float32, so accumulate in float64 and round once.
+        return gram(matrix, device, torch.float64).to(torch.float32)
     result = torch.zeros((cols, cols), dtype=dtype, device=device)
     for start in range(0, rows, _ROW_BLOCK):
         block = matrix[start:start + _ROW_BLOCK].to(device=device, dtype=dtype)
         result.addmm_(block.T, block)
     return result
+
+
+def ieee_float32_matmul(device: torch.device) -> bool:
+    """Whether float32 products on ``device`` are IEEE float32. Training code often enables TF32 on
+    GPUs (``torch.backends.cuda.matmul.allow_tf32`` or ``set_float32_matmul_precision("high")``,
+    both visible here); the CPU path multiplies through numpy, which TF32 settings do not touch."""
+    return device.type == "cpu" or torch.get_float32_matmul_precision() == "highest"
 
 
 class SpectrumBatcher:

@@ -113,6 +113,25 @@ def test_auto_scan_of_float16_minilm_agrees_with_float64(minilm_dir, tmp_path):
         assert abs(int(auto.loc[name, "matrix_rank"]) - above_bound) <= 1, name
 
 
+def test_tf32_settings_switch_gpu_float32_grams_to_float64_accumulation():
+    """A GPU process that allows TF32 products (common in training code) must not get TF32 Grams;
+    checked with both of torch's switches, and the setting is restored."""
+    from gate.spectrum import ieee_float32_matmul
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    previous = torch.get_float32_matmul_precision()
+    try:
+        assert ieee_float32_matmul(cuda) and ieee_float32_matmul(cpu)
+        torch.set_float32_matmul_precision("high")
+        assert not ieee_float32_matmul(cuda) and ieee_float32_matmul(cpu)
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert not ieee_float32_matmul(cuda)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision(previous)
+
+
 def test_batches_of_mixed_sizes_keep_their_keys():
     torch.manual_seed(0)
     matrices = [torch.randn(50, 20), torch.randn(30, 30), torch.randn(70, 20), torch.randn(40, 10)]
