@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -133,9 +134,11 @@ def test_missing_empty_and_unknown_files_exit_2(tmp_path):
     proc = run_cli("scan", str(empty))
     assert proc.returncode == 2 and "empty" in proc.stderr
     junk = tmp_path / "weights.xyz"
-    junk.write_bytes(os.urandom(4096))
+    noise = bytearray(random.Random(7).randbytes(4096))
+    noise[8:9] = b"{"  # looks like a safetensors JSON header, but the length before it does not fit the file
+    junk.write_bytes(bytes(noise))
     proc = run_cli("scan", str(junk))
-    assert proc.returncode == 2 and "unknown model file format" in proc.stderr
+    assert proc.returncode == 2 and "unknown model file format" in proc.stderr, proc.stderr
     garbage_pt = tmp_path / "garbage.pt"
     garbage_pt.write_bytes(b"hello, not a checkpoint" * 10)
     proc = run_cli("scan", str(garbage_pt))

@@ -77,6 +77,16 @@ def test_single_safetensors(tmp_path, model, expected):
     _assert_same(gate.scan(path, device="cpu"), expected)
 
 
+def test_files_with_other_names_are_recognised_by_content(tmp_path, model, expected):
+    """A safetensors file or a torch zip checkpoint under an unexpected name is read by its bytes."""
+    safetensors_path = tmp_path / "weights.dat"
+    save_file(model.state_dict(), safetensors_path)
+    _assert_same(gate.scan(safetensors_path, device="cpu"), expected)
+    torch_path = tmp_path / "weights.model"
+    torch.save(model.state_dict(), torch_path)
+    _assert_same(gate.scan(torch_path, device="cpu"), expected)
+
+
 def test_sharded_safetensors_and_hf_directory(tmp_path, model, expected):
     state = model.state_dict()
     names = list(state)

@@ -66,8 +66,8 @@ def _open_by_content(path: Path, allow_pickle: bool) -> WeightSource:
             if any(n.endswith("model_weights_config.json") for n in archive.namelist()):
                 return Pt2ArchiveSource(path)
         return open_torch_file(path, allow_pickle)
-    if len(head) > 8 and head[8:9] == b"{":
-        return SafetensorsSource([path], str(path))
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return SafetensorsSource([path], str(path))  # u64 header length, then the JSON header
     raise GateInputError(f"{path}: unknown model file format; weightgate reads {SUPPORTED}")
 
 
