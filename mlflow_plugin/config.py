@@ -39,5 +39,9 @@ class GateConfig:
             policy_path=os.environ.get("WEIGHTGATE_POLICY") or None,
         )
 
+    def is_protected(self, alias: str) -> bool:
+        """Alias names are matched case-insensitively, as MLflow users type them either way."""
+        return alias.lower() in {a.lower() for a in self.protected_aliases}
+
     def approving_statuses(self) -> frozenset[str]:
         return frozenset({APPROVED, OVERRIDDEN} | ({WARNED} if self.allow_warned else set()))

@@ -111,7 +111,7 @@ class _Gate:
     # -- checks ------------------------------------------------------------------------------
     def check_alias(self, params: dict) -> Response | None:
         alias = str(params.get("alias", "")).lower()
-        if alias not in {a.lower() for a in self.config.protected_aliases}:
+        if not self.config.is_protected(alias):
             return None
         problem = self.approval_problem(params.get("name", ""), params.get("version", ""))
         return _denied(f"cannot set protected alias '{alias}': {problem}") if problem else None

@@ -58,7 +58,7 @@ class WebhookGate(Worker):
         _logger.info("weightgate webhook: %s version %s -> %s", version.name, version.version, tags[STATUS])
 
     def on_alias(self, name: str, alias: str, version: str) -> None:
-        if alias.lower() not in {a.lower() for a in self.config.protected_aliases}:
+        if not self.config.is_protected(alias):
             return
         tags = self.client.get_model_version(name, version).tags or {}
         if tags.get(STATUS) in self.config.approving_statuses():

@@ -113,7 +113,7 @@ class Worker:
         """The version holding a protected alias, else the previous version, else none."""
         model = self.client.get_registered_model(version.name)
         for alias, aliased in sorted((model.aliases or {}).items()):
-            if alias.lower() in {a.lower() for a in self.config.protected_aliases} and str(aliased) != str(version.version):
+            if self.config.is_protected(alias) and str(aliased) != str(version.version):
                 return f"models:/{version.name}/{aliased}"
         earlier = [int(v.version) for v in self.client.search_model_versions(f"name='{version.name}'")
                    if int(v.version) < int(version.version)]
