@@ -114,7 +114,7 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
             if plan.skip_reason:
                 row.update(status="skipped", reason=plan.skip_reason)
                 continue
-            grams = _grams(batcher, matrices)
+            grams = [batcher.gram(m) for m in matrices]
             problem = _weight_problem(matrices, grams)
             if problem is not None:
                 row.update(problem)
@@ -125,7 +125,8 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
                     # float32 suffices here: shuffled ESDs feed only the MP fit (a density estimate
                     # with bandwidth 0.1 on rescaled eigenvalues) and the largest eigenvalue.
                     batcher.add((plan.index, k, "random"), batcher.gram(shuffle(matrix), torch.float32))
-            row["solve_precision"] = str(grams[0].dtype).removeprefix("torch.")
+            widest = max((g.dtype for g in grams), key=lambda dtype: torch.finfo(dtype).bits)
+            row["solve_precision"] = str(widest).removeprefix("torch.")
             analysable.append(plan)
         del tensor
     batcher.flush()
@@ -146,15 +147,6 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
         if options.randomize:
             row.update(randomized_comparison(evals, _pooled(batcher.results, plan, ("random",)), plan.N, plan.M))
     return [rows[i] for i in sorted(rows)], model_digits
-
-
-def _grams(batcher: SpectrumBatcher, matrices: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The layer's Gram matrices in the solve precision; float64 where float32 overflows (bfloat16
-    weights can exceed 1.8e19, whose squares float32 cannot hold)."""
-    grams = [batcher.gram(m) for m in matrices]
-    if any(g.dtype == torch.float32 for g in grams) and not all(bool(torch.isfinite(g).all()) for g in grams):
-        grams = [batcher.gram(m, torch.float64) for m in matrices]
-    return grams
 
 
 def _spectral_row(batcher: SpectrumBatcher, plan: LayerPlan, device: torch.device) -> dict[str, Any]:

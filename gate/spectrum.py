@@ -131,8 +131,13 @@ class SpectrumBatcher:
         return torch.float32 if torch.finfo(weight_dtype).bits <= 16 else torch.float64  # float16, bfloat16, float8
 
     def gram(self, matrix: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """W^T W on this batcher's device, in the solve precision for ``matrix`` unless ``dtype`` says otherwise."""
-        return gram(matrix, self.device, dtype or self.solve_dtype(matrix.dtype))
+        """W^T W on this batcher's device, in the solve precision for ``matrix`` unless ``dtype`` says
+        otherwise; a float32 product that overflows (weights above ~1.8e19, which bfloat16 and float32
+        hold) is formed again in float64, so that only NaN/Inf weights give a non-finite Gram matrix."""
+        g = gram(matrix, self.device, dtype or self.solve_dtype(matrix.dtype))
+        if g.dtype == torch.float32 and not bool(torch.isfinite(g.sum())):
+            g = gram(matrix, self.device, torch.float64)
+        return g
 
     def add(self, key: Hashable, g: torch.Tensor) -> None:
         """Queue the eigenvalues of the Gram matrix ``g`` (from :meth:`gram`) under ``key``."""

@@ -61,6 +61,8 @@ def test_huge_bfloat16_weights_fall_back_to_a_float64_gram(three_layers):
     reference = scipy.linalg.svdvals(huge["a.weight"].double().numpy()).max() ** 2
     assert layers.loc["a", "lambda_max"] == pytest.approx(reference, rel=1e-10)
     assert np.isfinite(layers["alpha"]).all()
+    shuffled = gate.scan(huge, device="cpu", benford=False, mp_fit=True, randomize=True).layers
+    assert np.isfinite(shuffled["max_rand_eval"]).all()  # the shuffled float32 Grams overflow as well
 
 
 def test_summary_counts_nonfinite_layers(three_layers):
