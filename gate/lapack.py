@@ -72,7 +72,7 @@ def find_syevr_library() -> SyevrLibrary | None:
     controller = ThreadpoolController()
     for library in controller.select(internal_api="openblas").lib_controllers:
         handle = library.dynlib
-        if all(_has_symbol(handle, f"LAPACKE_{name}") for name in ("dsyevr", "ssyevr")):
+        if all(_symbol(handle, f"LAPACKE_{name}") is not None for name in ("dsyevr", "ssyevr")):
             return SyevrLibrary(handle, controller.select(filepath=library.filepath))
     return None
 
@@ -91,12 +91,6 @@ def _usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _has_symbol(library: ctypes.CDLL, name: str) -> bool:
-    return any(hasattr(library, prefix + name) for prefix in _SYMBOL_PREFIXES)
-
-
 def _symbol(library: ctypes.CDLL, name: str):
-    for prefix in _SYMBOL_PREFIXES:
-        if hasattr(library, prefix + name):
-            return getattr(library, prefix + name)
-    raise AttributeError(name)
+    """The routine ``name`` under any of the known prefixes, or None."""
+    return next((getattr(library, p + name) for p in _SYMBOL_PREFIXES if hasattr(library, p + name)), None)
