@@ -68,7 +68,8 @@ def test_webhook_mode_end_to_end(tmp_path):
             assert status == "blocked"
             client.set_registered_model_alias("hooked", "champion", version)  # accepted: no plugin here
             wait_for(lambda: "champion" not in client.get_registered_model("hooked").aliases)
-            violation = client.get_model_version("hooked", version).tags["gate.violation"]
+            # The receiver removes the alias, then records why: wait for the record too.
+            violation = wait_for(lambda: client.get_model_version("hooked", version).tags.get("gate.violation"))
             assert "champion" in violation and "removed by weightgate" in violation
             forged = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"{}", method="POST",
                                             headers={"X-MLflow-Signature": "v1,AAAA", "X-MLflow-Delivery-Id": "x",
