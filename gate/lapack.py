@@ -1,21 +1,19 @@
-"""Eigenvalues of many symmetric matrices on all CPU cores, through the LAPACK that scipy loaded.
+"""Eigenvalues of a symmetric matrix through the LAPACK that scipy loaded, without holding the GIL.
 
-Why not scipy.linalg.eigvalsh in threads: scipy's LAPACK wrappers keep the GIL during the call, so
-solves from two threads run one after the other, and OpenBLAS's own threads do not help a 384 x 384
+Why not scipy.linalg.eigvalsh: scipy's LAPACK wrappers keep the GIL during the call, so solves from
+two threads run one after the other, and OpenBLAS's own threads do not help a 384 x 384
 tridiagonal reduction (measured on 2 cores: 39 MiniLM-sized solves take 0.21 s either way). ctypes
 releases the GIL around a foreign call, so the very routine scipy's ``driver="evr"`` runs
-(``LAPACKE_?syevr`` of the same OpenBLAS, found with threadpoolctl) is called from one thread per
-core, each with OpenBLAS held to one thread: 0.11 s, the same eigenvalues up to rounding (a
-single-threaded OpenBLAS sums in another order). Where no such
-library or symbol is loaded (another BLAS vendor, a scipy built against a system LAPACK), the
-solves fall back to scipy one by one.
+(``LAPACKE_?syevr`` of the same OpenBLAS, found with threadpoolctl) can run on every core at once,
+one solve per thread (gate.spectrum does that, with OpenBLAS held to one thread). Where no such
+library or symbol is loaded (another BLAS vendor, a scipy built against a system LAPACK), solves go
+through scipy, one at a time.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -28,8 +26,7 @@ _SYMBOL_PREFIXES = ("scipy_", "")  # scipy's wheels rename OpenBLAS's symbols wi
 class SyevrLibrary:
     """``LAPACKE_dsyevr`` and ``LAPACKE_ssyevr`` (32-bit integers) of one loaded OpenBLAS."""
 
-    def __init__(self, library: ctypes.CDLL, controller) -> None:
-        self._controller = controller  # threadpoolctl's handle, to hold OpenBLAS to one thread
+    def __init__(self, library: ctypes.CDLL) -> None:
         self._routines = {}
         for dtype, name, real in ((np.float64, "dsyevr", ctypes.c_double), (np.float32, "ssyevr", ctypes.c_float)):
             routine = _symbol(library, f"LAPACKE_{name}")
@@ -55,38 +52,37 @@ class SyevrLibrary:
             raise np.linalg.LinAlgError(f"LAPACK ?syevr failed with info={status} on a {n} x {n} matrix")
         return values[:found.value]
 
-    def eigvalsh_many(self, matrices: list[np.ndarray]) -> list[np.ndarray]:
-        """All matrices, one thread per core, OpenBLAS single-threaded meanwhile."""
-        workers = min(len(matrices), _usable_cores())
-        if workers <= 1:
-            return [self.eigvalsh(m) for m in matrices]
-        with self._controller.limit(limits=1), ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(self.eigvalsh, matrices))
+
+@lru_cache(maxsize=1)
+def blas_controller():
+    """threadpoolctl's view of the BLAS/OpenMP libraries loaded now (numpy's and scipy's OpenBLAS,
+    torch's OpenMP), built once: enumerating them takes ~8 ms."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 @lru_cache(maxsize=1)
 def find_syevr_library() -> SyevrLibrary | None:
     """The OpenBLAS scipy.linalg uses, if it exports 32-bit-integer LAPACKE ``?syevr``; else None."""
-    from threadpoolctl import ThreadpoolController
-
-    controller = ThreadpoolController()
-    for library in controller.select(internal_api="openblas").lib_controllers:
+    for library in blas_controller().select(internal_api="openblas").lib_controllers:
         handle = library.dynlib
         if all(_symbol(handle, f"LAPACKE_{name}") is not None for name in ("dsyevr", "ssyevr")):
-            return SyevrLibrary(handle, controller.select(filepath=library.filepath))
+            return SyevrLibrary(handle)
     return None
 
 
-def eigvalsh_many(matrices: list[np.ndarray]) -> list[np.ndarray]:
-    """Ascending eigenvalues of each symmetric matrix, in parallel where the library allows."""
+def eigvalsh(matrix: np.ndarray) -> np.ndarray:
+    """Ascending eigenvalues of a symmetric matrix; releases the GIL where the library allows."""
     library = find_syevr_library()
     if library is None:
-        return [scipy.linalg.eigvalsh(m, driver="evr", check_finite=False) for m in matrices]
-    return library.eigvalsh_many(matrices)
+        return scipy.linalg.eigvalsh(matrix, driver="evr", check_finite=False)
+    return library.eigvalsh(matrix)
 
 
-def _usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on (containers, taskset)
+def usable_cores() -> int:
+    """The cores this process may run on (containers, taskset), which is how many solves run at once."""
+    if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 

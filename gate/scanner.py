@@ -96,47 +96,41 @@ def scan(
 
 def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions, device: torch.device,
              progress: bool, spectra: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], ModelDigits]:
-    batcher = SpectrumBatcher(device, options.precision)
     shuffle = Shuffler(options.seed)
     model_digits = ModelDigits()
     rows: dict[int, dict[str, Any]] = {}
-    analysable: list[LayerPlan] = []
     groups = [(name, list(group)) for name, group in groupby(plans, key=lambda p: p.tensor_name)]
-    for tensor_name, group in _progress(groups, progress):
-        tensor = weights.load(tensor_name).to(device)
-        tensor_digits = model_digits.add(tensor_name, tensor) if options.benford else None
-        for plan in group:
-            row = rows[plan.index] = _base_row(plan)
-            matrices = layer_matrices(plan, tensor)
-            if options.benford:
-                digits = tensor_digits if len(group) == 1 else sum(map(digit_counts, matrices), DigitCounts.empty())
-                row["mlh"] = digits.mlh()
-            if plan.skip_reason:
-                row.update(status="skipped", reason=plan.skip_reason)
-                continue
-            grams = [batcher.gram(m) for m in matrices]
-            problem = _weight_problem(matrices, grams)
-            if problem is not None:
-                row.update(problem)
-                continue
-            for k, (matrix, g) in enumerate(zip(matrices, grams)):
-                batcher.add((plan.index, k), g)
-                if options.randomize:
-                    # float32 suffices here: shuffled ESDs feed only the MP fit (a density estimate
-                    # with bandwidth 0.1 on rescaled eigenvalues) and the largest eigenvalue.
-                    batcher.add((plan.index, k, "random"), batcher.gram(shuffle(matrix), torch.float32))
-            widest = max((g.dtype for g in grams), key=lambda dtype: torch.finfo(dtype).bits)
-            row["solve_precision"] = str(widest).removeprefix("torch.")
-            analysable.append(plan)
-        del tensor
-    batcher.flush()
-    for plan in analysable:
-        rows[plan.index].update(_spectral_row(batcher, plan, device))
-    unresolved = [plan for plan in analysable if _tail_unresolved(rows[plan.index])]
-    if unresolved and options.precision == "auto":
-        _resolve_in_float64(weights, unresolved, batcher, device)
-        for plan in unresolved:
-            rows[plan.index].update(_spectral_row(batcher, plan, device), solve_precision="float64")
+    submitted: list[LayerPlan] = []
+    with SpectrumBatcher(device, options.precision) as batcher:
+        for tensor_name, group in _progress(groups, progress):
+            tensor = weights.load(tensor_name).to(device)
+            tensor_digits = model_digits.add(tensor_name, tensor) if options.benford else None
+            for plan in group:
+                row = rows[plan.index] = _base_row(plan)
+                matrices = layer_matrices(plan, tensor)
+                if options.benford:
+                    digits = tensor_digits if len(group) == 1 else sum(map(digit_counts, matrices), DigitCounts.empty())
+                    row["mlh"] = digits.mlh()
+                if plan.skip_reason:
+                    row.update(status="skipped", reason=plan.skip_reason)
+                    continue
+                for k, matrix in enumerate(matrices):
+                    batcher.submit((plan.index, k), matrix)
+                    if options.randomize:
+                        # float32 suffices here: shuffled ESDs feed only the MP fit (a density
+                        # estimate with bandwidth 0.1 on rescaled eigenvalues) and the largest eigenvalue.
+                        batcher.submit((plan.index, k, "random"), matrix, torch.float32, transform=shuffle)
+                submitted.append(plan)
+            del tensor
+        # Fits wait for the last solve: run between tasks, their Python code would hold the GIL
+        # that the pool's threads need to start each task (measured slower on 2 cores).
+        batcher.flush()
+        analysable = [plan for plan in submitted if _add_spectral_row(rows[plan.index], batcher, plan, device)]
+        unresolved = [plan for plan in analysable if _tail_unresolved(rows[plan.index])]
+        if unresolved and options.precision == "auto":
+            _resolve_in_float64(weights, unresolved, batcher, device)
+            for plan in unresolved:
+                rows[plan.index].update(_spectral_row(batcher, plan, device), solve_precision="float64")
     for plan in analysable:
         evals = _pooled(batcher.results, plan, ())
         if options.keep_spectra:
@@ -149,9 +143,25 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
     return [rows[i] for i in sorted(rows)], model_digits
 
 
+def _keys(plan: LayerPlan) -> list[tuple]:
+    """The batcher keys of one layer's matrices (one per slice)."""
+    return [(plan.index, k) for k in range(len(plan.slices))]
+
+
+def _add_spectral_row(row: dict[str, Any], batcher: SpectrumBatcher, plan: LayerPlan, device: torch.device) -> bool:
+    """Adds the solved layer's ESD metrics to ``row``, or its weight problem; True when analysable."""
+    problem = _weight_problem(batcher, plan)
+    if problem is not None:
+        row.update(problem)
+        return False
+    widest = max((batcher.solve_dtypes[key] for key in _keys(plan)), key=lambda dtype: torch.finfo(dtype).bits)
+    row.update(_spectral_row(batcher, plan, device), solve_precision=str(widest).removeprefix("torch."))
+    return True
+
+
 def _spectral_row(batcher: SpectrumBatcher, plan: LayerPlan, device: torch.device) -> dict[str, Any]:
     """The ESD metrics of one solved layer, with its eigenvalue error bound (pooled slices: the largest)."""
-    bound = max(batcher.error_bounds[(plan.index, k)] for k in range(len(plan.slices))) * plan.scale**2
+    bound = max(batcher.error_bounds[key] for key in _keys(plan)) * plan.scale**2
     row = spectral_metrics(_pooled(batcher.results, plan, ()), plan.N, device, error_bound=bound)
     row["eig_error_bound"] = bound
     if not np.isfinite(row["alpha"]):
@@ -170,14 +180,14 @@ def _resolve_in_float64(weights: WeightSource, plans: list[LayerPlan], batcher: 
                         device: torch.device) -> None:
     """Solve these layers again in float64, reading their tensors once more (memory stays one
     tensor), and replace their eigenvalues and error bounds in ``batcher``."""
-    exact = SpectrumBatcher(device, "float64")
-    for tensor_name, group in groupby(plans, key=lambda p: p.tensor_name):
-        tensor = weights.load(tensor_name).to(device)
-        for plan in group:
-            for k, matrix in enumerate(layer_matrices(plan, tensor)):
-                exact.add((plan.index, k), exact.gram(matrix))
-        del tensor
-    batcher.results.update(exact.flush())
+    with SpectrumBatcher(device, "float64") as exact:
+        for tensor_name, group in groupby(plans, key=lambda p: p.tensor_name):
+            tensor = weights.load(tensor_name).to(device)
+            for plan in group:
+                for k, matrix in enumerate(layer_matrices(plan, tensor)):
+                    exact.submit((plan.index, k), matrix)
+            del tensor
+        batcher.results.update(exact.flush())
     batcher.error_bounds.update(exact.error_bounds)
 
 
@@ -187,20 +197,20 @@ def _pooled(results: dict, plan: LayerPlan, suffix: tuple) -> np.ndarray:
     return evals * plan.scale**2 if plan.scale != 1.0 else evals
 
 
-def _weight_problem(matrices: list[torch.Tensor], grams: list[torch.Tensor]) -> dict[str, str] | None:
+def _weight_problem(batcher: SpectrumBatcher, plan: LayerPlan) -> dict[str, str] | None:
     """``nonfinite`` for NaN/Inf weights, ``degenerate`` for all-zero weights, else ``None``.
 
-    Checked on the small Gram matrices: a NaN/Inf weight makes its Gram matrix non-finite, and the
-    trace of W^T W is the squared Frobenius norm, zero only for all-zero weights. The weights
-    themselves are scanned only to count bad values once a problem is known.
+    Read from the solves: a NaN/Inf weight makes its Gram matrix non-finite, and W^T W is zero only
+    for all-zero weights. Weights are counted only once a Gram matrix is known to be non-finite.
     """
-    if not all(bool(torch.isfinite(g).all()) for g in grams):
-        bad = sum(int((~torch.isfinite(m)).sum()) for m in matrices)
-        total = sum(m.numel() for m in matrices)
+    keys = _keys(plan)
+    if any(key in batcher.nonfinite for key in keys):
+        bad = sum(batcher.nonfinite.get(key, 0) for key in keys)
+        total = len(keys) * plan.N * plan.M
         if bad:
             return {"status": "nonfinite", "reason": f"{bad} of {total} weights are NaN or infinite"}
         return {"status": "nonfinite", "reason": "weights overflow when squared (|w| too large for the Gram matrix)"}
-    if all(float(g.diagonal().sum()) == 0.0 for g in grams):
+    if all(batcher.is_zero(key) for key in keys):
         return {"status": "degenerate", "reason": "all weights are zero"}
     return None
 

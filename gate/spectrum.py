@@ -9,6 +9,11 @@ rounding made; bfloat16: 0.02). The scanner re-solves in float64 any such layer 
 is not resolved by the bound (see ``scanner``). ``float32``/``float64`` force one precision; a
 float32 Gram keeps the largest eigenvalues to ~1e-6 but loses the small ones (tests/test_spectrum.py).
 
+On the CPU each matrix is one task, Gram product then eigensolve, and one task runs per core with
+BLAS single-threaded: OpenBLAS's threads help neither a 384-wide syrk nor a 384 x 384 syevr much,
+and a product on one core overlaps a solve on the other (measured on 2 cores, MiniLM's 39 matrices:
+0.21 s, against 0.28 s for all products on both cores, then all solves on both cores).
+
 Each solve comes with an absolute error bound for every eigenvalue, ``SOLVE_ERROR_FACTOR * eps *
 ||G||_F`` (eps of the solve precision): LAPACK's eigenvalue error bound is eps * ||G||_2 times a
 slowly growing function of M, and the Gram product adds its own rounding; measured errors of
@@ -19,19 +24,21 @@ Gaussian, heavy-tailed and low-rank matrices up to 2048 x 2048).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from gate.lapack import eigvalsh_many
+from gate.lapack import blas_controller, eigvalsh, usable_cores
 
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32, "auto": None}
 SOLVE_ERROR_FACTOR = 8.0  # measured worst case 6 (module docstring), with a margin
-# Rows of W converted to the solve precision at a time, so a float16 32000 x 4096 embedding never
-# exists as a full float64 copy.
-_ROW_BLOCK = 8192
+# Bytes of W converted to the solve precision at a time, so a float16 32000 x 4096 embedding never
+# exists as a full float64 copy, whichever core converts it.
+_BLOCK_BYTES = 16 * 2**20
 
 
 def resolve_device(device: str) -> torch.device:
@@ -49,11 +56,11 @@ def resolve_device(device: str) -> torch.device:
 
 @contextmanager
 def cpu_threads_for_blas(device: torch.device) -> Iterator[None]:
-    """On the CPU, run torch single-threaded for the duration of a scan, then restore it.
+    """On the CPU, hold torch and the BLAS libraries to one thread for a scan, then restore them.
 
-    The heavy CPU work (Gram products, eigensolves) runs in OpenBLAS through numpy/scipy; torch's
-    OpenMP workers keep spinning between torch ops and take the cores from OpenBLAS (measured: the
-    MiniLM scan takes 1.0 s instead of 0.46 s on 2 cores). On a GPU nothing changes.
+    The scan runs one single-threaded task per core (module docstring); torch's OpenMP workers
+    would otherwise keep spinning between torch ops and OpenBLAS's threads would multiply the
+    threads per core. On a GPU nothing changes.
     """
     if device.type != "cpu":
         yield
@@ -61,7 +68,8 @@ def cpu_threads_for_blas(device: torch.device) -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with blas_controller().limit(limits=1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(previous)
 
@@ -73,14 +81,15 @@ def gram(matrix: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torc
     (half the flops) on OpenBLAS: measured 2x faster than torch's CPU matmul on this machine.
     """
     rows, cols = matrix.shape
+    block_rows = max(1, _BLOCK_BYTES // (cols * torch.finfo(dtype).bits // 8))
     if device.type == "cpu":
         numpy_dtype = np.float64 if dtype == torch.float64 else np.float32
         total = np.zeros((cols, cols), dtype=numpy_dtype)
-        # Overflow and NaN are checked on the result by the caller (non-finite Gram -> nonfinite
-        # layer, or a float64 retry), so numpy's warnings would only be noise.
+        # Overflow and NaN are checked on the result (non-finite Gram -> nonfinite layer, or a
+        # float64 retry), so numpy's warnings would only be noise.
         with np.errstate(over="ignore", invalid="ignore"):
-            for start in range(0, rows, _ROW_BLOCK):
-                block = matrix[start:start + _ROW_BLOCK].to(dtype).numpy()
+            for start in range(0, rows, block_rows):
+                block = matrix[start:start + block_rows].to(dtype).numpy()
                 total += block.T @ block
         return torch.from_numpy(total)
     if dtype == torch.float32 and not ieee_float32_matmul(device):
@@ -88,8 +97,8 @@ def gram(matrix: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torc
         # float32, so accumulate in float64 and round once.
         return gram(matrix, device, torch.float64).to(torch.float32)
     result = torch.zeros((cols, cols), dtype=dtype, device=device)
-    for start in range(0, rows, _ROW_BLOCK):
-        block = matrix[start:start + _ROW_BLOCK].to(device=device, dtype=dtype)
+    for start in range(0, rows, block_rows):
+        block = matrix[start:start + block_rows].to(device=device, dtype=dtype)
         result.addmm_(block.T, block)
     return result
 
@@ -101,11 +110,26 @@ def ieee_float32_matmul(device: torch.device) -> bool:
     return device.type == "cpu" or torch.get_float32_matmul_precision() == "highest"
 
 
-class SpectrumBatcher:
-    """Collects Gram matrices by size and solves each group with one batched ``eigvalsh`` call.
+@dataclass(frozen=True)
+class _Formed:
+    """One Gram matrix as formed, or the count of bad weights that kept it from being finite."""
 
-    Results are host float64 arrays, ascending, clipped at zero (a Gram matrix is positive
-    semi-definite; tiny negative values are rounding).
+    gram: torch.Tensor
+    nonfinite_weights: int | None  # None: finite; else NaN/Inf weights (0: finite weights whose squares overflow)
+
+
+class SpectrumBatcher:
+    """Eigenvalues of W^T W for many matrices: :meth:`submit` each, :meth:`flush`, then read
+    ``results`` (host float64, ascending, clipped at zero: a Gram matrix is positive
+    semi-definite, tiny negative values are rounding), ``error_bounds`` and ``solve_dtypes``;
+    matrices whose Gram matrix is not finite are in ``nonfinite`` instead of ``results``.
+
+    On a GPU, Gram matrices are formed at once and queued by size, and each size is solved with one
+    batched ``eigvalsh`` call when the queue reaches the budget (1 GiB of device memory). On the
+    CPU, each matrix is a task (product and solve) on a pool of one thread per core; the budget
+    (1 GiB of host memory: inputs held, Gram matrices, LAPACK's copies) bounds the tasks in flight,
+    so memory does not grow with the model. Use it as a context manager so that an error stops the
+    pool; :meth:`flush` also stops it.
     """
 
     def __init__(self, device: torch.device, precision: str = "float64", budget_bytes: int | None = None) -> None:
@@ -113,15 +137,23 @@ class SpectrumBatcher:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
         self.device = device
         self.precision = precision
-        # Queued Gram matrices are solved together when the queue reaches the budget: on a GPU one
-        # batched call serves many small matrices (1 GiB of device memory); on the CPU, solving in
-        # runs rather than one by one between torch ops keeps OpenBLAS's threads busy (measured: the
-        # MiniLM scan takes 0.55 s instead of 0.93 s) while host memory stays bounded at 64 MB.
-        self._budget = budget_bytes if budget_bytes is not None else (2**30 if device.type == "cuda" else 64 * 2**20)
-        self._pending: dict[tuple, list[tuple[Hashable, torch.Tensor]]] = defaultdict(list)
-        self._pending_bytes = 0
+        self._budget = budget_bytes if budget_bytes is not None else 2**30
+        self._queued: dict[tuple, list[tuple[Hashable, torch.Tensor]]] = defaultdict(list)  # GPU
+        self._queued_bytes = 0
+        self._workers = usable_cores()
+        self._pool: ThreadPoolExecutor | None = None  # CPU
+        self._running: dict[Future, tuple[Hashable, int]] = {}
+        self._running_bytes = 0
         self.results: dict[Hashable, np.ndarray] = {}
         self.error_bounds: dict[Hashable, float] = {}  # absolute, for every eigenvalue of that key
+        self.solve_dtypes: dict[Hashable, torch.dtype] = {}
+        self.nonfinite: dict[Hashable, int] = {}  # key -> NaN/Inf weights, for Gram matrices not finite
+
+    def __enter__(self) -> SpectrumBatcher:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop_pool(cancel=True)
 
     def solve_dtype(self, weight_dtype: torch.dtype) -> torch.dtype:
         """The precision this batcher solves matrices stored in ``weight_dtype`` in."""
@@ -130,36 +162,96 @@ class SpectrumBatcher:
             return fixed
         return torch.float32 if torch.finfo(weight_dtype).bits <= 16 else torch.float64  # float16, bfloat16, float8
 
-    def gram(self, matrix: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """W^T W on this batcher's device, in the solve precision for ``matrix`` unless ``dtype`` says
-        otherwise; a float32 product that overflows (weights above ~1.8e19, which bfloat16 and float32
-        hold) is formed again in float64, so that only NaN/Inf weights give a non-finite Gram matrix."""
-        g = gram(matrix, self.device, dtype or self.solve_dtype(matrix.dtype))
-        if g.dtype == torch.float32 and not bool(torch.isfinite(g.sum())):
-            g = gram(matrix, self.device, torch.float64)
-        return g
+    def submit(self, key: Hashable, matrix: torch.Tensor, dtype: torch.dtype | None = None,
+               transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Queue the eigenvalues of W^T W for ``matrix`` (N x M, M the smaller side) under ``key``, in
+        the solve precision for its dtype unless ``dtype`` says otherwise. ``transform`` (e.g. a
+        shuffle) is applied to the matrix first, on the CPU inside the task, so that it runs in
+        parallel with other tasks; it must be safe to call from several threads."""
+        dtype = dtype or self.solve_dtype(matrix.dtype)
+        if self.device.type == "cpu":
+            self._submit_task(key, matrix, dtype, transform)
+            return
+        formed = self._form(transform(matrix) if transform else matrix, dtype)
+        self._record(key, formed, None)
+        if formed.nonfinite_weights is None:
+            self._queued[(formed.gram.shape[0], formed.gram.dtype)].append((key, formed.gram))
+            self._queued_bytes += formed.gram.numel() * formed.gram.element_size()
+            if self._queued_bytes >= self._budget:
+                self._solve_queued()
 
-    def add(self, key: Hashable, g: torch.Tensor) -> None:
-        """Queue the eigenvalues of the Gram matrix ``g`` (from :meth:`gram`) under ``key``."""
-        self.error_bounds[key] = SOLVE_ERROR_FACTOR * torch.finfo(g.dtype).eps * float(torch.linalg.matrix_norm(g))
-        self._pending[(g.shape[0], g.dtype)].append((key, g))
-        self._pending_bytes += g.numel() * g.element_size()
-        if self._pending_bytes >= self._budget:
-            self.flush()
+    def is_zero(self, key: Hashable) -> bool:
+        """Whether every weight of that matrix is zero: its bound, 8 eps ||W^T W||_F, is then 0."""
+        return key not in self.nonfinite and self.error_bounds[key] == 0.0
 
     def flush(self) -> dict[Hashable, np.ndarray]:
-        """Solve everything queued; returns all results so far."""
-        for items in self._pending.values():
-            keys = [key for key, _ in items]
-            if self.device.type == "cpu":
-                # LAPACK relatively robust representations (syevr): measured 1.5x faster than
-                # divide-and-conquer (syevd, what torch uses) for 384 x 384 on this CPU; gate.lapack
-                # runs one solve per core.
-                evals = eigvalsh_many([g.numpy() for _, g in items])
-            else:
-                evals = torch.linalg.eigvalsh(torch.stack([g for _, g in items])).to("cpu", torch.float64).numpy()
-            for key, row in zip(keys, evals):
-                self.results[key] = np.clip(np.asarray(row, dtype=np.float64), 0, None)
-        self._pending.clear()
-        self._pending_bytes = 0
+        """Solve everything submitted; returns all results so far."""
+        if self._running:
+            self._harvest(set(self._running))
+        self._stop_pool(cancel=False)
+        self._solve_queued()
         return self.results
+
+    def _form(self, matrix: torch.Tensor, dtype: torch.dtype) -> _Formed:
+        """W^T W in ``dtype``; a float32 product that overflows (weights above ~1.8e19, which
+        bfloat16 and float32 hold) is formed again in float64, so that only NaN/Inf weights, or
+        squares beyond float64, leave it non-finite."""
+        g = gram(matrix, self.device, dtype)
+        if g.dtype == torch.float32 and not bool(torch.isfinite(g).all()):
+            g = gram(matrix, self.device, torch.float64)
+        if bool(torch.isfinite(g).all()):
+            return _Formed(g, None)
+        return _Formed(g, int((~torch.isfinite(matrix)).sum()))
+
+    def _record(self, key: Hashable, formed: _Formed, eigenvalues: np.ndarray | None) -> None:
+        self.solve_dtypes[key] = formed.gram.dtype
+        if formed.nonfinite_weights is not None:
+            self.nonfinite[key] = formed.nonfinite_weights
+            return
+        eps = torch.finfo(formed.gram.dtype).eps
+        self.error_bounds[key] = SOLVE_ERROR_FACTOR * eps * float(torch.linalg.matrix_norm(formed.gram))
+        if eigenvalues is not None:
+            self.results[key] = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0, None)
+
+    def _solve_queued(self) -> None:
+        for items in self._queued.values():
+            evals = torch.linalg.eigvalsh(torch.stack([g for _, g in items])).to("cpu", torch.float64).numpy()
+            for (key, _), row in zip(items, evals):
+                self.results[key] = np.clip(row, 0, None)
+        self._queued.clear()
+        self._queued_bytes = 0
+
+    def _submit_task(self, key: Hashable, matrix: torch.Tensor, dtype: torch.dtype,
+                     transform: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Start product and solve on the pool once the tasks in flight leave room (at least one
+        task always runs, and at most two per core wait, so the pool never starves)."""
+        cols = matrix.shape[1]
+        width = torch.finfo(dtype).bits // 8
+        held = matrix.numel() * matrix.element_size() * (2 if transform else 1)  # the input, and a transformed copy
+        size = held + 2 * cols * cols * width + min(_BLOCK_BYTES, matrix.numel() * width)
+        while self._running and (self._running_bytes + size > self._budget or len(self._running) >= 2 * self._workers):
+            self._harvest(wait(self._running, return_when=FIRST_COMPLETED).done)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="weightgate-solve")
+        self._running[self._pool.submit(self._task, matrix, dtype, transform)] = (key, size)
+        self._running_bytes += size
+
+    def _task(self, matrix: torch.Tensor, dtype: torch.dtype,
+              transform: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[_Formed, np.ndarray | None]:
+        formed = self._form(transform(matrix) if transform else matrix, dtype)
+        if formed.nonfinite_weights is not None:
+            return formed, None
+        return formed, eigvalsh(formed.gram.numpy())
+
+    def _harvest(self, done: set[Future]) -> None:
+        for future in done:
+            key, size = self._running.pop(future)
+            self._running_bytes -= size
+            self._record(key, *future.result())
+
+    def _stop_pool(self, cancel: bool) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None
+            self._running.clear()
+            self._running_bytes = 0

