@@ -228,7 +228,8 @@ class SpectrumBatcher:
         cols = matrix.shape[1]
         width = torch.finfo(dtype).bits // 8
         held = matrix.numel() * matrix.element_size() * (2 if transform else 1)  # the input, and a transformed copy
-        size = held + 2 * cols * cols * width + min(_BLOCK_BYTES, matrix.numel() * width)
+        # The Gram matrix, one block's product before it is added, LAPACK's copy; one converted block.
+        size = held + 3 * cols * cols * width + min(_BLOCK_BYTES, matrix.numel() * width)
         while self._running and (self._running_bytes + size > self._budget or len(self._running) >= 2 * self._workers):
             self._harvest(wait(self._running, return_when=FIRST_COMPLETED).done)
         if self._pool is None:

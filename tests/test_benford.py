@@ -71,6 +71,23 @@ def test_digits_exact_on_random_data(dtype):
     assert (counts.zeros, counts.nonfinite) == (zeros, nonfinite)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_counts_in_chunks_are_exact(monkeypatch, dtype):
+    """Large tensors are counted in chunks (bounded temporaries); a chunk size that splits a 2-D
+    tensor mid-row, with NaN, Inf and zeros on both sides of a boundary, still counts exactly."""
+    import gate.benford
+
+    monkeypatch.setattr(gate.benford, "_CHUNK_ELEMENTS", 777)
+    generator = torch.Generator().manual_seed(2)
+    values = (torch.randn(40, 101, generator=generator, dtype=torch.float64)
+              * torch.exp(torch.randn(40, 101, generator=generator, dtype=torch.float64) * 3)).to(dtype)
+    values.view(-1)[[0, 776, 777, 778, 2000]] = torch.tensor([math.nan, 0.0, math.inf, -0.0, -math.inf], dtype=dtype)
+    counts = digit_counts(values)
+    expected, zeros, nonfinite = reference_counts(values.reshape(-1))
+    assert counts.counts.tolist() == expected.tolist()
+    assert (counts.zeros, counts.nonfinite) == (zeros, nonfinite) == (2, 3)
+
+
 def test_log_uniform_samples_follow_benford():
     generator = torch.Generator().manual_seed(0)
     values = torch.pow(10.0, torch.rand(2_000_000, generator=generator, dtype=torch.float64) * 12 - 6)
