@@ -185,6 +185,9 @@ def test_shuffles_from_several_threads_equal_a_serial_shuffle():
         got = list(pool.map(shared, matrices))
     for m, e, g in zip(matrices, expected, got):
         assert torch.equal(e, g)
+        # The documented seeding (seed + size, torch.randperm), drawn here in int64 and applied by hand.
+        order = torch.randperm(m.numel(), generator=torch.Generator().manual_seed(5 + m.numel()))
+        assert torch.equal(g, m.reshape(-1)[order].reshape(m.shape))
         assert torch.equal(torch.sort(g.reshape(-1)).values, torch.sort(m.reshape(-1)).values)  # a permutation
         assert not torch.equal(g, m)
 
