@@ -130,7 +130,7 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
         if unresolved and options.precision == "auto":
             _resolve_in_float64(weights, unresolved, batcher, device)
             for plan in unresolved:
-                rows[plan.index].update(_spectral_row(batcher, plan, device), solve_precision="float64")
+                _add_spectral_row(rows[plan.index], batcher, plan, device)
     for plan in analysable:
         evals = _pooled(batcher.results, plan, ())
         if options.keep_spectra:
@@ -179,7 +179,7 @@ def _tail_unresolved(row: dict[str, Any]) -> bool:
 def _resolve_in_float64(weights: WeightSource, plans: list[LayerPlan], batcher: SpectrumBatcher,
                         device: torch.device) -> None:
     """Solve these layers again in float64, reading their tensors once more (memory stays one
-    tensor), and replace their eigenvalues and error bounds in ``batcher``."""
+    tensor), and replace their eigenvalues, error bounds and solve precisions in ``batcher``."""
     with SpectrumBatcher(device, "float64") as exact:
         for tensor_name, group in groupby(plans, key=lambda p: p.tensor_name):
             tensor = weights.load(tensor_name).to(device)
@@ -189,6 +189,7 @@ def _resolve_in_float64(weights: WeightSource, plans: list[LayerPlan], batcher: 
             del tensor
         batcher.results.update(exact.flush())
     batcher.error_bounds.update(exact.error_bounds)
+    batcher.solve_dtypes.update(exact.solve_dtypes)
 
 
 def _pooled(results: dict, plan: LayerPlan, suffix: tuple) -> np.ndarray:

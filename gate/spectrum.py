@@ -197,11 +197,11 @@ class SpectrumBatcher:
         bfloat16 and float32 hold) is formed again in float64, so that only NaN/Inf weights, or
         squares beyond float64, leave it non-finite."""
         g = gram(matrix, self.device, dtype)
-        if g.dtype == torch.float32 and not bool(torch.isfinite(g).all()):
+        finite = bool(torch.isfinite(g).all())
+        if not finite and g.dtype == torch.float32:
             g = gram(matrix, self.device, torch.float64)
-        if bool(torch.isfinite(g).all()):
-            return _Formed(g, None)
-        return _Formed(g, int((~torch.isfinite(matrix)).sum()))
+            finite = bool(torch.isfinite(g).all())
+        return _Formed(g, None if finite else int((~torch.isfinite(matrix)).sum()))
 
     def _record(self, key: Hashable, formed: _Formed, eigenvalues: np.ndarray | None) -> None:
         self.solve_dtypes[key] = formed.gram.dtype
