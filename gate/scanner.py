@@ -56,6 +56,7 @@ class ScanOptions:
     randomize: bool = False
     seed: int = 0
     benford: bool = True
+    tail_estimators: bool = False  # also alpha_hill and alpha_farms (gate.tail_estimators), optional metrics
     keep_spectra: bool = False  # keep each layer's eigenvalues in ScanResult.spectra (for ESD plots)
     train_accuracy: float | None = None  # enables EIC (training accuracy as a fraction in [0, 1])
 
@@ -210,6 +211,8 @@ class TensorPass:
             if plan.skip_reason:
                 row.update(status="skipped", reason=plan.skip_reason)
                 continue
+            if options.tail_estimators:
+                row["alpha_farms"] = _alpha_farms(matrices, plan.scale)
             for k, matrix in enumerate(matrices):
                 self._batcher.submit(SolveKey(plan.index, k), matrix)
                 if options.randomize:
@@ -238,6 +241,10 @@ class TensorPass:
             if self._options.keep_spectra:
                 self._partial.spectra[plan.name] = evals
             row = rows[plan.index]
+            if self._options.tail_estimators:
+                from gate.tail_estimators import alpha_hill
+
+                row["alpha_hill"] = alpha_hill(evals)
             if self._options.mp_fit:
                 from gate.marchenko_pastur import mp_fit
 
@@ -254,6 +261,15 @@ class TensorPass:
             name, future = self._pending_digest
             self._partial.tensor_digests[name] = future.result()
             self._pending_digest = None
+
+
+def _alpha_farms(matrices: list[torch.Tensor], scale: float) -> float:
+    """FARMS alpha from the loaded matrices (NaN for NaN/Inf weights: their layer is reported nonfinite)."""
+    from gate.tail_estimators import alpha_farms
+
+    if not all(bool(torch.isfinite(matrix).all()) for matrix in matrices):
+        return float("nan")
+    return alpha_farms(matrices, scale)
 
 
 def _shuffler(seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
