@@ -34,7 +34,6 @@ from gate.errors import GateInputError
 from gate.fingerprint import combine, tensor_digest
 from gate.layer_metrics import add_peer_ratios, spectral_metrics
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
-from gate.marchenko_pastur import Shuffler, mp_fit, randomized_comparison
 from gate.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_name, tail_unresolved
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import TensorInfo, WeightSource, open_source
@@ -57,6 +56,7 @@ class ScanOptions:
     randomize: bool = False
     seed: int = 0
     benford: bool = True
+    tail_estimators: bool = False  # also alpha_hill and alpha_farms (gate.tail_estimators), optional metrics
     keep_spectra: bool = False  # keep each layer's eigenvalues in ScanResult.spectra (for ESD plots)
     train_accuracy: float | None = None  # enables EIC (training accuracy as a fraction in [0, 1])
 
@@ -176,7 +176,7 @@ class TensorPass:
         self._plans: dict[str, list[LayerPlan]] = {}
         for plan in plans:
             self._plans.setdefault(plan.tensor_name, []).append(plan)
-        self._shuffle = Shuffler(options.seed)
+        self._shuffle = _shuffler(options.seed) if options.randomize else None
         self._submitted: list[LayerPlan] = []
         self._partial = PartialScan()
         self._pending_digest: tuple[str, Future] | None = None
@@ -211,6 +211,8 @@ class TensorPass:
             if plan.skip_reason:
                 row.update(status="skipped", reason=plan.skip_reason)
                 continue
+            if options.tail_estimators:
+                row["alpha_farms"] = _alpha_farms(matrices, plan.scale)
             for k, matrix in enumerate(matrices):
                 self._batcher.submit(SolveKey(plan.index, k), matrix)
                 if options.randomize:
@@ -239,9 +241,17 @@ class TensorPass:
             if self._options.keep_spectra:
                 self._partial.spectra[plan.name] = evals
             row = rows[plan.index]
+            if self._options.tail_estimators:
+                from gate.tail_estimators import alpha_hill
+
+                row["alpha_hill"] = alpha_hill(evals)
             if self._options.mp_fit:
+                from gate.marchenko_pastur import mp_fit
+
                 row.update(mp_fit(evals, plan.N, plan.M))
             if self._options.randomize:
+                from gate.marchenko_pastur import randomized_comparison
+
                 row.update(randomized_comparison(evals, _pooled(results, plan, randomized=True), plan.N, plan.M))
         self._partial.eigensolve_seconds = self._batcher.eigensolve_seconds
         return self._partial
@@ -251,6 +261,22 @@ class TensorPass:
             name, future = self._pending_digest
             self._partial.tensor_digests[name] = future.result()
             self._pending_digest = None
+
+
+def _alpha_farms(matrices: list[torch.Tensor], scale: float) -> float:
+    """FARMS alpha from the loaded matrices (NaN for NaN/Inf weights: their layer is reported nonfinite)."""
+    from gate.tail_estimators import alpha_farms
+
+    if not all(bool(torch.isfinite(matrix).all()) for matrix in matrices):
+        return float("nan")
+    return alpha_farms(matrices, scale)
+
+
+def _shuffler(seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """gate.marchenko_pastur (scipy.stats, seconds to import) loads only for scans that use it."""
+    from gate.marchenko_pastur import Shuffler
+
+    return Shuffler(seed)
 
 
 def _solve_in_float64(reload: Callable[[str], torch.Tensor], plans: list[LayerPlan], device: torch.device,
