@@ -49,6 +49,31 @@ class ScanOptions:
     train_accuracy: float | None = None  # enables EIC (training accuracy as a fraction in [0, 1])
 
 
+def validate_scan_options(**options: Any) -> ScanOptions:
+    """The options of a scan, checked: callers validate before opening a source, so a bad option
+    fails (GateInputError, exit 2) before anything is downloaded or read."""
+    from gate.spectrum import PRECISIONS
+
+    unknown = set(options) - set(ScanOptions.__dataclass_fields__)
+    if unknown:
+        raise GateInputError(
+            f"unknown scan option(s) {sorted(unknown)}; valid: {sorted(ScanOptions.__dataclass_fields__)}"
+        )
+    checked = ScanOptions(**options)
+    choices = {"precision": tuple(PRECISIONS), "conv2d_method": ("pooled", "per_slice")}
+    for name, allowed in choices.items():
+        if getattr(checked, name) not in allowed:
+            raise GateInputError(f"{name} {getattr(checked, name)!r} is not one of {', '.join(allowed)}")
+    for name in ("min_evals", "max_evals", "max_N"):
+        value = getattr(checked, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise GateInputError(f"{name} must be a whole number >= 1, not {value!r}")
+    if checked.train_accuracy is not None and not 0 <= checked.train_accuracy <= 1:
+        raise GateInputError(f"train_accuracy must be a fraction in [0, 1], not {checked.train_accuracy}")
+    resolve_device(checked.device)
+    return checked
+
+
 def scan(
     source: Any,
     *,
@@ -63,14 +88,7 @@ def scan(
     :class:`ScanOptions` (e.g. ``device="cuda"``, ``mp_fit=True``, ``randomize=True``).
     ``progress`` shows a bar on stderr when it is a terminal.
     """
-    unknown = set(options) - set(ScanOptions.__dataclass_fields__)
-    if unknown:
-        raise GateInputError(
-            f"unknown scan option(s) {sorted(unknown)}; valid: {sorted(ScanOptions.__dataclass_fields__)}"
-        )
-    scan_options = ScanOptions(**options)
-    if scan_options.train_accuracy is not None and not 0 <= scan_options.train_accuracy <= 1:
-        raise GateInputError(f"train_accuracy must be a fraction in [0, 1], not {scan_options.train_accuracy}")
+    scan_options = validate_scan_options(**options)
     device = resolve_device(scan_options.device)
     started = time.perf_counter()
     weights = open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
