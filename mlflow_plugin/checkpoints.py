@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-POINTS = ("claimed", "scanned", "uploading", "recording")
+POINTS = ("scanning", "scanned", "uploading", "recording")
 
 
 def reach(point: str) -> None:

@@ -162,14 +162,14 @@ class EventLoop:
                 "duration_s": round(time.monotonic() - started, 3)}})
 
 
-def create_receiver(gate: WebhookGate, secret: str) -> Flask:
+def create_receiver(gate: WebhookGate, secret: str, capacity: int = 1000) -> Flask:
     """The receiver as a Flask app: POST / takes signed deliveries, GET /healthz reports liveness.
 
     Answers: 200 accepted (or ignored: an event the gate does not handle), 400 malformed, 401 bad
     or stale signature, 503 when the event cannot be queued (MLflow then delivers it again).
     """
     app = Flask("weightgate-webhook")
-    loop = EventLoop(gate)
+    loop = EventLoop(gate, capacity)
 
     @app.post("/")
     def deliver():

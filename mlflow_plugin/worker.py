@@ -139,7 +139,7 @@ class Worker:
         """Decide one claimed version and record the outcome; returns the status recorded."""
         started = time.monotonic()
         uri = _uri(version)
-        checkpoints.reach("claimed")
+        checkpoints.reach("scanning")
         with self.heartbeat.during(f"checking {uri}"):
             tags = self.decide(version)
         checkpoints.reach("recording")

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mlflow_plugin.local_server import free_port, mlflow_server
-from registry_helpers import register_file
+from registry_helpers import register_file, two_minilm_matrices
 
 GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret",
             "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -207,15 +207,14 @@ def test_expired_claim_is_taken_over(server, client, weights):
     assert client.get_model_version("takeover", version).tags["gate.status"] == "approved"
 
 
-def test_registration_storm_each_version_decided_once(server, client):
+def test_registration_storm_each_version_decided_once(server, client, minilm_dir):
     """Versions registered while three workers poll: every one decided exactly once, by one run.
 
     ``make test`` registers WEIGHTGATE_STORM_VERSIONS (default 12); ``make storm`` the full 50."""
     count = int(os.environ.get("WEIGHTGATE_STORM_VERSIONS", "12"))
     folder = Path(server["workdir"]) / "storm"
     folder.mkdir()
-    generator = torch.Generator().manual_seed(7)
-    save_file({"fc.weight": torch.randn(48, 32, generator=generator)}, str(folder / "model.safetensors"))
+    save_file(two_minilm_matrices(minilm_dir), str(folder / "model.safetensors"))
     workers = [subprocess.Popen([sys.executable, "-m", "gate", "worker", "--tracking-uri", server["url"],
                                  "--poll-seconds", "0.5", "--device", "cpu", "--worker-id", f"storm-{n}",
                                  "--retry-delay", "0.5", "--retries", "8"], stdout=subprocess.DEVNULL,
