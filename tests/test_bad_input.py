@@ -207,7 +207,7 @@ def test_api_validates_options_before_opening_the_source():
     unreachable = "models:/never-downloaded/1"
     with pytest.raises(GateInputError, match="unknown device 'gpu'"):
         check(unreachable, device="gpu", tracking_uri="http://127.0.0.1:9")
-    with pytest.raises(GateInputError, match="precision 'half' is not one of"):
+    with pytest.raises(GateInputError, match="half"):
         gate.scan(unreachable, precision="half", tracking_uri="http://127.0.0.1:9")
     with pytest.raises(GateInputError, match="min_evals must be a whole number"):
         gate.scan(unreachable, min_evals=0, tracking_uri="http://127.0.0.1:9")
