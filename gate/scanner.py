@@ -80,6 +80,13 @@ def scan_options(**options: Any) -> ScanOptions:
         raise GateInputError(str(error)) from None
     if parsed.strategy not in ("auto", "pool", "batched"):
         raise GateInputError(f"strategy must be one of ['auto', 'pool', 'batched'], not {parsed.strategy!r}")
+    if parsed.conv2d_method not in ("pooled", "per_slice"):
+        raise GateInputError(f"conv2d_method must be one of ['pooled', 'per_slice'], not {parsed.conv2d_method!r}")
+    for name in ("min_evals", "max_evals", "max_N"):
+        value = getattr(parsed, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise GateInputError(f"{name} must be a whole number >= 1, not {value!r}")
+    resolve_device(parsed.device)  # an unusable device fails here, before a source is opened
     return parsed
 
 
