@@ -90,8 +90,10 @@ def _distances(source_a: WeightSource, source_b: WeightSource, device: torch.dev
                ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """Per matched layer: Euclidean and relative distance, cosine similarity, and the squared norms
     needed for model totals. Tensors are loaded one pair at a time."""
-    plans_a = plan_layers(source_a.tensor_infos(), PlanOptions(min_evals=1))
-    plans_b = {plan.name: plan for plan in plan_layers(source_b.tensor_infos(), PlanOptions(min_evals=1))}
+    # Tensors their source cannot read (e.g. a quantized weight without its scale) have no values to compare.
+    plans_a = [plan for plan in plan_layers(source_a.tensor_infos(), PlanOptions(min_evals=1)) if not plan.unreadable]
+    plans_b = {plan.name: plan for plan in plan_layers(source_b.tensor_infos(), PlanOptions(min_evals=1))
+               if not plan.unreadable}
     unmatched: dict[str, list[str]] = {"only_in_a": [], "only_in_b": [], "shape_mismatch": []}
     names_a = {plan.name for plan in plans_a}
     unmatched["only_in_b"] = sorted(name for name in plans_b if name not in names_a)
@@ -103,21 +105,23 @@ def _distances(source_a: WeightSource, source_b: WeightSource, device: torch.dev
         for plan, other in matched:
             if other is None:
                 unmatched["only_in_a"].append(plan.name)
-            elif other.shape != plan.shape:
+            elif (other.N, other.M, other.rf) != (plan.N, plan.M, plan.rf):
+                # matrices, not stored tensors, are compared: an ONNX LSTM stacks what torch splits
                 unmatched["shape_mismatch"].append(plan.name)
             else:
                 pairs.append((plan, other))
         if not pairs:
             continue
         tensor_a = source_a.load(tensor_name).to(device)
-        tensor_b = source_b.load(pairs[0][1].tensor_name).to(device)
-        rows.extend(_pair_row(plan, tensor_a, tensor_b) for plan, _ in pairs)
+        for b_name, b_pairs in groupby(pairs, key=lambda pair: pair[1].tensor_name):
+            tensor_b = source_b.load(b_name).to(device)
+            rows.extend(_pair_row(plan, other, tensor_a, tensor_b) for plan, other in b_pairs)
     return rows, unmatched
 
 
-def _pair_row(plan: LayerPlan, tensor_a: torch.Tensor, tensor_b: torch.Tensor) -> dict[str, Any]:
+def _pair_row(plan: LayerPlan, other: LayerPlan, tensor_a: torch.Tensor, tensor_b: torch.Tensor) -> dict[str, Any]:
     diff_sq = dot = norm_a_sq = norm_b_sq = 0.0
-    for a, b in zip(layer_matrices(plan, tensor_a), layer_matrices(plan, tensor_b)):
+    for a, b in zip(layer_matrices(plan, tensor_a), layer_matrices(other, tensor_b)):
         # float32 element-wise (a - b is exactly zero only where a == b), sums accumulated in float64
         a32, b32 = a.to(torch.float32), b.to(torch.float32)
         diff = a32 - b32

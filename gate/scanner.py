@@ -26,7 +26,7 @@ from gate.marchenko_pastur import Shuffler, mp_fit, randomized_comparison
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import WeightSource, open_source
 from gate.spectrum import SpectrumBatcher, cpu_threads_for_blas, resolve_device
-from gate.summary import summarize
+from gate.summary import summarize, tensor_counts
 
 TAIL_TOLERANCE = 1e-3  # largest relative error bound accepted at xmin for a float32 solve (precision="auto")
 
@@ -79,7 +79,8 @@ def scan(
     with cpu_threads_for_blas(device), owner:
         plan_options = PlanOptions(scan_options.min_evals, scan_options.max_evals, scan_options.max_N,
                                    scan_options.conv2d_method)
-        plans = plan_layers(weights.tensor_infos(), plan_options)
+        infos = weights.tensor_infos()
+        plans = plan_layers(infos, plan_options)
         spectra: dict[str, np.ndarray] = {}
         rows, model_digits = _analyse(weights, plans, scan_options, device, progress, spectra)
         description = weights.description
@@ -87,6 +88,7 @@ def scan(
     layers = _layer_table(rows)
     add_peer_ratios(layers)
     summary = summarize(layers)
+    summary.update(tensor_counts(infos))
     if scan_options.benford:
         summary.update(model_digits.summary(vectors_left_out, scan_options.train_accuracy))
     summary["device"] = device.type
@@ -103,6 +105,9 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
     submitted: list[LayerPlan] = []
     with SpectrumBatcher(device, options.precision) as batcher:
         for tensor_name, group in _progress(groups, progress):
+            if group[0].unreadable:
+                rows[group[0].index] = {**_base_row(group[0]), "status": "skipped", "reason": group[0].skip_reason}
+                continue
             tensor = weights.load(tensor_name).to(device)
             tensor_digits = model_digits.add(tensor_name, tensor) if options.benford else None
             for plan in group:
@@ -114,8 +119,10 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
                 if plan.skip_reason:
                     row.update(status="skipped", reason=plan.skip_reason)
                     continue
+                # Dequantized weights carry the rounding of their 4-8-bit storage: solved as 16-bit weights are.
+                quantized = plan.quantization not in (None, "none")
                 for k, matrix in enumerate(matrices):
-                    batcher.submit((plan.index, k), matrix)
+                    batcher.submit((plan.index, k), matrix, batcher.solve_dtype(torch.float8_e4m3fn) if quantized else None)
                     if options.randomize:
                         # float32 suffices here: shuffled ESDs feed only the MP fit (a density
                         # estimate with bandwidth 0.1 on rescaled eigenvalues) and the largest eigenvalue.
@@ -221,6 +228,7 @@ def _base_row(plan: LayerPlan) -> dict[str, Any]:
         "layer_id": plan.index,
         "name": plan.name,
         "layer_type": plan.layer_type,
+        "tensor": plan.tensor_name,
         "shape": list(plan.shape),
         "status": "ok",
         "reason": "",
@@ -228,6 +236,8 @@ def _base_row(plan: LayerPlan) -> dict[str, Any]:
         "M": plan.M,
         "rf": plan.rf,
         "num_evals": plan.num_evals,
+        **({"quantization": plan.quantization} if plan.quantization is not None else {}),
+        **dict(plan.columns),
     }
 
 
@@ -236,6 +246,8 @@ def _layer_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=LEADING_COLUMNS)
     rest = [c for c in table.columns if c not in LEADING_COLUMNS]
+    if "expert" in table.columns:  # only expert rows have one: integers with gaps, not floats
+        table["expert"] = table["expert"].astype("Int64")
     return table[LEADING_COLUMNS + rest]
 
 
