@@ -191,7 +191,7 @@ def _conv_plans(info: TensorInfo, base: str, options: PlanOptions, start: int):
                         module_type=info.module_type)
         return
     if options.conv2d_method == "pooled":
-        scale = CONV2D_SCALE if options.conv2d_norm and len(positions) > 1 else 1.0
+        scale = CONV2D_SCALE if options.conv2d_norm else 1.0  # WeightWatcher 0.7.7 halves 1x1 kernels too
         slices = tuple((slice(None), slice(None), *pos) for pos in positions)
         yield LayerPlan(start, base, info.name, layer_type, info.shape, N, M, len(positions), slices=slices,
                         scale=scale, module_type=info.module_type)
