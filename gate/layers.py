@@ -399,5 +399,5 @@ def layer_matrices(plan: LayerPlan, tensor: torch.Tensor) -> list[torch.Tensor]:
     matrices = []
     for index in plan.slices:
         matrix = tensor[index] if index else tensor
-        matrices.append(matrix.T if matrix.shape[0] < matrix.shape[1] else matrix)
+        matrices.append(matrix.T if matrix.ndim == 2 and matrix.shape[0] < matrix.shape[1] else matrix)
     return matrices
