@@ -6,7 +6,6 @@ transformers flavor)."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
@@ -18,16 +17,6 @@ from safetensors import safe_open
 
 import gate
 from tests.test_layouts import assert_accounted
-
-
-def _hide_broken_torchaudio() -> None:
-    """transformers imports torchaudio whenever it is installed; a torchaudio built for another torch
-    fails to load its library (OSError) and takes every model class down with it. These tests need
-    no audio, so such a torchaudio is treated as absent (a None entry makes find_spec say so)."""
-    try:
-        import torchaudio  # noqa: F401
-    except OSError:
-        sys.modules["torchaudio"] = None
 
 
 def _configs():
@@ -60,7 +49,6 @@ def _configs():
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory):
     """name -> (model, save_pretrained directory)."""
-    _hide_broken_torchaudio()
     models = {}
     for name, (model_class, config) in _configs().items():
         torch.manual_seed(0)
