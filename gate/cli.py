@@ -84,11 +84,13 @@ def main() -> None:
 @_source_options
 @click.option("--train-accuracy", type=click.FloatRange(0, 1), default=None,
               help="training accuracy (fraction) of the model: adds the EIC criteria to the summary")
+@click.option("--tail-estimators", is_flag=True,
+              help="also alpha_hill (Hill, xmin at the median) and alpha_farms (FARMS): optional metrics")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @_input_errors_exit_2
 def scan(source: str, output_format: str, device: str, precision: str, mp_fit: bool, randomize: bool, seed: int,
          benford: bool, min_evals: int, max_evals: int | None, conv2d_method: str, allow_pickle: bool, tracking_uri: str | None,
-         train_accuracy: float | None, quiet: bool) -> None:
+         train_accuracy: float | None, tail_estimators: bool, quiet: bool) -> None:
     """Compute weight-only quality metrics of every layer of SOURCE.
 
     SOURCE: a .safetensors/.pt/.pth/.bin/.pt2/.onnx file, a sharded index, a model directory, or
@@ -99,7 +101,7 @@ def scan(source: str, output_format: str, device: str, precision: str, mp_fit: b
     result = run_scan(
         source, device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed, benford=benford,
         min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
-        tracking_uri=tracking_uri, train_accuracy=train_accuracy, progress=not quiet,
+        tracking_uri=tracking_uri, train_accuracy=train_accuracy, tail_estimators=tail_estimators, progress=not quiet,
     )
     from gate.table import SCAN_COLUMNS, render_table
 
