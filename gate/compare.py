@@ -90,8 +90,10 @@ def _distances(source_a: WeightSource, source_b: WeightSource, device: torch.dev
                ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """Per matched layer: Euclidean and relative distance, cosine similarity, and the squared norms
     needed for model totals. Tensors are loaded one pair at a time."""
-    plans_a = plan_layers(source_a.tensor_infos(), PlanOptions(min_evals=1))
-    plans_b = {plan.name: plan for plan in plan_layers(source_b.tensor_infos(), PlanOptions(min_evals=1))}
+    # Tensors their source cannot read (e.g. a quantized weight without its scale) have no values to compare.
+    plans_a = [plan for plan in plan_layers(source_a.tensor_infos(), PlanOptions(min_evals=1)) if not plan.unreadable]
+    plans_b = {plan.name: plan for plan in plan_layers(source_b.tensor_infos(), PlanOptions(min_evals=1))
+               if not plan.unreadable}
     unmatched: dict[str, list[str]] = {"only_in_a": [], "only_in_b": [], "shape_mismatch": []}
     names_a = {plan.name for plan in plans_a}
     unmatched["only_in_b"] = sorted(name for name in plans_b if name not in names_a)

@@ -8,6 +8,7 @@ eigenvalues M*rf is below ``min_evals`` are skipped with a stated reason.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class LayerPlan:
     scale: float = 1.0
     skip_reason: str | None = None
     module_type: str | None = field(default=None, compare=False)
+    quantization: str | None = field(default=None, compare=False)  # stored scheme of dequantized weights
+    columns: tuple[tuple[str, object], ...] = field(default=(), compare=False)  # from TensorInfo.columns
+    unreadable: bool = field(default=False, compare=False)  # the source cannot produce the tensor (skip_reason says why)
 
     @property
     def num_evals(self) -> int:
@@ -71,11 +75,26 @@ def plan_layers(infos: list[TensorInfo], options: PlanOptions = PlanOptions()) -
     by_name = {info.name: info for info in infos}
     plans: list[LayerPlan] = []
     for info in infos:
+        if info.consumed_by is not None:
+            continue  # scales, zero points, packed integers: read as part of the tensor they dequantize to
+        if info.skip_reason is not None:
+            plans.append(_source_skip(info, len(plans)))
+            continue
         if not info.is_floating or len(info.shape) < 2:
             continue  # biases, norms, integer buffers: not matrices
         for plan in _plans_for_tensor(info, by_name, options, len(plans)):
-            plans.append(_with_size_check(plan, options))
+            plans.append(dataclasses.replace(_with_size_check(plan, options), quantization=info.quantization,
+                                             columns=info.columns))
     return plans
+
+
+def _source_skip(info: TensorInfo, index: int) -> LayerPlan:
+    """A tensor its source recognised but could not turn into float weights (e.g. a quantized
+    weight whose scale is missing): one skipped row with the source's reason."""
+    shape = info.shape or (0,)
+    return LayerPlan(index, info.name.removesuffix(".weight"), info.name, "other", info.shape, max(shape), min(shape),
+                     1, skip_reason=info.skip_reason, module_type=info.module_type,
+                     quantization=info.quantization, columns=info.columns, unreadable=True)
 
 
 def _plans_for_tensor(info: TensorInfo, by_name: dict[str, TensorInfo], options: PlanOptions, start: int):

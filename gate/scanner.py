@@ -103,6 +103,9 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
     submitted: list[LayerPlan] = []
     with SpectrumBatcher(device, options.precision) as batcher:
         for tensor_name, group in _progress(groups, progress):
+            if group[0].unreadable:
+                rows[group[0].index] = {**_base_row(group[0]), "status": "skipped", "reason": group[0].skip_reason}
+                continue
             tensor = weights.load(tensor_name).to(device)
             tensor_digits = model_digits.add(tensor_name, tensor) if options.benford else None
             for plan in group:
@@ -114,8 +117,10 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
                 if plan.skip_reason:
                     row.update(status="skipped", reason=plan.skip_reason)
                     continue
+                # Dequantized weights carry the rounding of their 4-8-bit storage: solved as 16-bit weights are.
+                quantized = plan.quantization not in (None, "none")
                 for k, matrix in enumerate(matrices):
-                    batcher.submit((plan.index, k), matrix)
+                    batcher.submit((plan.index, k), matrix, batcher.solve_dtype(torch.float8_e4m3fn) if quantized else None)
                     if options.randomize:
                         # float32 suffices here: shuffled ESDs feed only the MP fit (a density
                         # estimate with bandwidth 0.1 on rescaled eigenvalues) and the largest eigenvalue.
@@ -228,6 +233,8 @@ def _base_row(plan: LayerPlan) -> dict[str, Any]:
         "M": plan.M,
         "rf": plan.rf,
         "num_evals": plan.num_evals,
+        **({"quantization": plan.quantization} if plan.quantization is not None else {}),
+        **dict(plan.columns),
     }
 
 

@@ -9,10 +9,12 @@ from pathlib import Path
 import yaml
 
 from gate.errors import GateInputError
+from gate.quantization.config import read_quantization_config
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
 from gate.sources.onnx_file import OnnxSource
 from gate.sources.pt2_archive import Pt2ArchiveSource
+from gate.sources.quantized import dequantizing
 from gate.sources.safetensors_files import SafetensorsSource
 from gate.sources.torch_files import open_torch_file
 
@@ -33,7 +35,14 @@ _DIRECTORY_CANDIDATES = (
 
 
 def open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
-    """Open a file or directory; errors name the path and what was expected."""
+    """Open a file or directory; errors name the path and what was expected. Quantized weights
+    read as their dequantized float values (``quantization_config`` from config.json beside them)."""
+    source = _open_local(path, allow_pickle)
+    config_dir = path if path.is_dir() else path.parent
+    return dequantizing(source, read_quantization_config(_weights_dir(config_dir)))
+
+
+def _open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
     if not path.exists():
         raise GateInputError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -77,7 +86,7 @@ def _open_bin_index(index_path: Path, allow_pickle: bool) -> WeightSource:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise GateInputError(f"{index_path}: not a valid checkpoint index (expected JSON with 'weight_map'): {err}") from err
     shards = [index_path.parent / shard for shard in dict.fromkeys(weight_map.values())]
-    return CompositeSource([open_local(s, allow_pickle) for s in shards], str(index_path))
+    return CompositeSource([_open_local(s, allow_pickle) for s in shards], str(index_path))
 
 
 def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
@@ -90,10 +99,10 @@ def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
         if not matches:
             continue
         if len(matches) == 1 or pattern.endswith(".json"):
-            return open_local(matches[0], allow_pickle)
+            return _open_local(matches[0], allow_pickle)
         if pattern == "*.safetensors":
             return SafetensorsSource(matches, str(directory))
-        return CompositeSource([open_local(m, allow_pickle) for m in matches], str(directory))
+        return CompositeSource([_open_local(m, allow_pickle) for m in matches], str(directory))
     subdirs = [p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if len(subdirs) == 1:  # e.g. an MLflow model's data/ folder or a single exported model
         return _open_directory(subdirs[0], allow_pickle)
@@ -113,3 +122,10 @@ def mlflow_model_weights_dir(model_dir: Path) -> Path:
     if "onnx" in flavors:
         return model_dir
     return model_dir
+
+
+def _weights_dir(directory: Path) -> Path:
+    """Where config.json sits: an MLflow model's weights folder, or the directory itself."""
+    if (directory / "MLmodel").is_file():
+        return mlflow_model_weights_dir(directory)
+    return directory
