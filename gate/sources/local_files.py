@@ -12,6 +12,7 @@ from gate.errors import GateInputError
 from gate.quantization.config import read_quantization_config
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
+from gate.sources.gguf_file import GgufSource
 from gate.sources.onnx_file import OnnxSource
 from gate.sources.pt2_archive import Pt2ArchiveSource
 from gate.sources.quantized import dequantizing
@@ -19,7 +20,7 @@ from gate.sources.safetensors_files import SafetensorsSource
 from gate.sources.torch_files import open_torch_file
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-SUPPORTED = ".safetensors, model.safetensors.index.json, .pt/.pth/.bin/.ckpt, .pt2, .onnx, or a model directory"
+SUPPORTED = ".safetensors, model.safetensors.index.json, .pt/.pth/.bin/.ckpt, .pt2, .onnx, .gguf, or a model directory"
 
 # Files looked for in a model directory, best first: the first kind present is used.
 _DIRECTORY_CANDIDATES = (
@@ -31,6 +32,7 @@ _DIRECTORY_CANDIDATES = (
     "*.pth",
     "*.pt",
     "*.onnx",
+    "*.gguf",
 )
 
 
@@ -61,6 +63,8 @@ def _open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
         return Pt2ArchiveSource(path)
     if suffix == ".onnx":
         return OnnxSource(path)
+    if suffix == ".gguf":
+        return GgufSource(path)
     if suffix in TORCH_SUFFIXES:
         return open_torch_file(path, allow_pickle)
     return _open_by_content(path, allow_pickle)
@@ -75,6 +79,8 @@ def _open_by_content(path: Path, allow_pickle: bool) -> WeightSource:
             if any(n.endswith("model_weights_config.json") for n in archive.namelist()):
                 return Pt2ArchiveSource(path)
         return open_torch_file(path, allow_pickle)
+    if head[:4] == b"GGUF":
+        return GgufSource(path)
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
         return SafetensorsSource([path], str(path))  # u64 header length, then the JSON header
     raise GateInputError(f"{path}: unknown model file format; weightgate reads {SUPPORTED}")
