@@ -12,6 +12,7 @@ from gate.errors import GateInputError
 from gate.quantization.config import read_quantization_config
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
+from gate.lora import ADAPTER_CONFIG, LoraSource
 from gate.sources.gguf_file import GgufSource
 from gate.sources.onnx_file import OnnxSource
 from gate.sources.pt2_archive import Pt2ArchiveSource
@@ -96,6 +97,8 @@ def _open_bin_index(index_path: Path, allow_pickle: bool) -> WeightSource:
 
 
 def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
+    if (directory / ADAPTER_CONFIG).is_file():  # a PEFT adapter: its updates, not its factors
+        return LoraSource(directory, _open_adapter_weights(directory, allow_pickle))
     if (directory / "MLmodel").is_file():
         weights_dir = mlflow_model_weights_dir(directory)
         if weights_dir != directory:
@@ -124,7 +127,10 @@ def mlflow_model_weights_dir(model_dir: Path) -> Path:
     if "pytorch" in flavors:
         return model_dir / flavors["pytorch"].get("model_data", "data")
     if "transformers" in flavors:
-        return model_dir / flavors["transformers"].get("model_binary", "model")
+        flavor = flavors["transformers"]
+        if "peft_adaptor" in flavor:  # mlflow.transformers saves a PEFT model as its adapter only
+            return model_dir / flavor["peft_adaptor"]
+        return model_dir / flavor.get("model_binary", "model")
     if "onnx" in flavors:
         return model_dir
     return model_dir
@@ -135,3 +141,10 @@ def _weights_dir(directory: Path) -> Path:
     if (directory / "MLmodel").is_file():
         return mlflow_model_weights_dir(directory)
     return directory
+
+
+def _open_adapter_weights(directory: Path, allow_pickle: bool) -> WeightSource:
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (directory / name).is_file():
+            return _open_local(directory / name, allow_pickle)
+    raise GateInputError(f"{directory}: has {ADAPTER_CONFIG} but no adapter_model.safetensors or adapter_model.bin")
