@@ -167,10 +167,14 @@ def _add_spectral_row(row: dict[str, Any], batcher: SpectrumBatcher, plan: Layer
 def _spectral_row(batcher: SpectrumBatcher, plan: LayerPlan, device: torch.device) -> dict[str, Any]:
     """The ESD metrics of one solved layer, with its eigenvalue error bound (pooled slices: the largest)."""
     bound = max(batcher.error_bounds[key] for key in _keys(plan)) * plan.scale**2
-    row = spectral_metrics(_pooled(batcher.results, plan, ()), plan.N, device, error_bound=bound)
+    evals = _pooled(batcher.results, plan, ())
+    row = spectral_metrics(evals, plan.N, device, error_bound=bound)
     row["eig_error_bound"] = bound
     if not np.isfinite(row["alpha"]):
-        row.update(status="degenerate", reason="no power-law fit: fewer than 2 distinct eigenvalues above 1e-5")
+        # e.g. a rank-r LoRA update has only r non-zero eigenvalues: too few for a tail of 8
+        above = int(np.count_nonzero(evals > 1e-5))
+        row.update(status="degenerate", reason=f"no power-law fit: {above} eigenvalues above 1e-5 "
+                                               "(a fit needs 2 distinct ones, and a tail of 8 below 20)")
     return row
 
 
