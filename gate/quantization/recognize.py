@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import TYPE_CHECKING
 
 from gate.quantization.config import QuantizationConfig
 from gate.quantization.family import QuantizedTensor, skipped
 from gate.quantization.packed import dequantize_awq, dequantize_gptq
 from gate.quantization.scaled import SCALED_DTYPES, dequantize_scaled, scale_granularity
-from gate.sources.base import TensorInfo
+
+if TYPE_CHECKING:  # gate.sources imports this package: a runtime import would be circular
+    from gate.sources.base import TensorInfo
 
 PACKED_SUFFIXES = (".qweight", ".weight_packed")
 

@@ -12,7 +12,6 @@ from gate.errors import GateInputError
 from gate.quantization.config import read_quantization_config
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
-from gate.lora import ADAPTER_CONFIG, LoraSource
 from gate.sources.gguf_file import GgufSource
 from gate.sources.onnx_file import OnnxSource
 from gate.sources.pt2_archive import Pt2ArchiveSource
@@ -97,6 +96,8 @@ def _open_bin_index(index_path: Path, allow_pickle: bool) -> WeightSource:
 
 
 def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
+    from gate.lora import ADAPTER_CONFIG, LoraSource  # gate.lora builds on gate.sources: imported late
+
     if (directory / ADAPTER_CONFIG).is_file():  # a PEFT adapter: its updates, not its factors
         return LoraSource(directory, _open_adapter_weights(directory, allow_pickle))
     if (directory / "MLmodel").is_file():
@@ -144,6 +145,8 @@ def _weights_dir(directory: Path) -> Path:
 
 
 def _open_adapter_weights(directory: Path, allow_pickle: bool) -> WeightSource:
+    from gate.lora import ADAPTER_CONFIG
+
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         if (directory / name).is_file():
             return _open_local(directory / name, allow_pickle)
