@@ -61,6 +61,12 @@ def dequantize_scaled(parts: Mapping[str, torch.Tensor], cover: tuple[int, int])
     rows, cols = cover
     scale = scale.reshape(math.ceil(out / rows), math.ceil(inp / cols))
     zero_grid = zeros.to(torch.float32).reshape(scale.shape) if zeros is not None else None
+    if out % rows == 0 and inp % cols == 0:  # whole blocks: one broadcast over a blocked view
+        blocks = weight.view(scale.shape[0], rows, scale.shape[1], cols)
+        if zero_grid is not None:
+            blocks -= zero_grid[:, None, :, None]
+        blocks *= scale[:, None, :, None]
+        return weight
     for band in range(scale.shape[0]):
         view = weight[band * rows:(band + 1) * rows]
         if zero_grid is not None:
