@@ -56,6 +56,20 @@ def peft_deltas(model) -> dict[str, np.ndarray]:
     return deltas
 
 
+def save_mlflow_transformers(peft_model, path) -> None:
+    """mlflow.transformers.save_model of a PEFT model: MLflow stores only the adapter (``peft/``)."""
+    import mlflow
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(95)} | {"[UNK]": 95}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[UNK]")
+    mlflow.transformers.save_model(transformers_model={"model": peft_model, "tokenizer": tokenizer}, path=str(path),
+                                   task="text-generation", pip_requirements=["transformers"])
+
+
 @pytest.fixture(scope="module")
 def lora_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
@@ -64,6 +78,7 @@ def lora_dirs(tmp_path_factory):
     v1 = trained_adapter(tiny_llama(), seed=1)
     v1.save_pretrained(root / "v1")
     deltas_v1 = peft_deltas(v1)
+    save_mlflow_transformers(v1, root / "mlflow-model")
     merged = {k: v.detach().double().numpy() for k, v in v1.merge_and_unload().state_dict().items()}
     v2 = trained_adapter(tiny_llama(), seed=2, use_rslora=True)
     v2.save_pretrained(root / "v2")
@@ -137,3 +152,13 @@ def test_compare_between_adapter_versions(lora_dirs):
     for name in deltas_v1:
         expected = np.linalg.norm(deltas_v2[name] - deltas_v1[name])
         assert rows.loc[name, "euclidean_distance"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_adapter_inside_an_mlflow_transformers_model(lora_dirs):
+    root, deltas, _, _ = lora_dirs
+    assert "peft_adaptor: peft" in (root / "mlflow-model" / "MLmodel").read_text()
+    result = scan(str(root / "mlflow-model"), device="cpu", benford=False)
+    rows = result.layers.set_index("name")
+    assert set(deltas) <= set(rows.index)
+    name = "model.layers.1.self_attn.v_proj"
+    assert rows.loc[name, "lora_norm"] == pytest.approx(np.linalg.norm(deltas[name]), rel=1e-6)
