@@ -162,3 +162,27 @@ def test_adapter_inside_an_mlflow_transformers_model(lora_dirs):
     assert set(deltas) <= set(rows.index)
     name = "model.layers.1.self_attn.v_proj"
     assert rows.loc[name, "lora_norm"] == pytest.approx(np.linalg.norm(deltas[name]), rel=1e-6)
+
+
+def test_policy_rule_on_adapter_stable_rank_ratio(lora_dirs, tmp_path):
+    root, deltas, _, _ = lora_dirs
+    ratios = {name: evals_of(d).sum() / evals_of(d).max() / 4 for name, d in deltas.items()}
+    threshold = sorted(ratios.values())[len(ratios) // 2]  # half the updates fall below it
+    policy = tmp_path / "adapter-policy.yaml"
+    policy.write_text(f"""schema_version: 1
+name: adapter-rank-use
+description: LoRA updates must use their rank.
+rules:
+  - id: uses-its-rank
+    description: Every update's stable rank is at least a share of r.
+    metric: lora_stable_rank_ratio
+    scope: layer
+    condition: {{min: {threshold}}}
+    severity: block
+""")
+    outcome = CliRunner().invoke(main, ["check", str(root / "v1"), "--policy", str(policy), "--format", "json",
+                                        "--device", "cpu"])
+    decision = json.loads(outcome.output)
+    assert outcome.exit_code == 1 and decision["decision"] == "block"
+    offending = set(json.dumps(decision["rules"]).split('"')) & set(n for n, r in ratios.items() if r < threshold)
+    assert offending == {n for n, r in ratios.items() if r < threshold}
