@@ -186,6 +186,9 @@ def test_missing_or_misshaped_scales_are_skipped_and_every_tensor_is_accounted_f
         "model.layers.0.self_attn.q_proj.weight": torch.randint(-9, 9, (64, 32), dtype=torch.int8),
         "model.layers.0.self_attn.q_proj.weight_scale": torch.ones(63, 1),  # per channel needs 64
         "model.layers.0.self_attn.k_proj.qweight": torch.zeros(4, 64, dtype=torch.int32),  # no scales / qzeros
+        "model.layers.0.self_attn.o_proj.weight": torch.randint(0, 255, (1024, 1), dtype=torch.uint8),  # bnb nf4
+        "model.layers.0.self_attn.o_proj.weight.absmax": torch.ones(32),
+        "model.layers.0.self_attn.o_proj.weight.quant_state.bitsandbytes__nf4": torch.zeros(60, dtype=torch.uint8),
         "model.layers.0.self_attn.v_proj.weight": torch.randn(64, 32),
         "model.layers.0.input_layernorm.weight": torch.ones(32),
     }
@@ -199,6 +202,7 @@ def test_missing_or_misshaped_scales_are_skipped_and_every_tensor_is_accounted_f
     assert "int8 weight without" in reasons["model.layers.0.mlp.gate_proj"]
     assert "weight_scale has shape [63, 1]" in reasons["model.layers.0.self_attn.q_proj"]
     assert "without model.layers.0.self_attn.k_proj.qzeros" in reasons["model.layers.0.self_attn.k_proj.qweight"]
+    assert "uint8 weight in a quantized layout weightgate does not read" in reasons["model.layers.0.self_attn.o_proj"]
     assert rows.loc["model.layers.0.self_attn.v_proj", "status"] == "ok"
     # accounting: every stored tensor is a row's tensor, consumed by one, or a vector
     with open_source(str(path)) as source:

@@ -14,7 +14,7 @@ from gate.quantization.scaled import SCALED_DTYPES, dequantize_scaled, scale_gra
 if TYPE_CHECKING:  # gate.sources imports this package: a runtime import would be circular
     from gate.sources.base import TensorInfo
 
-PACKED_SUFFIXES = (".qweight", ".weight_packed")
+_INTEGER_DTYPES = frozenset({"uint8", "int16", "int32", "int64"})  # int8 is compressed-tensors INT8 (scaled)
 
 
 def find_quantized(infos: list[TensorInfo], config: QuantizationConfig) -> list[QuantizedTensor]:
@@ -28,6 +28,8 @@ def find_quantized(infos: list[TensorInfo], config: QuantizationConfig) -> list[
             found.append(_scaled(info, by_name, config))
         elif info.name.endswith(".qweight"):
             found.append(_packed(info, by_name, config))
+        elif info.dtype in _INTEGER_DTYPES and info.name.endswith(".weight"):
+            found.append(_unknown_integer(info, by_name))
         elif info.name.endswith(".weight_packed"):
             base = info.name.removesuffix(".weight_packed")
             parts = {role: f"{base}.{suffix}" for role, suffix in
@@ -117,3 +119,16 @@ def _packed(info: TensorInfo, by_name: dict[str, TensorInfo], config: Quantizati
     else:
         dequantize = partial(dequantize_awq, bits=bits, group_size=group_size)
     return QuantizedTensor(name, (out, inp), scheme, info.name, parts, dequantize)
+
+
+def _unknown_integer(info: TensorInfo, by_name: dict[str, TensorInfo]) -> QuantizedTensor:
+    """An integer matrix stored as a layer's weight (e.g. bitsandbytes nf4/fp4 in uint8 with
+    ``weight.absmax`` and ``weight.quant_state.*``): a quantized layout weightgate does not read.
+    Its companions (``<weight>.*``, ``<base>.weight_*``) are accounted for with it."""
+    base = info.name.removesuffix(".weight")
+    parts = {"weight": info.name}
+    parts.update({f"part{i}": name for i, name in enumerate(
+        n for n in by_name if n != info.name and (n.startswith(f"{info.name}.") or n.startswith(f"{base}.weight_")))})
+    return skipped(info.name, info.shape, f"unknown {info.dtype}", info.name, parts,
+                   f"{info.dtype} weight in a quantized layout weightgate does not read "
+                   "(supported: FP8/INT8 with scales, GPTQ, AWQ, GGUF)")
