@@ -13,7 +13,6 @@ from gate.quantization.config import read_quantization_config
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
 from gate.sources.gguf_file import GgufSource
-from gate.sources.onnx_file import OnnxSource
 from gate.sources.pt2_archive import Pt2ArchiveSource
 from gate.sources.quantized import dequantizing
 from gate.sources.safetensors_files import SafetensorsSource
@@ -62,6 +61,8 @@ def _open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
     if suffix == ".pt2":
         return Pt2ArchiveSource(path)
     if suffix == ".onnx":
+        from gate.sources.onnx_file import OnnxSource  # onnx imports for seconds: only for .onnx files
+
         return OnnxSource(path)
     if suffix == ".gguf":
         return GgufSource(path)
