@@ -103,18 +103,18 @@ def _one_pass(source_a: WeightSource, source_b: WeightSource, source_init: Weigh
         for info in infos_a:
             tensor_a = source_a.load(info.name)
             pass_a.feed(info.name, tensor_a)
-            partner = pairs_b[0].get(info.name)
-            if partner is not None:
-                tensor_b = source_b.load(partner[0].tensor_name)
-                if partner[0].tensor_name not in fed_b:
-                    pass_b.feed(partner[0].tensor_name, tensor_b)
-                    fed_b.add(partner[0].tensor_name)
-                rows.extend(_pair_row(plan, tensor_a.to(device), tensor_b.to(device)) for plan in partner[1])
-            init_partner = pairs_init[0].get(info.name)
-            if init_partner is not None:
-                tensor_init = source_init.load(init_partner[0].tensor_name).to(device)
-                for plan in init_partner[1]:
-                    init_rows[plan.name] = _pair_row(plan, tensor_a.to(device), tensor_init)
+            # A's tensor may pair with several of B's (an ONNX GRU's W holds both directions that
+            # torch stores as weight_ih_l0 and weight_ih_l0_reverse): each is loaded in turn.
+            for b_name, pairs in _by_partner(pairs_b[0].get(info.name, [])):
+                tensor_b = source_b.load(b_name)
+                if b_name not in fed_b:
+                    pass_b.feed(b_name, tensor_b)
+                    fed_b.add(b_name)
+                rows.extend(_pair_row(plan, other, tensor_a.to(device), tensor_b.to(device)) for plan, other in pairs)
+            for init_name, pairs in _by_partner(pairs_init[0].get(info.name, [])):
+                tensor_init = source_init.load(init_name).to(device)
+                for plan, other in pairs:
+                    init_rows[plan.name] = _pair_row(plan, other, tensor_a.to(device), tensor_init)
         for info in infos_b:
             if info.name not in fed_b:
                 pass_b.feed(info.name, source_b.load(info.name))
@@ -126,31 +126,40 @@ def _one_pass(source_a: WeightSource, source_b: WeightSource, source_init: Weigh
 
 
 def _matched(source_a: WeightSource, source_b: WeightSource
-             ) -> tuple[dict[str, tuple[LayerPlan, list[LayerPlan]]], dict[str, list[str]]]:
-    """Layers of A matched with B by name and shape: by A's tensor name, the first matched B plan
-    (whose tensor is loaded) and A's matched plans; and the layers left unmatched."""
-    # Tensors their source cannot read (e.g. a quantized weight without its scale) have no values to compare.
+             ) -> tuple[dict[str, list[tuple[LayerPlan, LayerPlan]]], dict[str, list[str]]]:
+    """Layers of A matched with B by name and matrix shape (N, M, rf: matrices, not stored tensors,
+    are compared, so an ONNX LSTM's stacked W matches torch's per-direction weights): by A's tensor
+    name, the pairs (A plan, B plan); and the layers left unmatched. Tensors their source cannot
+    read (a quantized weight without its scale) have no values to compare."""
     plans_a = [plan for plan in plan_layers(source_a.tensor_infos(), PlanOptions(min_evals=1)) if not plan.unreadable]
     plans_b = {plan.name: plan for plan in plan_layers(source_b.tensor_infos(), PlanOptions(min_evals=1))
                if not plan.unreadable}
     names_a = {plan.name for plan in plans_a}
     unmatched: dict[str, list[str]] = {"only_in_a": [], "only_in_b": sorted(n for n in plans_b if n not in names_a),
                                        "shape_mismatch": []}
-    matched: dict[str, tuple[LayerPlan, list[LayerPlan]]] = {}
+    matched: dict[str, list[tuple[LayerPlan, LayerPlan]]] = {}
     for plan in plans_a:
         other = plans_b.get(plan.name)
         if other is None:
             unmatched["only_in_a"].append(plan.name)
-        elif other.shape != plan.shape:
+        elif (other.N, other.M, other.rf) != (plan.N, plan.M, plan.rf):
             unmatched["shape_mismatch"].append(plan.name)
         else:
-            matched.setdefault(plan.tensor_name, (other, []))[1].append(plan)
+            matched.setdefault(plan.tensor_name, []).append((plan, other))
     return matched, unmatched
 
 
-def _pair_row(plan: LayerPlan, tensor_a: torch.Tensor, tensor_b: torch.Tensor) -> dict[str, Any]:
+def _by_partner(pairs: list[tuple[LayerPlan, LayerPlan]]) -> list[tuple[str, list[tuple[LayerPlan, LayerPlan]]]]:
+    """Pairs grouped by the partner's stored tensor, in first-seen order."""
+    grouped: dict[str, list[tuple[LayerPlan, LayerPlan]]] = {}
+    for plan, other in pairs:
+        grouped.setdefault(other.tensor_name, []).append((plan, other))
+    return list(grouped.items())
+
+
+def _pair_row(plan: LayerPlan, other: LayerPlan, tensor_a: torch.Tensor, tensor_b: torch.Tensor) -> dict[str, Any]:
     diff_sq = dot = norm_a_sq = norm_b_sq = 0.0
-    for a, b in zip(layer_matrices(plan, tensor_a), layer_matrices(plan, tensor_b)):
+    for a, b in zip(layer_matrices(plan, tensor_a), layer_matrices(other, tensor_b)):
         # float32 element-wise (a - b is exactly zero only where a == b), sums accumulated in float64
         a32, b32 = a.to(torch.float32), b.to(torch.float32)
         diff = a32 - b32

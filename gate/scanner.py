@@ -38,7 +38,7 @@ from gate.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_na
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import TensorInfo, WeightSource, open_source
 from gate.spectrum import SolveResult, SpectrumBatcher, cpu_threads_for_blas, resolve_device
-from gate.summary import summarize
+from gate.summary import summarize, tensor_counts
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,7 @@ def merge_partials(partials: list[PartialScan], description: str, infos: list[Te
     layers = _layer_table([rows[i] for i in sorted(rows)])
     add_peer_ratios(layers)
     summary = summarize(layers)
+    summary.update(tensor_counts(infos))
     if options.benford:
         vectors_left_out = sum(1 for info in infos if info.is_floating and len(info.shape) < 2)
         digits = ModelDigits.merged([part.digits for part in partials])
@@ -206,7 +207,7 @@ class TensorPass:
         group = self._plans.get(name)
         if not group:
             return  # a vector or a non-float buffer: part of the fingerprint only
-        if group[0].unreadable:  # e.g. a quantized weight without its scale: stored bytes, no float values
+        if group[0].unreadable:  # e.g. a quantized weight without its scale: a skipped row, no values
             self._partial.rows[group[0].index] = {**_base_row(group[0]), "status": "skipped",
                                                   "reason": group[0].skip_reason}
             return
@@ -363,6 +364,7 @@ def _base_row(plan: LayerPlan) -> dict[str, Any]:
         "layer_id": plan.index,
         "name": plan.name,
         "layer_type": plan.layer_type,
+        "tensor": plan.tensor_name,
         "shape": list(plan.shape),
         "status": "ok",
         "reason": "",
@@ -380,6 +382,8 @@ def _layer_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=LEADING_COLUMNS)
     rest = [c for c in table.columns if c not in LEADING_COLUMNS]
+    if "expert" in table.columns:  # only expert rows have one: integers with gaps, not floats
+        table["expert"] = table["expert"].astype("Int64")
     return table[LEADING_COLUMNS + rest]
 
 

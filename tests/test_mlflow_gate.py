@@ -60,7 +60,7 @@ def client(server):
 
 def run_worker(url: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "gate", "worker", "--tracking-uri", url, "--once", "--device", "cpu",
-                           *extra], capture_output=True, text=True, timeout=600, env={**os.environ, **GATE_ENV, **(env or {})})
+                           *extra], capture_output=True, text=True, timeout=1800, env={**os.environ, **GATE_ENV, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -69,7 +69,7 @@ def post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[
     request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=300) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
@@ -226,7 +226,7 @@ def test_registration_storm_each_version_decided_once(server, client, minilm_dir
             versions = list(pool.map(lambda _: register_file(client, "storm", folder / "model.safetensors"),
                                      range(count)))
         assert len(set(versions)) == count
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             statuses = [v.tags.get("gate.status") for v in client.search_model_versions("name='storm'")]
             if len(statuses) == count and "pending" not in statuses:

@@ -44,6 +44,12 @@ class TensorInfo:
         return self.dtype in FLOAT_DTYPES
 
 
+# Module type of tensors read by an ONNX operator whose layout has no torch module (LSTM, GRU, RNN:
+# [directions, gates*hidden, .]); the ONNX source writes it and the layer planner reads it.
+ONNX_OP_PREFIX = "onnx."
+# Module type of the other inputs of those operators (initial hidden and cell states): not weights.
+ONNX_RECURRENT_STATE = "onnx.recurrent_state"
+
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
