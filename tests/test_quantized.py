@@ -196,10 +196,11 @@ def test_missing_or_misshaped_scales_are_skipped_and_every_tensor_is_accounted_f
     result = scan(str(path), device="cpu")
     rows = result.layers.set_index("name")
     reasons = {name: rows.loc[name, "reason"] for name in rows.index if rows.loc[name, "status"] == "skipped"}
-    assert "without model.layers.0.mlp.up_proj.weight_scale" in reasons["model.layers.0.mlp.up_proj"]
+    assert "model.layers.0.mlp.up_proj.weight (float8_e4m3fn) has no model.layers.0.mlp.up_proj.weight_scale" \
+        in reasons["model.layers.0.mlp.up_proj"]
     assert "weight_scale_inv has shape [2, 2]" in reasons["model.layers.0.mlp.down_proj"]
     assert "[1, 1]" in reasons["model.layers.0.mlp.down_proj"]
-    assert "int8 weight without" in reasons["model.layers.0.mlp.gate_proj"]
+    assert "gate_proj.weight (int8) has no" in reasons["model.layers.0.mlp.gate_proj"]
     assert "weight_scale has shape [63, 1]" in reasons["model.layers.0.self_attn.q_proj"]
     assert "without model.layers.0.self_attn.k_proj.qzeros" in reasons["model.layers.0.self_attn.k_proj.qweight"]
     assert "uint8 weight in a quantized layout weightgate does not read" in reasons["model.layers.0.self_attn.o_proj"]

@@ -55,7 +55,8 @@ def _scaled(info: TensorInfo, by_name: dict[str, TensorInfo], config: Quantizati
         parts["zeros"] = zero_name
     if scale_name not in by_name:
         return skipped(info.name, info.shape, kind, info.name, parts,
-                       f"{kind} weight without {base}.weight_scale or .weight_scale_inv: its float values are unknown")
+                       f"{info.name} ({info.dtype}) has no {base}.weight_scale or .weight_scale_inv: its float "
+                       "values are unknown")
     parts["scale"] = scale_name
     scale_shape = by_name[scale_name].shape
     granularity = scale_granularity(scale_shape, out, inp, config, block_only=scale_name == inverse)
@@ -64,7 +65,8 @@ def _scaled(info: TensorInfo, by_name: dict[str, TensorInfo], config: Quantizati
                     f"{config.block[0]}x{config.block[1]}) or one value" if scale_name == inverse
                     else f"one value, [{out}] or [{out}, 1] (per channel), [{out}, in/group] or blocks")
         return skipped(info.name, info.shape, kind, info.name, parts,
-                       f"{scale_name} has shape {list(scale_shape)}, which does not fit weight {list(info.shape)}; expected {expected}")
+                       f"{scale_name} has shape {list(scale_shape)}, which does not fit {info.name} ({info.dtype}) "
+                       f"of shape {list(info.shape)}; expected {expected}")
     label, cover = granularity
     if "zeros" in parts and math.prod(by_name[zero_name].shape) != math.prod(scale_shape):
         return skipped(info.name, info.shape, kind, info.name, parts,
