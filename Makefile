@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_check_cold.py
 	$(PY) bench/bench_enforcement.py
+	$(PY) bench/bench_quantized.py
 
 zoo: $(STAMP)
 	$(PY) bench/zoo.py

@@ -87,10 +87,11 @@ def main() -> None:
 @click.option("--tail-estimators", is_flag=True,
               help="also alpha_hill (Hill, xmin at the median) and alpha_farms (FARMS): optional metrics")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--base", default=None, help="SOURCE is a LoRA adapter: analyse the base model BASE with it merged (W + dW)")
 @_input_errors_exit_2
 def scan(source: str, output_format: str, device: str, precision: str, mp_fit: bool, randomize: bool, seed: int,
          benford: bool, min_evals: int, max_evals: int | None, conv2d_method: str, allow_pickle: bool, tracking_uri: str | None,
-         train_accuracy: float | None, tail_estimators: bool, quiet: bool) -> None:
+         train_accuracy: float | None, tail_estimators: bool, quiet: bool, base: str | None) -> None:
     """Compute weight-only quality metrics of every layer of SOURCE.
 
     SOURCE: a .safetensors/.pt/.pth/.bin/.pt2/.onnx file, a sharded index, a model directory, or
@@ -98,11 +99,17 @@ def scan(source: str, output_format: str, device: str, precision: str, mp_fit: b
     """
     from gate.scanner import scan as run_scan
 
+    if base is not None:
+        from gate.lora import open_merged
+
+        source = open_merged(source, base, allow_pickle, tracking_uri)
     result = run_scan(
         source, device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed, benford=benford,
         min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
         tracking_uri=tracking_uri, train_accuracy=train_accuracy, tail_estimators=tail_estimators, progress=not quiet,
     )
+    if base is not None:
+        source.close()
     from gate.table import SCAN_COLUMNS, render_table
 
     _emit(result, output_format, lambda: render_table([f"source: {result.source}"], result.layers, SCAN_COLUMNS,
@@ -147,10 +154,12 @@ def compare(a: str, b: str, init: str | None, threshold: float, output_format: s
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu or cuda[:N]")
 @click.option("--train-accuracy", type=click.FloatRange(0, 1), default=None,
               help="training accuracy (fraction), for policies with EIC rules")
+@click.option("--base", default=None, help="SOURCE is a LoRA adapter: check the base model BASE with it merged (W + dW)")
 @_source_options
 @_input_errors_exit_2
 def check(source: str, policy_file: str | None, baseline: str | None, output_format: str, out_dir: str | None,
-          device: str, train_accuracy: float | None, allow_pickle: bool, tracking_uri: str | None) -> None:
+          device: str, train_accuracy: float | None, allow_pickle: bool, tracking_uri: str | None,
+          base: str | None) -> None:
     """Check SOURCE against a policy before deployment.
 
     Exit status: 0 approve or warn (warnings printed), 1 block, 2 error (bad input or policy).
@@ -159,6 +168,10 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     from gate.policy.decision import BLOCK
     from gate.policy.report import render_decision, write_outputs
 
+    if base is not None:
+        from gate.lora import open_merged
+
+        source = open_merged(source, base, allow_pickle, tracking_uri)  # check() closes it
     result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
                        allow_pickle=allow_pickle, tracking_uri=tracking_uri)
     if out_dir is not None:

@@ -225,8 +225,11 @@ class TensorPass:
                 continue
             if options.tail_estimators:
                 row["alpha_farms"] = _alpha_farms(matrices, plan.scale)
+            # Dequantized weights carry the rounding of their 4-8-bit storage: solved as 16-bit weights are.
+            quantized = plan.quantization not in (None, "none")
+            dtype = self._batcher.solve_dtype(torch.float8_e4m3fn) if quantized else None
             for k, matrix in enumerate(matrices):
-                self._batcher.submit(SolveKey(plan.index, k), matrix)
+                self._batcher.submit(SolveKey(plan.index, k), matrix, dtype)
                 if options.randomize:
                     self._batcher.submit(SolveKey(plan.index, k, randomized=True), matrix, RANDOMIZED_SOLVE_DTYPE,
                                          transform=self._shuffle)
@@ -323,10 +326,14 @@ def _add_spectral_row(row: dict[str, Any], results: dict[SolveKey, SolveResult],
         return False
     # Pooled slices: the largest bound, on the scaled eigenvalues.
     bound = max(results[key].error_bound for key in _keys(plan)) * plan.scale**2
-    row.update(spectral_metrics(_pooled(results, plan), plan.N, device, error_bound=bound), eig_error_bound=bound,
+    evals = _pooled(results, plan)
+    row.update(spectral_metrics(evals, plan.N, device, error_bound=bound), eig_error_bound=bound,
                solve_precision=dtype_name(_widest(results, plan)))
     if not np.isfinite(row["alpha"]):
-        row.update(status="degenerate", reason="no power-law fit: fewer than 2 distinct eigenvalues above 1e-5")
+        # e.g. a rank-r LoRA update has only r non-zero eigenvalues: too few for a tail of 8
+        above = int(np.count_nonzero(evals > 1e-5))
+        row.update(status="degenerate", reason=f"no power-law fit: {above} eigenvalues above 1e-5 "
+                                               "(a fit needs 2 distinct ones, and a tail of 8 below 20)")
     return True
 
 

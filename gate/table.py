@@ -9,7 +9,7 @@ import pandas as pd
 
 from gate.result import ScanResult
 
-SCAN_COLUMNS = ("name", "layer_type", "shape", "status", "alpha", "alpha_weighted", "log_spectral_norm",
+SCAN_COLUMNS = ("name", "layer_type", "shape", "quantization", "status", "alpha", "alpha_weighted", "log_spectral_norm",
                 "stable_rank", "mlh")
 COMPARE_COLUMNS = ("name", "shape", "status", "euclidean_distance", "relative_distance", "cosine_similarity",
                    "delta_alpha", "delta_log_spectral_norm", "delta_stable_rank", "delta_mlh")

@@ -238,9 +238,10 @@ def test_quantized_weight_without_scale_and_other_tensors_are_accounted_for(tmp_
     save_file(state, path)
     result = gate.scan(path, device="cpu")
     layers = result.layers.set_index("name")
-    for name, dtype in [("fp8", "float8_e4m3fn"), ("int8", "int8")]:
-        assert layers.loc[name, "status"] == "skipped"
-        assert f"{name}.weight ({dtype})" in layers.loc[name, "reason"] and "scale" in layers.loc[name, "reason"]
+    assert layers.loc["fp8", "status"] == "skipped"
+    assert "fp8.weight (float8_e4m3fn)" in layers.loc["fp8", "reason"] and "scale" in layers.loc["fp8", "reason"]
+    # int8 with a per-channel scale is dequantized (gate.quantization) and analysed
+    assert (layers.loc["int8", "status"], layers.loc["int8", "quantization"]) == ("ok", "int8/per_channel")
     assert layers.loc["dense", "status"] == "ok"
     summary = result.summary
     assert (summary["num_vector"], summary["num_integer_buffer"], summary["num_scalar"],

@@ -31,6 +31,9 @@ LAYER_METRICS = {
     "num_spikes": "mp_fit", "mp_softrank": "mp_fit", "sigma_mp": "mp_fit",
     "num_traps": "randomize", "rand_distance": "randomize",
 }
+# Columns of LoRA adapter rows (gate.lora), for policies on adapters or --base merges.
+LAYER_METRICS.update({"lora_rank": None, "lora_scale": None, "lora_norm": None, "lora_stable_rank": None,
+                      "lora_stable_rank_ratio": None})
 MODEL_METRICS = {
     "alpha": None, "alpha_weighted": None, "log_alpha_norm": None, "log_norm": None, "log_spectral_norm": None,
     "stable_rank": None, "mlh": None, "num_layers": None, "num_analysed": None, "num_skipped": None,

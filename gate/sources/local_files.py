@@ -9,14 +9,17 @@ from pathlib import Path
 import yaml
 
 from gate.errors import GateInputError
+from gate.quantization.config import read_quantization_config
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
+from gate.sources.gguf_file import GgufSource
 from gate.sources.pt2_archive import Pt2ArchiveSource
+from gate.sources.quantized import dequantizing
 from gate.sources.safetensors_files import SafetensorsSource
 from gate.sources.torch_files import open_torch_file
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-SUPPORTED = ".safetensors, model.safetensors.index.json, .pt/.pth/.bin/.ckpt, .pt2, .onnx, or a model directory"
+SUPPORTED = ".safetensors, model.safetensors.index.json, .pt/.pth/.bin/.ckpt, .pt2, .onnx, .gguf, or a model directory"
 
 # Files looked for in a model directory, best first: the first kind present is used.
 _DIRECTORY_CANDIDATES = (
@@ -28,11 +31,19 @@ _DIRECTORY_CANDIDATES = (
     "*.pth",
     "*.pt",
     "*.onnx",
+    "*.gguf",
 )
 
 
 def open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
-    """Open a file or directory; errors name the path and what was expected."""
+    """Open a file or directory; errors name the path and what was expected. Quantized weights
+    read as their dequantized float values (``quantization_config`` from config.json beside them)."""
+    source = _open_local(path, allow_pickle)
+    config_dir = path if path.is_dir() else path.parent
+    return dequantizing(source, read_quantization_config(_weights_dir(config_dir)))
+
+
+def _open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
     if not path.exists():
         raise GateInputError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -53,6 +64,8 @@ def open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
         from gate.sources.onnx_file import OnnxSource  # onnx imports for seconds: only for .onnx files
 
         return OnnxSource(path)
+    if suffix == ".gguf":
+        return GgufSource(path)
     if suffix in TORCH_SUFFIXES:
         return open_torch_file(path, allow_pickle)
     return _open_by_content(path, allow_pickle)
@@ -67,6 +80,8 @@ def _open_by_content(path: Path, allow_pickle: bool) -> WeightSource:
             if any(n.endswith("model_weights_config.json") for n in archive.namelist()):
                 return Pt2ArchiveSource(path)
         return open_torch_file(path, allow_pickle)
+    if head[:4] == b"GGUF":
+        return GgufSource(path)
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
         return SafetensorsSource([path], str(path))  # u64 header length, then the JSON header
     raise GateInputError(f"{path}: unknown model file format; weightgate reads {SUPPORTED}")
@@ -78,10 +93,14 @@ def _open_bin_index(index_path: Path, allow_pickle: bool) -> WeightSource:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise GateInputError(f"{index_path}: not a valid checkpoint index (expected JSON with 'weight_map'): {err}") from err
     shards = [index_path.parent / shard for shard in dict.fromkeys(weight_map.values())]
-    return CompositeSource([open_local(s, allow_pickle) for s in shards], str(index_path))
+    return CompositeSource([_open_local(s, allow_pickle) for s in shards], str(index_path))
 
 
 def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
+    from gate.lora import ADAPTER_CONFIG, LoraSource  # gate.lora builds on gate.sources: imported late
+
+    if (directory / ADAPTER_CONFIG).is_file():  # a PEFT adapter: its updates, not its factors
+        return LoraSource(directory, _open_adapter_weights(directory, allow_pickle))
     if (directory / "MLmodel").is_file():
         weights_dir = mlflow_model_weights_dir(directory)
         if weights_dir != directory:
@@ -91,10 +110,10 @@ def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
         if not matches:
             continue
         if len(matches) == 1 or pattern.endswith(".json"):
-            return open_local(matches[0], allow_pickle)
+            return _open_local(matches[0], allow_pickle)
         if pattern == "*.safetensors":
             return SafetensorsSource(matches, str(directory))
-        return CompositeSource([open_local(m, allow_pickle) for m in matches], str(directory))
+        return CompositeSource([_open_local(m, allow_pickle) for m in matches], str(directory))
     subdirs = [p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if len(subdirs) == 1:  # e.g. an MLflow model's data/ folder or a single exported model
         return _open_directory(subdirs[0], allow_pickle)
@@ -110,7 +129,26 @@ def mlflow_model_weights_dir(model_dir: Path) -> Path:
     if "pytorch" in flavors:
         return model_dir / flavors["pytorch"].get("model_data", "data")
     if "transformers" in flavors:
-        return model_dir / flavors["transformers"].get("model_binary", "model")
+        flavor = flavors["transformers"]
+        if "peft_adaptor" in flavor:  # mlflow.transformers saves a PEFT model as its adapter only
+            return model_dir / flavor["peft_adaptor"]
+        return model_dir / flavor.get("model_binary", "model")
     if "onnx" in flavors:
         return model_dir
     return model_dir
+
+
+def _weights_dir(directory: Path) -> Path:
+    """Where config.json sits: an MLflow model's weights folder, or the directory itself."""
+    if (directory / "MLmodel").is_file():
+        return mlflow_model_weights_dir(directory)
+    return directory
+
+
+def _open_adapter_weights(directory: Path, allow_pickle: bool) -> WeightSource:
+    from gate.lora import ADAPTER_CONFIG
+
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (directory / name).is_file():
+            return _open_local(directory / name, allow_pickle)
+    raise GateInputError(f"{directory}: has {ADAPTER_CONFIG} but no adapter_model.safetensors or adapter_model.bin")
