@@ -140,6 +140,7 @@ def test_receiver_isolates_events_and_refuses_what_it_cannot_take(tmp_path, monk
         (tmp_path / "scanning.release").touch()
         assert wait_for(lambda: client.get_model_version("queued", first).tags.get("gate.status")) == "approved"
         assert created(first, "d").status_code == 200  # a repeated delivery: accepted, not rescanned
+        wait_for(lambda: receiver.get("/healthz").get_json()["queued"] == 0)  # capacity 1: let "d" be taken
         assert created(second, "e").status_code == 200  # after the failed "ghost" event
         assert wait_for(lambda: client.get_model_version("queued", second).tags.get("gate.status")) == "approved"
         assert receiver.get("/healthz").get_json()["events_thread"] is True
