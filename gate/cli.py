@@ -7,6 +7,7 @@ on stderr and nothing on stdout.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -124,7 +125,8 @@ def compare(a: str, b: str, init: str | None, threshold: float, output_format: s
 @click.argument("source")
 @click.option("--policy", "policy_file", default=None, help="policy YAML (default: the shipped policy)")
 @click.option("--baseline", default=None, help="the version to compare against (any source, e.g. models:/name@champion)")
-@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "junit"]), default="table",
+              show_default=True, help="junit: one test case per rule, for CI servers' test reports")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="write decision.json and the layer table(s) as CSV into this folder")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
@@ -142,11 +144,17 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     from gate.policy.decision import BLOCK
     from gate.policy.report import render_decision, write_outputs
 
+    started = time.perf_counter()
     result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
                        allow_pickle=allow_pickle, tracking_uri=tracking_uri)
     if out_dir is not None:
         write_outputs(result, out_dir)
-    click.echo(result.decision.to_json() if output_format == "json" else render_decision(result.decision))
+    if output_format == "junit":
+        from gate.report.junit import to_junit
+
+        click.echo(to_junit(result.decision, time.perf_counter() - started), nl=False)
+    else:
+        click.echo(result.decision.to_json() if output_format == "json" else render_decision(result.decision))
     sys.exit(EXIT_BLOCKED if result.decision.decision == BLOCK else 0)
 
 

@@ -26,10 +26,11 @@ from urllib.parse import quote, urlencode
 
 from flask import Flask, Response, jsonify, make_response, request
 
-from mlflow_plugin.config import OVERRIDDEN, PENDING, STATUS
+from mlflow_plugin import vocabulary as words
+from mlflow_plugin.vocabulary import NO_STATUS, OVERRIDDEN, PENDING, STATUS
 
 PAGE_PATHS = ("/weightgate/", "/weightgate/model", "/weightgate/api/ledger", "/weightgate/api/ledger/verify")
-BADGES = ("approved", "warned", "blocked", "error", "pending", "overridden", "none")
+BADGES = (*words.STATUSES, NO_STATUS)
 
 
 @dataclass
@@ -56,6 +57,16 @@ class VersionView:
 def model_page_path(name: str, version: Any | None = None) -> str:
     """Where a model (and one version's row) is on the gate page, relative to the server root."""
     return f"/weightgate/model?{urlencode({'name': name})}" + (f"#v{version}" if version is not None else "")
+
+
+def gate_page_tags(decision, tracking_uri: str, version) -> dict[str, str]:
+    """The worker's human-facing tags: ``gate.summary`` and, for an http(s) server, ``gate.page``."""
+    from gate.report.verdict import summary_line
+
+    tags = {words.SUMMARY: summary_line(decision)}
+    if tracking_uri.startswith(("http://", "https://")):
+        tags[words.PAGE] = tracking_uri.rstrip("/") + model_page_path(version.name, version.version)
+    return tags
 
 
 class GatePage:
@@ -139,7 +150,7 @@ class GatePage:
     def _view(self, version, aliases: list[str]) -> VersionView:
         tags = dict(version.tags or {})
         root = request.script_root + "/"
-        run_id = tags.get("gate.decision_run")
+        run_id = tags.get(words.DECISION_RUN)
         run_url = report_url = None
         experiment_id = _experiment_of(run_id) if run_id else None
         if experiment_id is not None:
@@ -147,13 +158,13 @@ class GatePage:
             report_url = f"{run_url}/artifacts/weightgate/report.html"
         override = ""
         if tags.get(STATUS) == OVERRIDDEN:
-            override = (f"overridden by {tags.get('gate.override_by', '?')} at {tags.get('gate.override_at', '?')} "
-                        f"(was {tags.get('gate.override_previous_status', '?')}): {tags.get('gate.override_reason', '')}")
+            override = (f"overridden by {tags.get(words.OVERRIDE_BY, '?')} at {tags.get(words.OVERRIDE_AT, '?')} "
+                        f"(was {tags.get(words.OVERRIDE_PREVIOUS_STATUS, '?')}): {tags.get(words.OVERRIDE_REASON, '')}")
         return VersionView(
-            name=version.name, version=str(version.version), status=tags.get(STATUS, "none"),
-            summary=tags.get("gate.summary", ""), reason=tags.get("gate.reason", ""), aliases=sorted(aliases),
+            name=version.name, version=str(version.version), status=tags.get(STATUS, NO_STATUS),
+            summary=tags.get(words.SUMMARY, ""), reason=tags.get(words.REASON, ""), aliases=sorted(aliases),
             version_url=f"{root}#/models/{quote(version.name, safe='')}/versions/{version.version}",
-            run_url=run_url, report_url=report_url, decided_at=tags.get("gate.decided_at", ""), override=override)
+            run_url=run_url, report_url=report_url, decided_at=tags.get(words.DECIDED_AT, ""), override=override)
 
     def _queue(self, versions: list[VersionView]) -> list[dict[str, Any]]:
         """Versions waiting for a decision, oldest first, with the claim a worker holds on each."""
@@ -162,7 +173,7 @@ class GatePage:
         from mlflow.server.handlers import _get_model_registry_store
         from mlflow_plugin.claims import CLAIMS
 
-        waiting = [v for v in versions if v.status in (PENDING, "none")]
+        waiting = [v for v in versions if v.status in (PENDING, NO_STATUS)]
         if not waiting:
             return []
         store = _get_model_registry_store()
@@ -228,7 +239,7 @@ def _experiment_of(run_id: str) -> str | None:
 def _counts(versions: list[VersionView]) -> dict[str, int]:
     counts = {badge: 0 for badge in BADGES}
     for view in versions:
-        counts[view.status if view.status in counts else "none"] += 1
+        counts[view.status if view.status in counts else NO_STATUS] += 1
     return counts
 
 

@@ -156,7 +156,7 @@ class _Gate:
         tags = self._version_tags(name, version)
         self.ledger.append(Entry(
             user=user or self.requester(), model=name, version=str(version), action=action, target=target,
-            outcome=outcome, status=tags.get(STATUS, ""), policy_sha256=tags.get("gate.policy_sha256", ""),
+            outcome=outcome, status=tags.get(STATUS, ""), policy_sha256=tags.get(words.POLICY_SHA256, ""),
             detail=detail[:2000]))
 
     def _version_tags(self, name: str, version: Any) -> dict[str, str]:
@@ -262,7 +262,7 @@ class _Gate:
         except Exception:
             self.claims().release(name, version, worker)
             raise
-        self.log(name, version, "decision", tags.get(STATUS, ""), "recorded", tags.get("gate.reason", ""),
+        self.log(name, version, "decision", tags.get(STATUS, ""), "recorded", tags.get(words.REASON, ""),
                  user=f"worker:{worker}")
         return jsonify({"recorded": True})
 

@@ -26,7 +26,9 @@ from mlflow.utils.rest_utils import http_request
 
 from mlflow_plugin import vocabulary as words
 from mlflow_plugin.config import GateConfig, GateConfigError
+from mlflow_plugin.gate_page import gate_page_tags
 from mlflow_plugin.vocabulary import ERROR, EXPERIMENT, PENDING, STATUS, STATUS_OF_DECISION
+
 
 _logger = logging.getLogger(__name__)
 LAYER_SERIES = ("alpha", "alpha_weighted", "log_spectral_norm", "stable_rank", "mlh")
@@ -107,6 +109,7 @@ class Worker:
             words.BASELINE: decision.baseline or "",
             words.SOURCE: version.source,
             words.DECIDED_AT: words.as_tag_timestamp(decision.timestamp),
+            **gate_page_tags(decision, self.settings.tracking_uri, version),
         })
 
     def baseline_uri(self, version: ModelVersion) -> str | None:
