@@ -90,3 +90,15 @@ def test_report_command(tmp_path, minilm_dir):
     assert proc.returncode == 0, proc.stderr
     assert "decision approve" in proc.stdout
     assert (tmp_path / "r" / "report.html").is_file() and (tmp_path / "r" / "decision.json").is_file()
+
+
+def test_report_of_a_model_with_no_analysed_layer(tmp_path):
+    """Every layer non-finite: no alpha column at all; the report still says why it blocked."""
+    weight = torch.full((32, 32), float("nan"))
+    model = torch.nn.Linear(32, 32)
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    result = check(model, device="cpu", keep_spectra=True)
+    write_report(tmp_path, result.scan, result.decision)
+    html = (tmp_path / "report.html").read_text()
+    assert "BLOCK" in html and "some-layer-analysed" in html

@@ -66,7 +66,7 @@ def by_depth_svg(layers: pd.DataFrame, metric: str, baseline: pd.DataFrame | Non
     their names."""
     ok = layers[(layers["status"] == "ok") & layers[metric].notna()] if metric in layers.columns else layers.iloc[:0]
     depth = np.arange(len(ok))
-    values = ok[metric].to_numpy(dtype=float)
+    values = ok[metric].to_numpy(dtype=float) if len(ok) else np.array([])  # no analysed layer: empty axes
     figure, axes = _figure()
     if band:
         axes.axhspan(*band, color="#d5f5e3", zorder=0, gid="band", label=f"[{band[0]:g}, {band[1]:g}]")
