@@ -171,7 +171,7 @@ class GatePage:
         import sqlalchemy as sa
 
         from mlflow.server.handlers import _get_model_registry_store
-        from mlflow_plugin.claims import CLAIMS
+        from mlflow_plugin.claims import CLAIMED, CLAIMS, RECORDING
 
         waiting = [v for v in versions if v.status in (PENDING, NO_STATUS)]
         if not waiting:
@@ -180,7 +180,7 @@ class GatePage:
         self.gate.claims()  # creates the claims table if no worker has claimed anything yet
         with store.engine.connect() as connection:
             claims = {(row.name, str(row.version)): row
-                      for row in connection.execute(sa.select(CLAIMS).where(CLAIMS.c.state == "claimed"))}
+                      for row in connection.execute(sa.select(CLAIMS).where(CLAIMS.c.state.in_([CLAIMED, RECORDING])))}
         now = time.time()
         queue = []
         for view in waiting:

@@ -50,7 +50,7 @@ META = sa.Table(
 
 # What a row records. ``outcome``: allowed / refused / failed (the registry answered an error) /
 # recorded (decisions and overrides).
-ACTIONS = ("registered", "alias-set", "alias-delete", "stage-transition", "decision", "override")
+ACTIONS = ("registered", "alias-set", "alias-delete", "stage-transition", "decision", "override", "rescan")
 
 
 class LedgerError(RuntimeError):
