@@ -7,6 +7,7 @@ on stderr and nothing on stdout.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -148,7 +149,8 @@ def compare(a: str, b: str, init: str | None, threshold: float, output_format: s
 @click.argument("source")
 @click.option("--policy", "policy_file", default=None, help="policy YAML (default: the shipped policy)")
 @click.option("--baseline", default=None, help="the version to compare against (any source, e.g. models:/name@champion)")
-@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "junit"]), default="table",
+              show_default=True, help="junit: one test case per rule, for CI servers' test reports")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="write decision.json and the layer table(s) as CSV into this folder")
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu or cuda[:N]")
@@ -172,11 +174,17 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
         from gate.lora import open_merged
 
         source = open_merged(source, base, allow_pickle, tracking_uri)  # check() closes it
+    started = time.perf_counter()
     result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
                        allow_pickle=allow_pickle, tracking_uri=tracking_uri)
     if out_dir is not None:
         write_outputs(result, out_dir)
-    click.echo(result.decision.to_json() if output_format == "json" else render_decision(result.decision))
+    if output_format == "junit":
+        from gate.report.junit import to_junit
+
+        click.echo(to_junit(result.decision, time.perf_counter() - started), nl=False)
+    else:
+        click.echo(result.decision.to_json() if output_format == "json" else render_decision(result.decision))
     sys.exit(EXIT_BLOCKED if result.decision.decision == BLOCK else 0)
 
 
@@ -462,3 +470,80 @@ def _emit(result: Any, output_format: str, render: Callable[[], str]) -> None:
         click.echo(result.to_csv(), nl=False)
     else:
         click.echo(render())
+
+
+class _AuditGroup(click.Group):
+    """``audit NAME`` reads a model's ledger, ``audit verify`` checks the chain: a word that is not a
+    subcommand is a model name (a model called "verify" is read with ``audit show verify``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_AuditGroup)
+def audit() -> None:
+    """The promotion ledger: who set or deleted protected aliases, moved stages, recorded decisions
+    and overrides, allowed or refused (``audit NAME``), and its tamper check (``audit verify``).
+
+    --tracking-uri is the MLflow server (its /weightgate/api/ledger routes, with the usual
+    MLFLOW_TRACKING_USERNAME/PASSWORD) or the server's database URI (sqlite:///..., postgresql://...)
+    read directly.
+    """
+
+
+_LEDGER_COLUMNS = ("id", "at", "user", "version", "action", "target", "outcome", "status", "policy_sha256", "detail")
+
+
+@audit.command("show")
+@click.argument("name")
+@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@_input_errors_exit_2
+def audit_show(name: str, tracking_uri: str, output_format: str) -> None:
+    """The ledger rows of model NAME, oldest first."""
+    import csv
+    import io
+    import json
+
+    from mlflow_plugin.audit_client import ledger_entries
+
+    entries = ledger_entries(tracking_uri, name)
+    if output_format == "json":
+        click.echo(json.dumps(entries, indent=2))
+    elif output_format == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["model", *_LEDGER_COLUMNS, "prev_hash", "hash"],
+                                extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(entries)
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        if not entries:
+            click.echo(f"no ledger entries for model {name!r}")
+            return
+        rows = [[str(e["id"]), e["at"][:19].replace("T", " "), e["user"], f"v{e['version']}", e["action"], e["target"],
+                 e["outcome"], e["status"], e["policy_sha256"][:12], e["detail"][:80]] for e in entries]
+        header = ["#", "time (UTC)", "user", "version", "action", "target", "outcome", "status", "policy", "detail"]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@audit.command("verify")
+@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI")
+@_input_errors_exit_2
+def audit_verify(tracking_uri: str) -> None:
+    """Recompute the ledger's hash chain; exit 1 naming each edited or deleted row."""
+    from mlflow_plugin.audit_client import verify_ledger
+
+    result = verify_ledger(tracking_uri)
+    if result["ok"]:
+        click.echo(f"ledger ok: {result['rows']} rows, head {result['head']}")
+        return
+    click.echo(f"ledger TAMPERED ({result['rows']} rows, head {result['head']}):")
+    for problem in result["problems"]:
+        click.echo(f"  {problem}")
+    sys.exit(EXIT_BLOCKED)

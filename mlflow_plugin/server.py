@@ -11,6 +11,10 @@ prefixes are covered. Checks read the decision recorded as version tags; nothing
 - ``gate.*`` tags can be written only with the worker credential (``X-Weightgate-Token``).
 - ``/api/2.0/weightgate/{claim,record,override,rescan}`` serve the worker and the override and
   rescan commands.
+- Every protected alias set/delete, stage transition, ``gate.status`` write, recorded decision and
+  override, allowed or refused, is appended to the promotion ledger (:mod:`mlflow_plugin.ledger`).
+- ``/weightgate/`` is the gate page (:mod:`mlflow_plugin.gate_page`), behind MLflow's own
+  authentication when composed with basic-auth.
 """
 
 from __future__ import annotations
@@ -21,17 +25,20 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, jsonify, make_response, request
+from flask import Flask, Response, g, jsonify, make_response, request
 
 from mlflow_plugin import vocabulary as words
 from mlflow_plugin.config import GateConfig, GateConfigError
 from mlflow_plugin.vocabulary import (
     ACTOR_HEADER, OVERRIDE_TOKEN_HEADER, OVERRIDDEN, PENDING, STATUS, TAG_PREFIX, WORKER_TOKEN_HEADER,
 )
+from mlflow_plugin.ledger import Entry, Ledger
 
 _logger = logging.getLogger(__name__)
 _PREFIX = re.compile(r"^/(?:ajax-)?api/\d+\.\d+")
 _PROMOTING_STAGES = {"staging", "production"}
+_LEDGER_ROUTES = {"/mlflow/registered-models/alias", "/mlflow/model-versions/transition-stage",
+                  "/mlflow/model-versions/set-tag", "/mlflow/model-versions/delete-tag"}
 
 
 def create_app(app: Flask | None = None):
@@ -80,8 +87,10 @@ class _Gate:
         self.basic_auth = basic_auth
         self.policy_sha256 = load_policy(config.policy_path).sha256
         self._claims = None
+        self.ledger = Ledger(_registry_store().engine)  # created or checked now, not on the first promotion
         self.before: dict[tuple[str, str], Callable[[dict], Response | None]] = {
             ("/mlflow/registered-models/alias", "POST"): self.check_alias,
+            ("/mlflow/registered-models/alias", "DELETE"): self.note_alias_target,
             ("/mlflow/model-versions/transition-stage", "POST"): self.check_stage,
             ("/mlflow/model-versions/set-tag", "POST"): self.guard_tag,
             ("/mlflow/model-versions/delete-tag", "DELETE"): self.guard_tag,
@@ -96,6 +105,9 @@ class _Gate:
                            ("rescan", self.rescan)):
             app.add_url_rule(f"/api/2.0/weightgate/{rule}", endpoint=f"weightgate_{rule}", view_func=view,
                              methods=["POST"])
+        from mlflow_plugin.gate_page import GatePage
+
+        GatePage(self, basic_auth).register(app)
 
     # -- hooks -------------------------------------------------------------------------------
     def before_request(self) -> Response | None:
@@ -108,7 +120,74 @@ class _Gate:
             version = (response.get_json(silent=True) or {}).get("model_version", {})
             if version.get("name") and version.get("version"):
                 self._set_tags(version["name"], version["version"], {STATUS: PENDING})
+                self.log(version["name"], version["version"], "registered", "", "recorded")
+        elif route[0] in _LEDGER_ROUTES:
+            self.log_attempt(route, _request_params(), response)
         return response
+
+    # -- ledger ------------------------------------------------------------------------------
+    def log_attempt(self, route: tuple[str, str], params: dict, response: Response) -> None:
+        """One ledger row for a promotion-relevant request, with the registry's answer as outcome
+        (allowed; refused by the gate or by basic-auth; failed with another error)."""
+        path, method = route
+        name, version = str(params.get("name", "")), str(params.get("version", ""))
+        if path == "/mlflow/registered-models/alias":
+            alias = str(params.get("alias", ""))
+            if not self.config.is_protected(alias):
+                return
+            action, target = ("alias-set" if method == "POST" else "alias-delete"), alias
+            version = version or getattr(g, "weightgate_alias_version", "")
+        elif path == "/mlflow/model-versions/transition-stage":
+            action, target = "stage-transition", str(params.get("stage", ""))
+        elif str(params.get("key", "")) == STATUS:
+            action = "decision"
+            target = str(params.get("value", "")) if method == "POST" else "(tag deleted)"
+        else:
+            return
+        if response.status_code == 200:
+            outcome, detail = "allowed", ""
+        else:
+            body = response.get_json(silent=True) or {}
+            outcome = "refused" if response.status_code in (401, 403) else "failed"
+            detail = f"HTTP {response.status_code}: {body.get('message') or response.status}"
+        self.log(name, version, action, target, outcome, detail)
+
+    def log(self, name: str, version: Any, action: str, target: str, outcome: str, detail: str = "",
+            user: str | None = None) -> None:
+        """Append a row; the decision status and policy are read from the version's tags now."""
+        tags = self._version_tags(name, version)
+        self.ledger.append(Entry(
+            user=user or self.requester(), model=name, version=str(version), action=action, target=target,
+            outcome=outcome, status=tags.get(STATUS, ""), policy_sha256=tags.get(words.POLICY_SHA256, ""),
+            detail=detail[:2000]))
+
+    def _version_tags(self, name: str, version: Any) -> dict[str, str]:
+        from mlflow.exceptions import MlflowException
+
+        if not name or not str(version):
+            return {}
+        try:
+            return dict(_registry_store().get_model_version(name, str(version)).tags or {})
+        except MlflowException:
+            return {}
+
+    def note_alias_target(self, params: dict) -> None:
+        """Before a protected alias is deleted, remember which version it pointed at (for the ledger)."""
+        from mlflow.exceptions import MlflowException
+
+        if self.config.is_protected(str(params.get("alias", ""))):
+            try:
+                aliased = _registry_store().get_model_version_by_alias(params.get("name", ""), params.get("alias", ""))
+                g.weightgate_alias_version = str(aliased.version)
+            except MlflowException:
+                g.weightgate_alias_version = ""
+        return None
+
+    def requester(self) -> str:
+        """Who sent this request: the basic-auth user, the worker credential, or anonymous."""
+        if request.authorization and request.authorization.username:
+            return request.authorization.username
+        return "weightgate-worker" if self.is_worker() else "anonymous"
 
     # -- checks ------------------------------------------------------------------------------
     def check_alias(self, params: dict) -> Response | None:
@@ -188,6 +267,8 @@ class _Gate:
         # The status goes last: a decision cut off half-way still reads pending and is taken over.
         self._set_tags(name, version, dict(sorted(tags.items(), key=lambda item: item[0] == STATUS)))
         self.claims().finish(name, version, worker)
+        self.log(name, version, "decision", tags.get(STATUS, ""), "recorded", tags.get(words.REASON, ""),
+                 user=f"worker:{worker}")
         return jsonify({"recorded": True})
 
     def rescan(self) -> Response:
@@ -208,6 +289,7 @@ class _Gate:
         self._set_tags(name, version, {words.REASON: f"rescan requested by {actor} at {when}",
                                        words.RESCAN_REQUESTED: when, STATUS: PENDING})
         _logger.warning("weightgate rescan: %s version %s queued again by %s", name, version, actor)
+        self.log(name, version, "rescan", PENDING, "recorded", f"queued again at {when}", user=actor)
         return jsonify({"queued": True, "by": actor, "at": when})
 
     def override(self) -> Response:
@@ -224,6 +306,7 @@ class _Gate:
         self._set_tags(name, version, {STATUS: OVERRIDDEN, words.OVERRIDE_BY: actor, words.OVERRIDE_AT: when,
                                        words.OVERRIDE_REASON: reason, words.OVERRIDE_PREVIOUS_STATUS: previous})
         _logger.warning("weightgate override: %s version %s by %s at %s: %s", name, version, actor, when, reason)
+        self.log(name, version, "override", f"{previous} -> {OVERRIDDEN}", "recorded", reason, user=actor)
         return jsonify({"overridden": True, "by": actor, "at": when})
 
     # -- identity ----------------------------------------------------------------------------

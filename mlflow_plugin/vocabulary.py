@@ -35,6 +35,8 @@ OVERRIDE_BY = "gate.override_by"
 OVERRIDE_AT = "gate.override_at"
 OVERRIDE_REASON = "gate.override_reason"
 OVERRIDE_PREVIOUS_STATUS = "gate.override_previous_status"
+SUMMARY = "gate.summary"                  # one human line built from the decision (gate.report.verdict)
+PAGE = "gate.page"                        # link to the version's row on the gate page (/weightgate/)
 
 # -- statuses (the value of gate.status) ----------------------------------------------------
 PENDING, APPROVED, WARNED, BLOCKED, ERROR, OVERRIDDEN = "pending", "approved", "warned", "blocked", "error", "overridden"

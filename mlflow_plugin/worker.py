@@ -32,9 +32,11 @@ from mlflow.utils.rest_utils import http_request
 from mlflow_plugin import checkpoints
 from mlflow_plugin import vocabulary as words
 from mlflow_plugin.config import GateConfig, GateConfigError
+from mlflow_plugin.gate_page import gate_page_tags
 from mlflow_plugin.liveness import Heartbeat
 from mlflow_plugin.retry import RetryPolicy, error_chain, with_retries
 from mlflow_plugin.vocabulary import ERROR, EXPERIMENT, PENDING, STATUS, STATUS_OF_DECISION
+
 
 _logger = logging.getLogger(__name__)
 LAYER_SERIES = ("alpha", "alpha_weighted", "log_spectral_norm", "stable_rank", "mlh")
@@ -191,6 +193,7 @@ class Worker:
             words.DECIDED_AT: words.as_tag_timestamp(decision.timestamp),
             words.ATTEMPTS: str(attempts),
             STATUS: STATUS_OF_DECISION[decision.decision],
+            **gate_page_tags(decision, self.settings.tracking_uri, version),
         }
 
     # -- baselines ---------------------------------------------------------------------------

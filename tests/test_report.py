@@ -1,16 +1,28 @@
-"""The HTML report and charts: self-contained, decision first, offending layers marked, capped."""
+"""The HTML report and its matplotlib charts: self-contained, decision first, escaped, offending
+layers marked, baseline visible above this version, lines clipped to the axes, ESDs capped."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
+import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
 from gate.check import check
-from gate.report.html import ESD_FILE_CAP, write_report
+from gate.report.html import ESD_CAP, write_report
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _group(svg: str, gid: str) -> ET.Element:
+    found = [g for g in ET.fromstring(svg).iter(f"{SVG}g") if g.get("id") == gid]
+    assert found, f"no artist {gid} in the chart"
+    return found[0]
 
 
 def test_report_is_self_contained_and_decision_first(tmp_path, minilm_dir):
@@ -24,25 +36,52 @@ def test_report_is_self_contained_and_decision_first(tmp_path, minilm_dir):
     assert "<script" not in html.lower()
     assert not re.search(r"(src|href)\s*=\s*['\"]?https?:", html)  # nothing fetched from anywhere
     assert html.index("BLOCK") < html.index("<h2>Charts") < html.index("<h2>Layers")
+    assert "blocked: 1 layer with NaN/Inf weights" in html.split("<h2>Rules")[0]
     assert "no-nonfinite-layers" in html.split("<h2>Rules")[0]  # the reason comes with the decision
-    row = re.search(r"<tr class='bad'><td>encoder\.layer\.1\.attention\.self\.key</td>", html)
-    assert row, "the offending layer is highlighted"
+    assert re.search(r'<tr class="bad"><td>encoder\.layer\.1\.attention\.self\.key</td>', html)
     assert "baseline alpha" in html
-    names = {f.name for f in files}
-    assert {"report.html", "alpha_by_depth.svg", "mlh_by_depth.svg", "benford_digits.svg"} <= names
-    esd = list((tmp_path / "out" / "esd").glob("*.svg"))
-    assert len(esd) == 38  # every analysed layer but the NaN one has a spectrum
-    svg = (tmp_path / "out" / "alpha_by_depth.svg").read_text()
-    assert svg.startswith("<svg") and "baseline" in svg and "[2, 4]" in svg
+    assert {"report.html", "alpha_by_depth.svg", "mlh_by_depth.svg", "benford_digits.svg"} <= {f.name for f in files}
+    assert len(list((tmp_path / "out" / "esd").glob("*.svg"))) == ESD_CAP
+    depth = (tmp_path / "out" / "alpha_by_depth.svg").read_text()
+    assert depth.startswith("<svg")
+    order = [g.get("id") for g in ET.fromstring(depth).iter(f"{SVG}g") if g.get("id") in ("current", "baseline")]
+    assert order == ["current", "baseline"]  # the baseline is drawn after (above) this version
+    assert "[2, 4]" in depth and "baseline" in depth
 
 
-def test_esd_files_are_capped_for_large_models(tmp_path):
+def test_fit_line_is_clipped_to_the_axes():
+    from gate.report.plots import digits_svg, esd_svg
+
+    rng = np.random.default_rng(0)
+    evals = np.sort(rng.pareto(2.0, 400) + 1.0)
+    # a fit whose line would leave the frame (steep alpha from a small xmin)
+    svg = esd_svg("layer <b>&", evals, {"alpha": 6.0, "xmin": 1.0, "bulk_max": 3.0})
+    assert "layer &lt;b&gt;&amp;" in svg  # titles escaped
+    for gid in ("powerlaw-fit", "xmin", "mp-bulk-edge"):
+        paths = list(_group(svg, gid).iter(f"{SVG}path"))
+        assert paths and all(p.get("clip-path", "").startswith("url(#") for p in paths), gid
+    clip_ids = {c.get("id") for c in ET.fromstring(svg).iter(f"{SVG}clipPath")}
+    assert len(clip_ids) == 1  # one clip rectangle: the axes
+    digits = digits_svg([30, 18, 12, 10, 8, 7, 6, 5, 4])
+    assert _group(digits, "benford") is not None and _group(digits, "digits") is not None
+
+
+def test_layer_names_are_escaped_in_the_report(tmp_path):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(*[torch.nn.Linear(24, 24) for _ in range(60)])
+    model = torch.nn.ModuleDict({"x<script>": torch.nn.Linear(24, 24)})
     result = check(model, device="cpu", keep_spectra=True)
     write_report(tmp_path, result.scan, result.decision)
-    assert len(list((tmp_path / "esd").glob("*.svg"))) == ESD_FILE_CAP
-    assert "showing 12 of 60" in (tmp_path / "report.html").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert "<script" not in html and "x&lt;script&gt;" in html
+
+
+def test_esd_charts_are_capped_for_large_models(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(24, 24) for _ in range(30)])
+    result = check(model, device="cpu", keep_spectra=True)
+    write_report(tmp_path, result.scan, result.decision)
+    assert len(list((tmp_path / "esd").glob("*.svg"))) == ESD_CAP
+    assert f"showing {ESD_CAP} of 30" in (tmp_path / "report.html").read_text()
 
 
 def test_report_command(tmp_path, minilm_dir):
@@ -51,3 +90,15 @@ def test_report_command(tmp_path, minilm_dir):
     assert proc.returncode == 0, proc.stderr
     assert "decision approve" in proc.stdout
     assert (tmp_path / "r" / "report.html").is_file() and (tmp_path / "r" / "decision.json").is_file()
+
+
+def test_report_of_a_model_with_no_analysed_layer(tmp_path):
+    """Every layer non-finite: no alpha column at all; the report still says why it blocked."""
+    weight = torch.full((32, 32), float("nan"))
+    model = torch.nn.Linear(32, 32)
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    result = check(model, device="cpu", keep_spectra=True)
+    write_report(tmp_path, result.scan, result.decision)
+    html = (tmp_path / "report.html").read_text()
+    assert "BLOCK" in html and "some-layer-analysed" in html

@@ -1,2 +1,2 @@
-"""People-facing pictures and the HTML report: SVG charts written directly (no plotting library,
-milliseconds per chart) and one self-contained HTML page."""
+"""People-facing outputs: the self-contained HTML report with matplotlib charts (Jinja2 template),
+the JUnit view of a decision for CI servers, and the one-line summary written on model versions."""

