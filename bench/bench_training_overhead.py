@@ -21,7 +21,7 @@ from gate.training import WeightMetricsTracker
 from zoo import CNN, EPOCHS, digits_data
 
 
-def run(track: bool, seed: int) -> tuple[float, float]:
+def run(track: bool, seed: int, epochs: int = EPOCHS) -> tuple[float, float]:
     """(training seconds without the tracker's share, seconds inside the tracker)."""
     x, y, _, _ = digits_data(seed)
     torch.manual_seed(seed)
@@ -30,7 +30,7 @@ def run(track: bool, seed: int) -> tuple[float, float]:
     tracker = WeightMetricsTracker(model) if track else None
     tracked = 0.0
     started = time.perf_counter()
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         for batch in torch.randperm(len(x)).split(64):
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
@@ -45,16 +45,17 @@ def run(track: bool, seed: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="per run (the zoo trains 25)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as scratch:
         mlflow.set_tracking_uri(f"sqlite:///{scratch}/mlflow.db")
         shares, ratios = [], []
         with mlflow.start_run():
-            run(True, 99)  # warm-up: imports, lookup tables, the sqlite schema
+            run(True, 99, 1)  # warm-up: imports, lookup tables, the sqlite schema
             for pair in range(args.pairs):
-                plain, _ = run(False, pair)
-                trained, tracked = run(True, pair)
+                plain, _ = run(False, pair, args.epochs)
+                trained, tracked = run(True, pair, args.epochs)
                 shares.append(tracked / trained)
                 ratios.append((trained + tracked) / plain)
                 print(f"pair {pair}: plain {plain:.1f} s; tracked run {trained:.1f} s training + {tracked:.2f} s "
