@@ -25,6 +25,7 @@ from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.marchenko_pastur import Shuffler, mp_fit, randomized_comparison
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import WeightSource, open_source
+from gate.sources.base import natural_key
 from gate.spectrum import SpectrumBatcher, cpu_threads_for_blas, resolve_device
 from gate.summary import summarize
 
@@ -63,14 +64,7 @@ def scan(
     :class:`ScanOptions` (e.g. ``device="cuda"``, ``mp_fit=True``, ``randomize=True``).
     ``progress`` shows a bar on stderr when it is a terminal.
     """
-    unknown = set(options) - set(ScanOptions.__dataclass_fields__)
-    if unknown:
-        raise GateInputError(
-            f"unknown scan option(s) {sorted(unknown)}; valid: {sorted(ScanOptions.__dataclass_fields__)}"
-        )
-    scan_options = ScanOptions(**options)
-    if scan_options.train_accuracy is not None and not 0 <= scan_options.train_accuracy <= 1:
-        raise GateInputError(f"train_accuracy must be a fraction in [0, 1], not {scan_options.train_accuracy}")
+    scan_options = scan_options_from(options)
     device = resolve_device(scan_options.device)
     started = time.perf_counter()
     weights = open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
@@ -92,6 +86,95 @@ def scan(
     summary["device"] = device.type
     summary["scan_seconds"] = time.perf_counter() - started
     return ScanResult(description, layers, summary, asdict(scan_options), spectra)
+
+
+def scan_options_from(options: dict[str, Any]) -> ScanOptions:
+    """Validated :class:`ScanOptions` from keyword options (errors name the option)."""
+    unknown = set(options) - set(ScanOptions.__dataclass_fields__)
+    if unknown:
+        raise GateInputError(
+            f"unknown scan option(s) {sorted(unknown)}; valid: {sorted(ScanOptions.__dataclass_fields__)}"
+        )
+    scan_options = ScanOptions(**options)
+    if scan_options.train_accuracy is not None and not 0 <= scan_options.train_accuracy <= 1:
+        raise GateInputError(f"train_accuracy must be a fraction in [0, 1], not {scan_options.train_accuracy}")
+    return scan_options
+
+
+@dataclass
+class PartialScan:
+    """The scan of some tensors of a model (gate.distributed): small, picklable, mergeable.
+
+    ``rows`` are layer-table rows whose ``layer_id`` counts within the part; ``tensors`` lists the
+    part's tensors in source order; ``digests`` holds each tensor's fingerprint digest.
+    """
+
+    tensors: list[str]
+    rows: list[dict[str, Any]]
+    row_tensors: list[str]  # the tensor each row comes from
+    digits: DigitCounts
+    constant_tensors: list[str]
+    vectors_left_out: int
+    digests: dict[str, str]
+    spectra: dict[str, np.ndarray]
+    device: str
+
+
+def analyse_tensors(weights: WeightSource, names: Any = None, **options: Any) -> PartialScan:
+    """Analyse the tensors ``names`` of ``weights`` (all when ``None``); merge with :func:`merge_partials`."""
+    from gate.fingerprint import tensor_digest
+
+    scan_options = scan_options_from(options)
+    device = resolve_device(scan_options.device)
+    chosen = None if names is None else set(names)
+    infos = [info for info in weights.tensor_infos() if chosen is None or info.name in chosen]
+    if chosen is not None and len(infos) != len(chosen):
+        missing = sorted(chosen - {info.name for info in infos})
+        raise GateInputError(f"{weights.description}: tensors not found: {', '.join(missing[:10])}")
+    plan_options = PlanOptions(scan_options.min_evals, scan_options.max_evals, scan_options.max_N,
+                               scan_options.conv2d_method)
+    # Planned over the whole file, so that a layer that looks at its neighbours (recurrent gates) sees them.
+    plans = [plan for plan in plan_layers(weights.tensor_infos(), plan_options)
+             if chosen is None or plan.tensor_name in chosen]
+    spectra: dict[str, np.ndarray] = {}
+    with cpu_threads_for_blas(device):
+        rows, model_digits = _analyse(weights, plans, scan_options, device, False, spectra)
+    digests = {info.name: tensor_digest(info, weights.load(info.name)) for info in infos}
+    vectors = sum(1 for info in infos if info.is_floating and len(info.shape) < 2)
+    row_tensors = [plan.tensor_name for plan in sorted(plans, key=lambda plan: plan.index)]
+    return PartialScan([info.name for info in infos], rows, row_tensors, model_digits.counts, model_digits.constant_tensors,
+                       vectors, digests, spectra, device.type)
+
+
+def merge_partials(description: str, partials: list[PartialScan], options: dict[str, Any],
+                   seconds: float) -> tuple[ScanResult, str]:
+    """The scan result and weights fingerprint of a model from the partial scans of its parts.
+
+    Several parts are ordered as a safetensors source orders tensors (natural name order), and
+    layer ids are renumbered in that order, so the result equals a single-process scan's.
+    """
+    from gate.fingerprint import combine_digests
+
+    scan_options = scan_options_from(options)
+    keyed = [((natural_key(tensor), part_number, row_number) if len(partials) > 1 else (row_number,), row)
+             for part_number, partial in enumerate(partials)
+             for row_number, (row, tensor) in enumerate(zip(partial.rows, partial.row_tensors))]
+    keyed.sort(key=lambda item: item[0])
+    rows = [{**row, "layer_id": number} for number, (_, row) in enumerate(keyed)]
+    model_digits = ModelDigits()
+    for partial in partials:
+        model_digits.counts = model_digits.counts + partial.digits
+        model_digits.constant_tensors += partial.constant_tensors
+    layers = _layer_table(rows)
+    add_peer_ratios(layers)
+    summary = summarize(layers)
+    if scan_options.benford:
+        summary.update(model_digits.summary(sum(p.vectors_left_out for p in partials), scan_options.train_accuracy))
+    summary["device"] = partials[0].device if partials else resolve_device(scan_options.device).type
+    summary["scan_seconds"] = seconds
+    spectra = {name: evals for partial in partials for name, evals in partial.spectra.items()}
+    digest = combine_digests({name: d for partial in partials for name, d in partial.digests.items()})
+    return ScanResult(description, layers, summary, asdict(scan_options), spectra), digest
 
 
 def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions, device: torch.device,
