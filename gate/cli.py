@@ -41,6 +41,14 @@ def _source_options(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="load whole pickled models (can run code from the file: only for trusted authors)")(command)
 
 
+def _ray_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ray [ADDRESS]``: run the scans as tasks on a Ray cluster (gate.distributed)."""
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+                        help="scan as tasks on the Ray cluster at ADDRESS (alone: RAY_ADDRESS or the cluster "
+                             "started on this machine); SOURCE must be a path every node sees or an MLflow URI; "
+                             "needs pip install 'weightgate[ray]'")(command)
+
+
 @click.group()
 @click.version_option(package_name="weightgate")
 def main() -> None:
@@ -69,22 +77,27 @@ def main() -> None:
 @click.option("--train-accuracy", type=click.FloatRange(0, 1), default=None,
               help="training accuracy (fraction) of the model: adds the EIC criteria to the summary")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@_ray_option
 @_input_errors_exit_2
 def scan(source: str, output_format: str, device: str, precision: str, mp_fit: bool, randomize: bool, seed: int,
          benford: bool, min_evals: int, max_evals: int | None, conv2d_method: str, allow_pickle: bool, tracking_uri: str | None,
-         train_accuracy: float | None, quiet: bool) -> None:
+         train_accuracy: float | None, quiet: bool, ray_address: str | None) -> None:
     """Compute weight-only quality metrics of every layer of SOURCE.
 
     SOURCE: a .safetensors/.pt/.pth/.bin/.pt2/.onnx file, a sharded index, a model directory, or
     an MLflow URI (models:/name/1, models:/name@alias, models:/m-<id>, runs:/<id>/path).
     """
-    from gate.scanner import scan as run_scan
+    options = dict(device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed, benford=benford,
+                   min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
+                   tracking_uri=tracking_uri, train_accuracy=train_accuracy)
+    if ray_address is not None:
+        from gate.distributed.executor import scan_on_ray
 
-    result = run_scan(
-        source, device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed, benford=benford,
-        min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
-        tracking_uri=tracking_uri, train_accuracy=train_accuracy, progress=not quiet,
-    )
+        result, _ = scan_on_ray(source, address=ray_address, **options)
+    else:
+        from gate.scanner import scan as run_scan
+
+        result = run_scan(source, progress=not quiet, **options)
     from gate.table import SCAN_COLUMNS, render_table
 
     _emit(result, output_format, lambda: render_table([f"source: {result.source}"], result.layers, SCAN_COLUMNS,
@@ -130,9 +143,11 @@ def compare(a: str, b: str, init: str | None, threshold: float, output_format: s
 @click.option("--train-accuracy", type=click.FloatRange(0, 1), default=None,
               help="training accuracy (fraction), for policies with EIC rules")
 @_source_options
+@_ray_option
 @_input_errors_exit_2
 def check(source: str, policy_file: str | None, baseline: str | None, output_format: str, out_dir: str | None,
-          device: str, train_accuracy: float | None, allow_pickle: bool, tracking_uri: str | None) -> None:
+          device: str, train_accuracy: float | None, allow_pickle: bool, tracking_uri: str | None,
+          ray_address: str | None) -> None:
     """Check SOURCE against a policy before deployment.
 
     Exit status: 0 approve or warn (warnings printed), 1 block, 2 error (bad input or policy).
@@ -141,7 +156,7 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     from gate.policy.report import render_decision, write_outputs
 
     result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
-                       allow_pickle=allow_pickle, tracking_uri=tracking_uri)
+                       allow_pickle=allow_pickle, tracking_uri=tracking_uri, ray_address=ray_address)
     if out_dir is not None:
         write_outputs(result, out_dir)
     click.echo(result.decision.to_json() if output_format == "json" else render_decision(result.decision))
@@ -211,8 +226,12 @@ def policy_show(policy_file: str | None) -> None:
 @click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option("--lease-seconds", type=click.FloatRange(min=1), default=900.0, show_default=True,
               help="after this long a claimed but unfinished scan may be taken over by another worker")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              envvar="WEIGHTGATE_EXECUTOR", help="scan in this process, or as tasks on a Ray cluster (weightgate[ray])")
+@click.option("--ray-address", default="auto", show_default=True, envvar="RAY_ADDRESS",
+              help="the Ray cluster for --executor ray (auto: the cluster started on this machine)")
 def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, poll_seconds: float,
-           lease_seconds: float) -> None:
+           lease_seconds: float, executor: str, ray_address: str) -> None:
     """Scan newly registered model versions and record the gate's decisions.
 
     Needs WEIGHTGATE_WORKER_TOKEN, the credential the server accepts for gate.* tags.
@@ -225,8 +244,18 @@ def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("mlflow_plugin").setLevel(logging.INFO)
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs its temp dirs at INFO
+    if executor == "ray":  # fail at start, not on every version, when Ray or the cluster is missing
+        from gate.distributed.executor import connect
+
+        try:
+            connect(ray_address)
+        except GateInputError as err:
+            click.echo(f"weightgate: error: {err}", err=True)
+            sys.exit(EXIT_INPUT_ERROR)
     try:
-        gate_worker = Worker(WorkerSettings(tracking_uri, policy_file, device, lease_seconds))
+        settings = WorkerSettings(tracking_uri, policy_file, device, lease_seconds,
+                                  ray_address=ray_address if executor == "ray" else None)
+        gate_worker = Worker(settings)
     except GateConfigError as err:
         click.echo(f"weightgate: error: {err}", err=True)
         sys.exit(EXIT_INPUT_ERROR)

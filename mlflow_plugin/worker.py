@@ -39,6 +39,7 @@ class WorkerSettings:
     device: str = "auto"
     lease_seconds: float = 900.0
     worker_id: str = ""
+    ray_address: str | None = None  # scan on this Ray cluster (--executor ray); None: in this process
 
     def __post_init__(self) -> None:
         if not self.worker_id:
@@ -89,7 +90,7 @@ class Worker:
         _logger.info("weightgate worker %s: checking %s against %s", self.settings.worker_id, uri, baseline)
         try:
             result = check(uri, policy=self.settings.policy, baseline=baseline, device=self.settings.device,
-                           tracking_uri=self.settings.tracking_uri, keep_spectra=True)
+                           tracking_uri=self.settings.tracking_uri, keep_spectra=True, ray_address=self.settings.ray_address)
         except Exception as err:  # the boundary of one version: record the failure, keep serving others
             _logger.exception("weightgate worker: scanning %s failed", uri)
             self.record(version, {STATUS: ERROR, "gate.reason": f"scan failed: {type(err).__name__}: {err}"[:4000],
