@@ -6,7 +6,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from gate.fingerprint import weights_sha256
 from gate.policy.decision import Decision, decide, now_utc, weightgate_version
 from gate.policy.evaluate import evaluate
 from gate.policy.schema import load_policy
@@ -38,10 +37,11 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     options = {"device": device, "train_accuracy": train_accuracy, "keep_spectra": keep_spectra,
                **loaded.scan_options()}
     opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
-    result, digest = _scan_and_fingerprint(source, opened, options, ray_address)
-    baseline_result, baseline_digest = None, None
+    # One read of each model: the scan computes spectra, Benford digits and the fingerprint together.
+    result = _scan(source, opened, options, ray_address)
+    baseline_result = None
     if baseline is not None:
-        baseline_result, baseline_digest = _scan_and_fingerprint(baseline, opened, options, ray_address)
+        baseline_result = _scan(baseline, opened, options, ray_address)
     preload.join()
     outcomes = evaluate(loaded, result, baseline_result)
     decision = Decision(
@@ -49,8 +49,8 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
         source=result.source,
         baseline=baseline_result.source if baseline_result else None,
         policy={"path": loaded.path, "name": loaded.name, "sha256": loaded.sha256},
-        weights_sha256=digest,
-        baseline_weights_sha256=baseline_digest,
+        weights_sha256=result.weights_sha256,
+        baseline_weights_sha256=baseline_result.weights_sha256 if baseline_result else None,
         rules=outcomes,
         summary={key: result.summary.get(key) for key in SUMMARY_KEYS},
         timestamp=now_utc(),
@@ -59,14 +59,13 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     return CheckResult(decision, result, baseline_result)
 
 
-def _scan_and_fingerprint(source: Any, opened: dict[str, Any], options: dict[str, Any],
-                          ray_address: str | None) -> tuple[ScanResult, str]:
+def _scan(source: Any, opened: dict[str, Any], options: dict[str, Any], ray_address: str | None) -> ScanResult:
     if ray_address is not None:
         from gate.distributed.executor import scan_on_ray
 
         return scan_on_ray(source, address=ray_address, **opened, **options)
     with open_source(source, **opened) as weights:
-        return scan(weights, **options), weights_sha256(weights)
+        return scan(weights, **options)
 
 
 def _import_great_expectations() -> None:

@@ -93,7 +93,7 @@ def scan(source: str, output_format: str, device: str, precision: str, mp_fit: b
     if ray_address is not None:
         from gate.distributed.executor import scan_on_ray
 
-        result, _ = scan_on_ray(source, address=ray_address, **options)
+        result = scan_on_ray(source, address=ray_address, **options)
     else:
         from gate.scanner import scan as run_scan
 
@@ -153,6 +153,7 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     Exit status: 0 approve or warn (warnings printed), 1 block, 2 error (bad input or policy).
     """
     from gate.check import check as run_check
+    from gate.policy.decision import BLOCK
     from gate.policy.report import render_decision, write_outputs
 
     result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
@@ -160,7 +161,7 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     if out_dir is not None:
         write_outputs(result, out_dir)
     click.echo(result.decision.to_json() if output_format == "json" else render_decision(result.decision))
-    sys.exit(EXIT_BLOCKED if result.decision.decision == "block" else 0)
+    sys.exit(EXIT_BLOCKED if result.decision.decision == BLOCK else 0)
 
 
 @main.command()
@@ -178,6 +179,7 @@ def report(source: str, out_dir: str, baseline: str | None, policy_file: str | N
     Also writes decision.json and the layer table(s); exit status as for `check`.
     """
     from gate.check import check as run_check
+    from gate.policy.decision import BLOCK
     from gate.policy.report import write_outputs
     from gate.report.html import write_report
 
@@ -186,7 +188,7 @@ def report(source: str, out_dir: str, baseline: str | None, policy_file: str | N
     write_outputs(result, out_dir)
     files = write_report(out_dir, result.scan, result.decision, result.baseline_scan)
     click.echo(f"decision {result.decision.decision}; wrote {len(files) + 2} files, open {out_dir}/report.html")
-    sys.exit(EXIT_BLOCKED if result.decision.decision == "block" else 0)
+    sys.exit(EXIT_BLOCKED if result.decision.decision == BLOCK else 0)
 
 
 @main.group()
@@ -302,15 +304,16 @@ def queue(tracking_uri: str, output_format: str) -> None:
 
     from mlflow.tracking import MlflowClient
 
+    from mlflow_plugin.vocabulary import NO_STATUS, PENDING, STATUS
     from mlflow_plugin.worker import all_model_versions
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     counts: Counter[str] = Counter()
     oldest_pending_ms = None
     for version in all_model_versions(client):
-        status = (version.tags or {}).get("gate.status", "none")
+        status = (version.tags or {}).get(STATUS, NO_STATUS)
         counts[status] += 1
-        if status in ("pending", "none"):
+        if status in (PENDING, NO_STATUS):
             created = version.creation_timestamp
             oldest_pending_ms = created if oldest_pending_ms is None else min(oldest_pending_ms, created)
     age = None if oldest_pending_ms is None else round(time.time() - oldest_pending_ms / 1000, 1)
@@ -339,7 +342,7 @@ def override(name: str, version: int, reason: str, tracking_uri: str) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    from mlflow_plugin.config import ACTOR_HEADER, OVERRIDE_TOKEN_HEADER
+    from mlflow_plugin.vocabulary import ACTOR_HEADER, OVERRIDE_TOKEN_HEADER
 
     headers = {ACTOR_HEADER: getpass.getuser()}
     if os.environ.get("WEIGHTGATE_OVERRIDE_TOKEN"):

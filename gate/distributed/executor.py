@@ -29,25 +29,27 @@ INSTALL_HINT = "pip install 'weightgate[ray]'"
 def scan_on_ray(source: str, *, address: str | None = None, tracking_uri: str | None = None,
                 allow_pickle: bool = False, part_bytes: int = DEFAULT_PART_BYTES,
                 max_retries: int = DEFAULT_MAX_RETRIES, analyse: Callable[..., Any] = analyse_part,
-                **options: Any) -> tuple[ScanResult, str]:
+                **options: Any) -> ScanResult:
     """Scan ``source`` (a path every node sees, or an MLflow URI) on the Ray cluster at ``address``
     (``None``/``"auto"``: RAY_ADDRESS or the cluster started on this machine).
 
-    Returns the scan result and the weights' fingerprint, equal to those of
-    :func:`gate.scanner.scan` and :func:`gate.fingerprint.weights_sha256` but for timing.
+    The result, fingerprint included, equals :func:`gate.scanner.scan`'s but for timing.
     ``analyse`` runs each part (tests wrap it to stop a task midway).
     """
-    from gate.scanner import merge_partials, scan_options_from
+    import torch
+
+    from gate.distributed.merge import merge_parts
+    from gate.scanner import scan_options
 
     if not isinstance(source, (str, Path)):
         raise GateInputError(f"a Ray scan reads a path or an MLflow URI that every node can open, not a "
                              f"{type(source).__name__}; scan in-process instead")
-    scan_options = scan_options_from(options)  # bad options fail before any cluster work
+    parsed = scan_options(**options)  # bad options fail before any cluster work
     ray = _import_ray()
     started = time.perf_counter()
     plan = plan_scan(str(source), tracking_uri=tracking_uri, allow_pickle=allow_pickle, part_bytes=part_bytes)
     connect(address)
-    gpus = _task_gpus(scan_options.device, ray.cluster_resources())
+    gpus = _task_gpus(parsed.device, ray.cluster_resources())
     task_options = {**options, "device": "cuda" if gpus else "cpu"}
     _check_feasible(plan, ray.nodes())
     remote = ray.remote(_run_part)
@@ -56,9 +58,9 @@ def scan_on_ray(source: str, *, address: str | None = None, tracking_uri: str | 
                            name=f"weightgate:{part.location.rsplit('/', 1)[-1]}")
             .remote(analyse, part, task_options, plan.tracking_uri, plan.allow_pickle)
             for part in plan.parts]
-    partials = _gather(ray, refs)
-    _check_coverage(plan, partials)
-    return merge_partials(plan.description, partials, task_options, time.perf_counter() - started)
+    results = _gather(ray, refs)
+    return merge_parts(plan, results, scan_options(**task_options), torch.device(task_options["device"]),
+                       time.perf_counter() - started)
 
 
 def connect(address: str | None) -> None:
@@ -124,16 +126,3 @@ def _gather(ray, refs: list) -> list:
         if isinstance(err.cause, GateInputError):
             raise err.cause from None
         raise
-
-
-def _check_coverage(plan: ScanPlan, partials: list) -> None:
-    """Every tensor of the index reported exactly once: nothing may drop out of a merged scan."""
-    seen: dict[str, int] = {}
-    for partial in partials:
-        for name in partial.tensors:
-            seen[name] = seen.get(name, 0) + 1
-    twice = sorted(name for name, count in seen.items() if count > 1)
-    missing = sorted(plan.tensor_names - set(seen)) if plan.tensor_names is not None else []
-    if twice or missing:
-        raise GateInputError(f"{plan.description}: the parts of the scan do not cover the model: "
-                             f"missing {missing[:10]}, read twice {twice[:10]}")
