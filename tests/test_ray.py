@@ -162,14 +162,20 @@ def test_a_worker_killed_mid_task_is_retried_with_identical_results(cluster, che
     assert_same_scan(result, single)
 
 
-def test_check_on_ray_decides_as_in_process(cluster, checkpoint):
-    def decision(*extra: str) -> dict:
-        result = CliRunner().invoke(main, ["check", str(checkpoint), "--format", "json", "--device", "cpu", *extra])
-        assert result.exit_code in (0, 1), result.output
-        payload = json.loads(result.stdout)
-        return {key: payload[key] for key in ("decision", "rules", "summary", "weights_sha256", "source")}
+def check_json(checkpoint: Path, *extra: str) -> dict:
+    result = CliRunner().invoke(main, ["check", str(checkpoint), "--format", "json", "--device", "cpu", *extra])
+    assert result.exit_code in (0, 1), result.output
+    payload = json.loads(result.stdout)
+    return {key: payload[key] for key in ("decision", "rules", "summary", "weights_sha256", "source")}
 
-    assert decision("--ray", cluster) == decision()
+
+@pytest.fixture(scope="module")
+def local_decision(checkpoint) -> dict:
+    return check_json(checkpoint)
+
+
+def test_check_on_ray_decides_as_in_process(cluster, checkpoint, local_decision):
+    assert check_json(checkpoint, "--ray", cluster) == local_decision
 
 
 def test_without_ray_installed_ray_options_exit_2(checkpoint, monkeypatch):
@@ -194,7 +200,8 @@ def test_plain_scan_does_not_import_ray(checkpoint):
     assert proc.stdout.split()[-1] == "False"
 
 
-def test_registry_worker_with_ray_executor_decides_a_registered_version(cluster, checkpoint, single, tmp_path_factory):
+def test_registry_worker_with_ray_executor_decides_a_registered_version(cluster, checkpoint, single, local_decision,
+                                                                         tmp_path_factory):
     from mlflow import MlflowClient
 
     from mlflow_plugin.local_server import mlflow_server
@@ -212,11 +219,9 @@ def test_registry_worker_with_ray_executor_decides_a_registered_version(cluster,
         assert worker.returncode == 0, worker.stderr[-3000:]
         assert "processed 1 model version(s)" in worker.stdout
         tags = client.get_model_version("llama", version).tags
-        local = CliRunner().invoke(main, ["check", str(checkpoint), "--format", "json", "--device", "cpu"])
-        expected = json.loads(local.stdout)
-        status = {"approve": "approved", "warn": "warned", "block": "blocked"}[expected["decision"]]
+        status = {"approve": "approved", "warn": "warned", "block": "blocked"}[local_decision["decision"]]
         assert tags["gate.status"] == status, tags
-        assert tags["gate.weights_sha256"] == single.weights_sha256 == expected["weights_sha256"]
+        assert tags["gate.weights_sha256"] == single.weights_sha256 == local_decision["weights_sha256"]
         metrics = client.get_run(tags["gate.decision_run"]).data.metrics
         assert metrics["model.num_analysed"] == single.summary["num_analysed"]
         assert metrics["model.alpha"] == pytest.approx(single.summary["alpha"], rel=1e-12)
