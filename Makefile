@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-stop test bench zoo clean
+.PHONY: setup demo demo-stop test bench bench-ray zoo clean
 
 # No network beyond package registries: keep MLflow's usage telemetry and Hugging Face hub lookups off.
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -36,6 +36,10 @@ bench: $(STAMP)
 	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_check_cold.py
 	$(PY) bench/bench_enforcement.py
+
+# Ray scans on 1 and 2 local nodes vs one process (starts real clusters on loopback; a few minutes).
+bench-ray: $(STAMP)
+	$(PY) bench/bench_ray.py
 
 zoo: $(STAMP)
 	$(PY) bench/zoo.py
