@@ -94,6 +94,22 @@ def test_plan_splits_shards_by_bytes_from_the_index(checkpoint):
     assert len(plan.parts) > len(set(weight_map.values()))  # the block shards were split
 
 
+def test_tasks_ask_for_a_gpu_only_where_the_cluster_has_one(checkpoint):
+    from gate.distributed.executor import _check_feasible, _task_gpus, task_memory
+    from gate.errors import GateInputError
+
+    assert _task_gpus("auto", {"CPU": 16.0, "GPU": 8.0}) == 1
+    assert _task_gpus("cuda", {"CPU": 16.0, "GPU": 1.0}) == 1
+    assert _task_gpus("cpu", {"CPU": 16.0, "GPU": 8.0}) == 0
+    assert _task_gpus("auto", {"CPU": 2.0}) == 0
+    plan = plan_scan(str(checkpoint), part_bytes=PART_BYTES)
+    largest = max(task_memory(part) for part in plan.parts)
+    _check_feasible(plan, [{"Alive": True, "Resources": {"memory": largest}}])
+    with pytest.raises(GateInputError, match="largest node of the Ray cluster offers"):
+        _check_feasible(plan, [{"Alive": True, "Resources": {"memory": largest - 1}},
+                               {"Alive": False, "Resources": {"memory": 10 * largest}}])
+
+
 def test_scan_on_two_nodes_equals_the_single_process_scan(cluster, checkpoint):
     distributed = scan_json([str(checkpoint), "--ray", cluster])
     local = scan_json([str(checkpoint)])
