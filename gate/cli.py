@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from gate.errors import GateInputError
+from gate.rank import RANK_METRICS
 
 EXIT_BLOCKED = 1
 EXIT_INPUT_ERROR = 2
@@ -189,6 +190,32 @@ def report(source: str, out_dir: str, baseline: str | None, policy_file: str | N
     files = write_report(out_dir, result.scan, result.decision, result.baseline_scan)
     click.echo(f"decision {result.decision.decision}; wrote {len(files) + 2} files, open {out_dir}/report.html")
     sys.exit(EXIT_BLOCKED if result.decision.decision == BLOCK else 0)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--by", type=click.Choice(list(RANK_METRICS)),
+              default="alpha_weighted", show_default=True,
+              help="order by this metric: alpha_weighted (alpha-hat), alpha, log_alpha_norm lower is better; "
+                   "mlh higher is better")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True, help="table for people, json/csv for machines")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@_source_options
+@_input_errors_exit_2
+def rank(sources: tuple[str, ...], by: str, output_format: str, device: str, allow_pickle: bool,
+         tracking_uri: str | None) -> None:
+    """Order models of one architecture by the quality their weights predict, best first.
+
+    SOURCES: any sources `scan` reads; models:/NAME (no version) means every version of NAME.
+    Each row also gives the source's place under every metric (rank_<metric>).
+    """
+    from gate.rank import COLUMNS, rank as run_rank
+    from gate.table import render_table
+
+    result = run_rank(list(sources), by, device=device, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
+    heading = [f"ranked by {by} ({RANK_METRICS[by]} is better), best first"]
+    _emit(result, output_format, lambda: render_table(heading, result.table, COLUMNS, {}).rstrip("\n"))
 
 
 @main.group()
