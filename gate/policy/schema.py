@@ -20,7 +20,7 @@ import yaml
 from gate.errors import GateInputError
 
 SCHEMA_VERSION = 1
-LAYER_TYPES = ("dense", "embedding", "conv1d", "conv2d", "recurrent")
+LAYER_TYPES = ("dense", "embedding", "conv1d", "conv2d", "conv3d", "recurrent")
 # Metrics a rule may name, by scope. Layer metrics are layer-table columns; model metrics are
 # summary keys. Those that need extra scan work say which scan option turns it on.
 LAYER_METRICS = {
@@ -40,7 +40,8 @@ MODEL_METRICS = {
 }
 _RULE_KEYS = {"id", "description", "metric", "scope", "severity", "condition", "mostly", "layers", "when_no_baseline"}
 _REQUIRED = ("id", "description", "metric", "scope", "severity", "condition")
-_FILTER_KEYS = {"name_pattern", "exclude_pattern", "types", "exclude_types", "exclude_first_last"}
+_FILTER_KEYS = {"name_pattern", "exclude_pattern", "types", "exclude_types", "exclude_first_last", "experts"}
+EXPERT_SELECTIONS = ("all", "only", "exclude")  # or a list of expert indices
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -57,6 +58,7 @@ class LayerFilter:
     types: tuple[str, ...] = ()
     exclude_types: tuple[str, ...] = ()
     exclude_first_last: bool = False
+    experts: str | tuple[int, ...] = "all"  # MoE expert rows: all, only, exclude, or these indices
 
 
 @dataclass(frozen=True)
@@ -284,8 +286,14 @@ class _Checker:
                 self.fail(path + (key,), f"must be a list of layer types from {', '.join(LAYER_TYPES)}")
         if not isinstance(value.get("exclude_first_last", False), bool):
             self.fail(path + ("exclude_first_last",), "must be true or false")
+        experts = value.get("experts", "all")
+        if isinstance(experts, list) and experts and all(isinstance(e, int) and not isinstance(e, bool) and e >= 0
+                                                         for e in experts):
+            experts = tuple(experts)
+        elif experts not in EXPERT_SELECTIONS:
+            self.fail(path + ("experts",), f"must be one of {', '.join(EXPERT_SELECTIONS)} or a list of expert indices")
         return LayerFilter(value.get("name_pattern"), value.get("exclude_pattern"), tuple(value.get("types", [])),
-                           tuple(value.get("exclude_types", [])), value.get("exclude_first_last", False))
+                           tuple(value.get("exclude_types", [])), value.get("exclude_first_last", False), experts)
 
 
 def _number(value: Any) -> bool:
