@@ -44,12 +44,14 @@ def scan_on_ray(source: str, *, address: str | None = None, tracking_uri: str | 
     if not isinstance(source, (str, Path)):
         raise GateInputError(f"a Ray scan reads a path or an MLflow URI that every node can open, not a "
                              f"{type(source).__name__}; scan in-process instead")
-    parsed = scan_options(**options)  # bad options fail before any cluster work
+    # Bad options fail before any cluster work; the device is the cluster's matter, not this machine's.
+    device = options.get("device", "auto")
+    scan_options(**{**options, "device": "cpu"})
     ray = _import_ray()
     started = time.perf_counter()
     plan = plan_scan(str(source), tracking_uri=tracking_uri, allow_pickle=allow_pickle, part_bytes=part_bytes)
     connect(address)
-    gpus = _task_gpus(parsed.device, ray.cluster_resources())
+    gpus = _task_gpus(device, ray.cluster_resources())
     task_options = {**options, "device": "cuda" if gpus else "cpu"}
     _check_feasible(plan, ray.nodes())
     remote = ray.remote(_run_part)
