@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-stop test bench zoo storm paper-000 paper-004 bench-training clean
+.PHONY: setup demo demo-stop test bench bench-ray zoo storm paper-000 paper-004 bench-training clean
 
 # No network beyond package registries: keep MLflow's usage telemetry and Hugging Face hub lookups off.
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -37,6 +37,10 @@ bench: $(STAMP)
 	$(PY) bench/bench_check_cold.py
 	$(PY) bench/bench_enforcement.py
 	$(PY) bench/bench_quantized.py
+
+# Ray scans on 1 and 2 local nodes vs one process (starts real clusters on loopback; a few minutes).
+bench-ray: $(STAMP)
+	$(PY) bench/bench_ray.py
 
 zoo: $(STAMP)
 	$(PY) bench/zoo.py

@@ -26,8 +26,11 @@ class CheckResult:
 
 def check(source: Any, *, policy: str | None = None, baseline: Any = None, device: str = "auto",
           train_accuracy: float | None = None, allow_pickle: bool = False, tracking_uri: str | None = None,
-          keep_spectra: bool = False) -> CheckResult:
-    """Evaluate ``policy`` (default: the shipped one) on ``source`` against ``baseline``."""
+          keep_spectra: bool = False, ray_address: str | None = None) -> CheckResult:
+    """Evaluate ``policy`` (default: the shipped one) on ``source`` against ``baseline``.
+
+    ``ray_address`` (``"auto"`` or HOST:PORT) runs the scans as tasks on that Ray cluster
+    (gate.distributed); the decision is the same as a local one's."""
     loaded = load_policy(policy)
     preload = threading.Thread(target=_import_great_expectations, daemon=True)
     preload.start()  # Great Expectations imports for seconds; let that overlap with the scans
@@ -36,12 +39,10 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     scan_options(**options)  # a bad option fails before anything is downloaded
     opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
     # One read of each model: the scan computes spectra, Benford digits and the fingerprint together.
-    with open_source(source, **opened) as weights:
-        result = scan(weights, **options)
+    result = _scan(source, opened, options, ray_address)
     baseline_result = None
     if baseline is not None:
-        with open_source(baseline, **opened) as base_weights:
-            baseline_result = scan(base_weights, **options)
+        baseline_result = _scan(baseline, opened, options, ray_address)
     preload.join()
     outcomes = evaluate(loaded, result, baseline_result)
     decision = Decision(
@@ -57,6 +58,15 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
         weightgate_version=weightgate_version(),
     )
     return CheckResult(decision, result, baseline_result)
+
+
+def _scan(source: Any, opened: dict[str, Any], options: dict[str, Any], ray_address: str | None) -> ScanResult:
+    if ray_address is not None:
+        from gate.distributed.executor import scan_on_ray
+
+        return scan_on_ray(source, address=ray_address, **opened, **options)
+    with open_source(source, **opened) as weights:
+        return scan(weights, **options)
 
 
 def _import_great_expectations() -> None:

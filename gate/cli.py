@@ -58,6 +58,14 @@ def _source_options(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="load whole pickled models (can run code from the file: only for trusted authors)")(command)
 
 
+def _ray_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ray [ADDRESS]``: run the scans as tasks on a Ray cluster (gate.distributed)."""
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+                        help="scan as tasks on the Ray cluster at ADDRESS (alone: RAY_ADDRESS or the cluster "
+                             "started on this machine); SOURCE must be a path every node sees or an MLflow URI; "
+                             "needs pip install 'weightgate[ray]'")(command)
+
+
 @click.group()
 @click.version_option(package_name="weightgate")
 def main() -> None:
@@ -89,28 +97,37 @@ def main() -> None:
               help="also alpha_hill (Hill, xmin at the median) and alpha_farms (FARMS): optional metrics")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--base", default=None, help="SOURCE is a LoRA adapter: analyse the base model BASE with it merged (W + dW)")
+@_ray_option
 @_input_errors_exit_2
 def scan(source: str, output_format: str, device: str, precision: str, mp_fit: bool, randomize: bool, seed: int,
          benford: bool, min_evals: int, max_evals: int | None, conv2d_method: str, allow_pickle: bool, tracking_uri: str | None,
-         train_accuracy: float | None, tail_estimators: bool, quiet: bool, base: str | None) -> None:
+         train_accuracy: float | None, tail_estimators: bool, quiet: bool, base: str | None,
+         ray_address: str | None) -> None:
     """Compute weight-only quality metrics of every layer of SOURCE.
 
     SOURCE: a .safetensors/.pt/.pth/.bin/.pt2/.onnx file, a sharded index, a model directory, or
     an MLflow URI (models:/name/1, models:/name@alias, models:/m-<id>, runs:/<id>/path).
     """
-    from gate.scanner import scan as run_scan
+    options = dict(device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed, benford=benford,
+                   min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
+                   tracking_uri=tracking_uri, train_accuracy=train_accuracy, tail_estimators=tail_estimators)
+    if ray_address is not None:
+        from gate.distributed.executor import scan_on_ray
 
-    if base is not None:
-        from gate.lora import open_merged
+        if base is not None:
+            raise GateInputError("--base and --ray cannot be combined: merge the adapter into the base model first, "
+                                 "or scan without --ray")
+        result = scan_on_ray(source, address=ray_address, **options)
+    else:
+        from gate.scanner import scan as run_scan
 
-        source = open_merged(source, base, allow_pickle, tracking_uri)
-    result = run_scan(
-        source, device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed, benford=benford,
-        min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
-        tracking_uri=tracking_uri, train_accuracy=train_accuracy, tail_estimators=tail_estimators, progress=not quiet,
-    )
-    if base is not None:
-        source.close()
+        if base is not None:
+            from gate.lora import open_merged
+
+            source = open_merged(source, base, allow_pickle, tracking_uri)
+        result = run_scan(source, progress=not quiet, **options)
+        if base is not None:
+            source.close()
     from gate.table import SCAN_COLUMNS, render_table
 
     _emit(result, output_format, lambda: render_table([f"source: {result.source}"], result.layers, SCAN_COLUMNS,
@@ -158,10 +175,11 @@ def compare(a: str, b: str, init: str | None, threshold: float, output_format: s
               help="training accuracy (fraction), for policies with EIC rules")
 @click.option("--base", default=None, help="SOURCE is a LoRA adapter: check the base model BASE with it merged (W + dW)")
 @_source_options
+@_ray_option
 @_input_errors_exit_2
 def check(source: str, policy_file: str | None, baseline: str | None, output_format: str, out_dir: str | None,
           device: str, train_accuracy: float | None, allow_pickle: bool, tracking_uri: str | None,
-          base: str | None) -> None:
+          base: str | None, ray_address: str | None) -> None:
     """Check SOURCE against a policy before deployment.
 
     Exit status: 0 approve or warn (warnings printed), 1 block, 2 error (bad input or policy).
@@ -171,12 +189,15 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     from gate.policy.report import render_decision, write_outputs
 
     if base is not None:
+        if ray_address is not None:
+            raise GateInputError("--base and --ray cannot be combined: merge the adapter into the base model first, "
+                                 "or check without --ray")
         from gate.lora import open_merged
 
         source = open_merged(source, base, allow_pickle, tracking_uri)  # check() closes it
     started = time.perf_counter()
     result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
-                       allow_pickle=allow_pickle, tracking_uri=tracking_uri)
+                       allow_pickle=allow_pickle, tracking_uri=tracking_uri, ray_address=ray_address)
     if out_dir is not None:
         write_outputs(result, out_dir)
     if output_format == "junit":
@@ -295,10 +316,14 @@ def _service_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--heartbeat-file", type=click.Path(dir_okay=False), default=None, envvar="WEIGHTGATE_HEARTBEAT_FILE",
               help="rewritten while the worker is healthy (every poll, and every 15 s during a scan): "
                    "a liveness probe checks its age")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              envvar="WEIGHTGATE_EXECUTOR", help="scan in this process, or as tasks on a Ray cluster (weightgate[ray])")
+@click.option("--ray-address", default="auto", show_default=True, envvar="RAY_ADDRESS",
+              help="the Ray cluster for --executor ray (auto: the cluster started on this machine)")
 @_service_options
 def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, poll_seconds: float,
-           lease_seconds: float, worker_id: str, heartbeat_file: str | None, log_format: str, retries: int,
-           retry_delay: float) -> None:
+           lease_seconds: float, worker_id: str, heartbeat_file: str | None, executor: str, ray_address: str,
+           log_format: str, retries: int, retry_delay: float) -> None:
     """Scan newly registered model versions and record the gate's decisions.
 
     Needs WEIGHTGATE_WORKER_TOKEN, the credential the server accepts for gate.* tags.
@@ -310,8 +335,17 @@ def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, 
 
     logs.configure(log_format)
     _check_service_inputs(device, policy_file)
+    if executor == "ray":  # fail at start, not on every version, when Ray or the cluster is missing
+        from gate.distributed.executor import connect
+
+        try:
+            connect(ray_address)
+        except GateInputError as err:
+            click.echo(f"weightgate: error: {err}", err=True)
+            sys.exit(EXIT_INPUT_ERROR)
     settings = WorkerSettings(tracking_uri, policy_file, device, lease_seconds, worker_id,
-                              RetryPolicy(retries, retry_delay), heartbeat_file)
+                              RetryPolicy(retries, retry_delay), heartbeat_file,
+                              ray_address=ray_address if executor == "ray" else None)
     try:
         gate_worker = Worker(settings)
     except GateConfigError as err:

@@ -53,6 +53,7 @@ class WorkerSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     heartbeat_file: str | None = None
     max_baselines_tried: int = 3  # unreadable baselines tried before deciding without one
+    ray_address: str | None = None  # scan on this Ray cluster (--executor ray); None: in this process
 
     def __post_init__(self) -> None:
         if not self.worker_id:
@@ -266,12 +267,18 @@ class Worker:
         opened = None
         if baseline is not None:
             try:
-                opened = open_source(baseline, tracking_uri=self.settings.tracking_uri)
+                if self.settings.ray_address is None:
+                    opened = open_source(baseline, tracking_uri=self.settings.tracking_uri)
+                else:  # Ray tasks read the baseline's shards: check only its index here
+                    from gate.distributed.plan import plan_scan
+
+                    plan_scan(baseline, tracking_uri=self.settings.tracking_uri)
             except Exception as err:  # classified by the caller: the baseline, not this version
                 raise BaselineUnusable(baseline, err) from err
         try:
-            return check(uri, policy=self.settings.policy, baseline=opened, device=self.settings.device,
-                         tracking_uri=self.settings.tracking_uri, keep_spectra=True)
+            return check(uri, policy=self.settings.policy, baseline=opened or baseline, device=self.settings.device,
+                         tracking_uri=self.settings.tracking_uri, keep_spectra=True,
+                         ray_address=self.settings.ray_address)
         finally:
             if opened is not None:
                 opened.close()

@@ -88,10 +88,15 @@ def test_compose_file_is_valid(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text((DEPLOY / ".env.example").read_text())
     proc = subprocess.run([*_compose_command(), "-p", "weightgate", "--env-file", str(env_file), "-f",
-                           str(DEPLOY / "compose.yaml"), "config"], capture_output=True, text=True, timeout=120)
+                           str(DEPLOY / "compose.yaml"), "--profile", "ray", "config"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rendered = yaml.safe_load(proc.stdout)
-    assert set(rendered["services"]) == {"postgres", "minio", "minio-bucket", "mlflow", "worker"}
+    ray_services = {"ray-head", "ray-node", "worker-ray"}  # the Ray cluster option, only with --profile ray
+    assert set(rendered["services"]) == {"postgres", "minio", "minio-bucket", "mlflow", "worker"} | ray_services
+    assert all(rendered["services"][name]["profiles"] == ["ray"] for name in ray_services)
+    assert "--executor ray" in " ".join(rendered["services"]["worker-ray"]["command"])
+    assert rendered["services"]["worker-ray"]["environment"]["RAY_ADDRESS"] == "ray-head:6379"
     worker = rendered["services"]["worker"]
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert rendered["services"]["mlflow"]["environment"]["WEIGHTGATE_APP"] == "weightgate-basic-auth"
@@ -111,3 +116,18 @@ def test_kubernetes_manifests_render():
     worker = next(d for d in documents if d["metadata"]["name"] == "weightgate-worker")
     assert worker["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert all(d["metadata"].get("namespace", "weightgate") == "weightgate" for d in documents)
+
+
+def test_kubernetes_ray_overlay_adds_a_raycluster():
+    if not shutil.which("kubectl"):
+        pytest.fail("kubectl is needed to render deploy/k8s-ray (kustomize)")
+    proc = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "k8s-ray")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    documents = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    [cluster] = [d for d in documents if d["kind"] == "RayCluster"]
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["metadata"]["namespace"] == "weightgate"
+    [gpu_group] = cluster["spec"]["workerGroupSpecs"]
+    assert gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    driver = next(d for d in documents if d["metadata"]["name"] == "weightgate-worker-ray")
+    assert "--executor ray" in driver["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert ("Deployment", "weightgate-worker") in {(d["kind"], d["metadata"]["name"]) for d in documents}  # the base

@@ -63,6 +63,14 @@ class SafetensorsSource(WeightSource):
     def tensor_infos(self) -> list[TensorInfo]:
         return list(self._infos)
 
+    def shard_files(self) -> dict[Path, list[TensorInfo]]:
+        """Each shard file with the tensors it holds: how a distributed scan (gate.distributed)
+        splits the work without reading weights."""
+        shards: dict[Path, list[TensorInfo]] = {path: [] for path in self._shards}
+        for info in self._infos:
+            shards[self._shards[self._where[info.name]]].append(info)
+        return shards
+
     def load(self, name: str) -> torch.Tensor:
         try:
             with _open_shard(self._shards[self._where[name]]) as handle:
