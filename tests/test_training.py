@@ -181,15 +181,7 @@ def test_lightning_callback_logs_through_mlflow_logger(tmp_path):
 
 @pytest.fixture
 def transformers_trainer():
-    """transformers' Trainer; where this machine's torchaudio wheel cannot load (a CUDA build on a CPU
-    machine), transformers would import it anyway because it is installed: tell it it is not."""
-    try:
-        import torchaudio  # noqa: F401
-    except (ImportError, OSError):
-        import transformers.utils as utils
-        import transformers.utils.import_utils as import_utils
-
-        utils.is_torchaudio_available = import_utils.is_torchaudio_available = lambda: False
+    """transformers' Trainer (imported only by the test that uses it)."""
     from transformers import Trainer, TrainingArguments
 
     return Trainer, TrainingArguments
