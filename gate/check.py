@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from gate.compare import layer_distances
 from gate.fingerprint import weights_sha256
 from gate.policy.decision import Decision, decide, now_utc, weightgate_version
 from gate.policy.evaluate import evaluate
@@ -15,7 +16,7 @@ from gate.scanner import scan
 from gate.sources import open_source
 
 SUMMARY_KEYS = ("num_analysed", "num_skipped", "num_nonfinite", "num_degenerate", "alpha", "alpha_weighted",
-                "log_spectral_norm", "stable_rank", "mlh")
+                "log_spectral_norm", "stable_rank", "mlh", "random_like_fraction")
 
 
 @dataclass
@@ -32,19 +33,23 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     loaded = load_policy(policy)
     preload = threading.Thread(target=_import_great_expectations, daemon=True)
     preload.start()  # Great Expectations imports for seconds; let that overlap with the scans
+    # Eigenvalues are kept where a rule judges power-law fits: its likelihood-ratio test needs them.
+    keep_spectra = keep_spectra or any(rule.fit == "well_fitted" for rule in loaded.rules)
     options = {"device": device, "train_accuracy": train_accuracy, "keep_spectra": keep_spectra,
                **loaded.scan_options()}
     opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
+    baseline_result, baseline_digest, pairs = None, None, None
     with open_source(source, **opened) as weights:
         result = scan(weights, **options)
         digest = weights_sha256(weights)
-    baseline_result, baseline_digest = None, None
-    if baseline is not None:
-        with open_source(baseline, **opened) as base_weights:
-            baseline_result = scan(base_weights, **options)
-            baseline_digest = weights_sha256(base_weights)
+        if baseline is not None:
+            with open_source(baseline, **opened) as base_weights:
+                baseline_result = scan(base_weights, **options)
+                baseline_digest = weights_sha256(base_weights)
+                if loaded.needs_baseline_weights():  # cosine / relative distance read both, a tensor pair at a time
+                    pairs = layer_distances(weights, base_weights, device)
     preload.join()
-    outcomes = evaluate(loaded, result, baseline_result)
+    outcomes = evaluate(loaded, result, baseline_result, pairs)
     decision = Decision(
         decision=decide(outcomes),
         source=result.source,

@@ -86,6 +86,15 @@ def compare(a: Any, b: Any, *, init: Any = None, changed_threshold: float = 0.5,
                          {"changed_threshold": changed_threshold, "device": torch_device.type})
 
 
+def layer_distances(source_a: WeightSource, source_b: WeightSource, device: torch.device | str = "cpu") -> pd.DataFrame:
+    """Per layer of ``source_a`` matched in ``source_b``: status, Euclidean and relative distance,
+    cosine similarity (the policy's baseline rules read these)."""
+    rows, _ = _distances(source_a, source_b, resolve_device(device) if isinstance(device, str) else device)
+    table = pd.DataFrame(rows, columns=["name", "shape", "status", "euclidean_distance", "relative_distance",
+                                        "cosine_similarity", "_diff_sq", "_dot", "_norm_a_sq", "_norm_b_sq"])
+    return table.drop(columns=["_diff_sq", "_dot", "_norm_a_sq", "_norm_b_sq"])
+
+
 def _distances(source_a: WeightSource, source_b: WeightSource, device: torch.device
                ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """Per matched layer: Euclidean and relative distance, cosine similarity, and the squared norms

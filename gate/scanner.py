@@ -22,7 +22,9 @@ from gate.benford import DigitCounts, ModelDigits, digit_counts
 from gate.errors import GateInputError
 from gate.layer_metrics import add_peer_ratios, spectral_metrics
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
-from gate.marchenko_pastur import Shuffler, mp_fit, randomized_comparison
+from gate.fit_quality import fit_quality
+from gate.marchenko_pastur import (Shuffler, mp_fit, random_like_fraction, random_like_statistics,
+                                    randomized_comparison)
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import WeightSource, open_source
 from gate.spectrum import SpectrumBatcher, cpu_threads_for_blas, resolve_device
@@ -87,6 +89,7 @@ def scan(
     layers = _layer_table(rows)
     add_peer_ratios(layers)
     summary = summarize(layers)
+    summary["random_like_fraction"] = random_like_fraction(layers)
     if scan_options.benford:
         summary.update(model_digits.summary(vectors_left_out, scan_options.train_accuracy))
     summary["device"] = device.type
@@ -136,6 +139,8 @@ def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions
         if options.keep_spectra:
             spectra[plan.name] = evals
         row = rows[plan.index]
+        row.update(random_like_statistics(evals, plan.N, plan.M))
+        row.update(fit_quality(evals, row["alpha"], row["xmin"], row["D"], row["num_pl_spikes"], likelihood_ratio=False))
         if options.mp_fit:
             row.update(mp_fit(evals, plan.N, plan.M))
         if options.randomize:
