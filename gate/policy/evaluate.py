@@ -92,6 +92,11 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
                               f"< {LINEAGE_COSINE:g}): a retrain from scratch has no per-layer lineage to judge")
             return outcome
     frame = _rule_frame(rule, scan, baseline, pairs)
+    if frame.empty and rule.scoped:
+        # schema 2: a rule scoped to layers a model does not have (dense M >= 128 in a small CNN) does
+        # not apply to it; schema 1 kept failing closed, and still does
+        outcome.status, outcome.reason = "skipped", "no layer in the rule's scope"
+        return outcome
     if frame.empty:
         outcome.status, outcome.reason = "error", "no layer matches the rule's filters, so there is no evidence"
         return outcome

@@ -114,10 +114,16 @@ class Rule:
     min_well_fitted: float = 0.5  # below this share of well-fitted layers the rule is inconclusive
     lineage: str = "any"  # "descendant": apply only when the model descends from its baseline (schema 2)
     evidence: str = ""  # the figures behind the threshold, shown by `weightgate policy show`
+    schema_version: int = 1  # of the policy file the rule came from
 
     @property
     def needs_baseline(self) -> bool:
         return self.condition.kind == "change" or self.metric in PAIR_METRICS or self.lineage == "descendant"
+
+    @property
+    def scoped(self) -> bool:
+        """A schema-2 layer rule: one that selects no layer of a model does not apply to it."""
+        return self.schema_version >= 2 and self.scope == "layer"
 
     @property
     def needs_baseline_weights(self) -> bool:
@@ -171,8 +177,11 @@ def load_policy(path: str | Path | None = None) -> Policy:
 
 def parse_policy(text: str, origin: str, sha256: str | None = None) -> Policy:
     try:
-        document = yaml.safe_load(text)
-        lines = _line_index(yaml.compose(text))
+        # libyaml's loaders where PyYAML was built with it: the pure-Python scanner takes over a second
+        # for the default policy on a loaded 2-core machine, and the gate loads a policy per check.
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        document = yaml.load(text, Loader=loader)
+        lines = _line_index(yaml.compose(text, Loader=loader))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin
@@ -293,7 +302,7 @@ class _Checker:
             self.fail(path + ("evidence",), "must be a text")
         return Rule(rule_id, item["description"].strip(), item["metric"], scope, item["severity"], condition,
                     float(mostly), layers, when_no_baseline, fit, float(min_well_fitted), lineage,
-                    " ".join(evidence.split()))
+                    " ".join(evidence.split()), self.version)
 
     def require_v2(self, path: tuple, names: list[str], what: str) -> None:
         if names and self.version < 2:
