@@ -98,6 +98,15 @@ class ModelDigits:
             self.counts = self.counts + counts
         return counts
 
+    @classmethod
+    def merged(cls, parts: "list[ModelDigits]") -> "ModelDigits":
+        """The counts of several disjoint sets of tensors (partial scans) as one model's."""
+        total = cls()
+        for part in parts:
+            total.counts = total.counts + part.counts
+            total.constant_tensors.extend(part.constant_tensors)
+        return total
+
     def summary(self, vectors_left_out: int, train_accuracy: float | None) -> dict[str, object]:
         mlh = self.counts.mlh()
         result: dict[str, object] = {

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from gate.compare import layer_distances
-from gate.fingerprint import weights_sha256
 from gate.policy.decision import Decision, decide, now_utc, weightgate_version
 from gate.policy.evaluate import evaluate
 from gate.policy.schema import load_policy
@@ -38,14 +37,13 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     options = {"device": device, "train_accuracy": train_accuracy, "keep_spectra": keep_spectra,
                **loaded.scan_options()}
     opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
-    baseline_result, baseline_digest, pairs = None, None, None
+    # One read of each model: the scan computes spectra, Benford digits and the fingerprint together.
+    baseline_result, pairs = None, None
     with open_source(source, **opened) as weights:
         result = scan(weights, **options)
-        digest = weights_sha256(weights)
         if baseline is not None:
             with open_source(baseline, **opened) as base_weights:
                 baseline_result = scan(base_weights, **options)
-                baseline_digest = weights_sha256(base_weights)
                 if loaded.needs_baseline_weights():  # cosine / relative distance read both, a tensor pair at a time
                     pairs = layer_distances(weights, base_weights, device)
     preload.join()
@@ -55,8 +53,8 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
         source=result.source,
         baseline=baseline_result.source if baseline_result else None,
         policy={"path": loaded.path, "name": loaded.name, "sha256": loaded.sha256},
-        weights_sha256=digest,
-        baseline_weights_sha256=baseline_digest,
+        weights_sha256=result.weights_sha256,
+        baseline_weights_sha256=baseline_result.weights_sha256 if baseline_result else None,
         rules=outcomes,
         summary={key: result.summary.get(key) for key in SUMMARY_KEYS},
         timestamp=now_utc(),

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from gate.errors import GateInputError
+from gate.rank import RANK_METRICS
 
 EXIT_BLOCKED = 1
 EXIT_INPUT_ERROR = 2
@@ -138,6 +139,7 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     Exit status: 0 approve or warn (warnings printed), 1 block, 2 error (bad input or policy).
     """
     from gate.check import check as run_check
+    from gate.policy.decision import BLOCK
     from gate.policy.report import render_decision, write_outputs
 
     result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
@@ -145,7 +147,7 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     if out_dir is not None:
         write_outputs(result, out_dir)
     click.echo(result.decision.to_json() if output_format == "json" else render_decision(result.decision))
-    sys.exit(EXIT_BLOCKED if result.decision.decision == "block" else 0)
+    sys.exit(EXIT_BLOCKED if result.decision.decision == BLOCK else 0)
 
 
 @main.command()
@@ -163,6 +165,7 @@ def report(source: str, out_dir: str, baseline: str | None, policy_file: str | N
     Also writes decision.json and the layer table(s); exit status as for `check`.
     """
     from gate.check import check as run_check
+    from gate.policy.decision import BLOCK
     from gate.policy.report import write_outputs
     from gate.report.html import write_report
 
@@ -171,7 +174,33 @@ def report(source: str, out_dir: str, baseline: str | None, policy_file: str | N
     write_outputs(result, out_dir)
     files = write_report(out_dir, result.scan, result.decision, result.baseline_scan)
     click.echo(f"decision {result.decision.decision}; wrote {len(files) + 2} files, open {out_dir}/report.html")
-    sys.exit(EXIT_BLOCKED if result.decision.decision == "block" else 0)
+    sys.exit(EXIT_BLOCKED if result.decision.decision == BLOCK else 0)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--by", type=click.Choice(list(RANK_METRICS)),
+              default="alpha_weighted", show_default=True,
+              help="order by this metric: alpha_weighted (alpha-hat), alpha, log_alpha_norm lower is better; "
+                   "mlh higher is better")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True, help="table for people, json/csv for machines")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@_source_options
+@_input_errors_exit_2
+def rank(sources: tuple[str, ...], by: str, output_format: str, device: str, allow_pickle: bool,
+         tracking_uri: str | None) -> None:
+    """Order models of one architecture by the quality their weights predict, best first.
+
+    SOURCES: any sources `scan` reads; models:/NAME (no version) means every version of NAME.
+    Each row also gives the source's place under every metric (rank_<metric>).
+    """
+    from gate.rank import COLUMNS, rank as run_rank
+    from gate.table import render_table
+
+    result = run_rank(list(sources), by, device=device, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
+    heading = [f"ranked by {by} ({RANK_METRICS[by]} is better), best first"]
+    _emit(result, output_format, lambda: render_table(heading, result.table, COLUMNS, {}).rstrip("\n"))
 
 
 @main.group()
@@ -273,15 +302,16 @@ def queue(tracking_uri: str, output_format: str) -> None:
 
     from mlflow.tracking import MlflowClient
 
+    from mlflow_plugin.vocabulary import NO_STATUS, PENDING, STATUS
     from mlflow_plugin.worker import all_model_versions
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     counts: Counter[str] = Counter()
     oldest_pending_ms = None
     for version in all_model_versions(client):
-        status = (version.tags or {}).get("gate.status", "none")
+        status = (version.tags or {}).get(STATUS, NO_STATUS)
         counts[status] += 1
-        if status in ("pending", "none"):
+        if status in (PENDING, NO_STATUS):
             created = version.creation_timestamp
             oldest_pending_ms = created if oldest_pending_ms is None else min(oldest_pending_ms, created)
     age = None if oldest_pending_ms is None else round(time.time() - oldest_pending_ms / 1000, 1)
@@ -310,7 +340,7 @@ def override(name: str, version: int, reason: str, tracking_uri: str) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    from mlflow_plugin.config import ACTOR_HEADER, OVERRIDE_TOKEN_HEADER
+    from mlflow_plugin.vocabulary import ACTOR_HEADER, OVERRIDE_TOKEN_HEADER
 
     headers = {ACTOR_HEADER: getpass.getuser()}
     if os.environ.get("WEIGHTGATE_OVERRIDE_TOKEN"):

@@ -107,7 +107,7 @@ def _conv2d_plans(info: TensorInfo, base: str, options: PlanOptions, start: int)
     N, M = max(out_ch, in_ch), min(out_ch, in_ch)
     positions = [(i, j) for i in range(kh) for j in range(kw)]
     if options.conv2d_method == "pooled":
-        scale = CONV2D_SCALE if options.conv2d_norm and len(positions) > 1 else 1.0
+        scale = CONV2D_SCALE if options.conv2d_norm else 1.0  # WeightWatcher 0.7.7 halves 1x1 kernels too
         slices = tuple((slice(None), slice(None), i, j) for i, j in positions)
         yield LayerPlan(start, base, info.name, CONV2D, info.shape, N, M, kh * kw, slices=slices, scale=scale,
                         module_type=info.module_type)

@@ -44,11 +44,13 @@ class ScanResult(LayerTableExport):
     summary: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)
     spectra: dict[str, np.ndarray] = field(default_factory=dict)  # eigenvalues by layer, with keep_spectra
+    weights_sha256: str | None = None  # gate.fingerprint's hash of every tensor, from the scan's one read
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN and infinities become ``null``, numpy scalars plain numbers."""
         return {
             "source": self.source,
+            "weights_sha256": self.weights_sha256,
             "summary": {key: plain_json_value(value) for key, value in self.summary.items()},
             "options": {key: plain_json_value(value) for key, value in self.options.items()},
             "layers": self._plain_layers(),

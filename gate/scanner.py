@@ -1,17 +1,28 @@
-"""The scan pipeline: source -> layer plans -> spectra (batched on the device) -> metrics -> result.
+"""The scan pipeline: source -> layer plans -> one pass over the tensors -> partial result -> merge.
 
-Tensors are loaded one at a time and dropped after their Gram matrices are formed, so host memory
-holds one tensor plus the queued Gram matrices (bounded by the batcher's budget), whatever the
-model size.
+One pass: every tensor is loaded once, and from that load come its fingerprint digest, its Benford
+digit counts and the Gram matrices of its layers (the spectra). Tensors are dropped after their
+Gram matrices are formed, so host memory holds one tensor plus the queued Gram matrices (bounded by
+the batcher's budget), whatever the model size. The one exception: under ``precision="auto"`` a
+layer stored in 16 bits whose float32 solve does not resolve its tail (gate.precision) is read once
+more to be solved in float64.
+
+Seams for distributed scans: :func:`analyse_tensors` analyses any subset of a model's tensors and
+returns a small picklable :class:`PartialScan` (layer rows, digit counts, tensor digests);
+:func:`merge_partials` builds the :class:`ScanResult` from partials of disjoint subsets that
+together cover the model (peer ratios, the summary and the fingerprint are computed only there,
+so the result does not depend on how the model was split). :class:`TensorPass` is the incremental
+form, fed tensors that the caller loads (gate.compare feeds two models in step).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from itertools import groupby
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, nullcontext
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,17 +31,17 @@ import torch
 
 from gate.benford import DigitCounts, ModelDigits, digit_counts
 from gate.errors import GateInputError
+from gate.fingerprint import combine, tensor_digest
 from gate.layer_metrics import add_peer_ratios, spectral_metrics
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.fit_quality import fit_quality
 from gate.marchenko_pastur import (Shuffler, mp_fit, random_like_fraction, random_like_statistics,
                                     randomized_comparison)
+from gate.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_name, tail_unresolved
 from gate.result import LEADING_COLUMNS, ScanResult
-from gate.sources import WeightSource, open_source
-from gate.spectrum import SpectrumBatcher, cpu_threads_for_blas, resolve_device
+from gate.sources import TensorInfo, WeightSource, open_source
+from gate.spectrum import SolveResult, SpectrumBatcher, cpu_threads_for_blas, resolve_device
 from gate.summary import summarize
-
-TAIL_TOLERANCE = 1e-3  # largest relative error bound accepted at xmin for a float32 solve (precision="auto")
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,8 @@ class ScanOptions:
     """Everything that changes a scan's numbers; recorded in the result for reproducibility."""
 
     device: str = "auto"
-    precision: str = "auto"  # or "float64" / "float32" for every layer (gate.spectrum says how auto chooses)
+    precision: str = "auto"  # or "float64" / "float32" for every layer (gate.precision says how auto chooses)
+    strategy: str = "auto"  # "pool" (CPU default) or "batched" (GPU default, any device): gate.spectrum
     min_evals: int = 8
     max_evals: int | None = None
     max_N: int | None = None
@@ -49,6 +61,44 @@ class ScanOptions:
     benford: bool = True
     keep_spectra: bool = False  # keep each layer's eigenvalues in ScanResult.spectra (for ESD plots)
     train_accuracy: float | None = None  # enables EIC (training accuracy as a fraction in [0, 1])
+
+    def plan_options(self) -> PlanOptions:
+        return PlanOptions(self.min_evals, self.max_evals, self.max_N, self.conv2d_method)
+
+
+def scan_options(**options: Any) -> ScanOptions:
+    """Validated :class:`ScanOptions` from keyword arguments (the boundary: errors name the input)."""
+    unknown = set(options) - set(ScanOptions.__dataclass_fields__)
+    if unknown:
+        raise GateInputError(
+            f"unknown scan option(s) {sorted(unknown)}; valid: {sorted(ScanOptions.__dataclass_fields__)}"
+        )
+    parsed = ScanOptions(**options)
+    if parsed.train_accuracy is not None and not 0 <= parsed.train_accuracy <= 1:
+        raise GateInputError(f"train_accuracy must be a fraction in [0, 1], not {parsed.train_accuracy}")
+    try:
+        Precision.parse(parsed.precision)
+    except ValueError as error:
+        raise GateInputError(str(error)) from None
+    if parsed.strategy not in ("auto", "pool", "batched"):
+        raise GateInputError(f"strategy must be one of ['auto', 'pool', 'batched'], not {parsed.strategy!r}")
+    return parsed
+
+
+@dataclass
+class PartialScan:
+    """What one pass over a subset of a model's tensors found; picklable, merged by :func:`merge_partials`.
+
+    ``rows``: layer rows by plan index (peer ratios not yet added); ``digits``: model-level Benford
+    counts of these tensors; ``tensor_digests``: fingerprint parts by tensor name; ``spectra``:
+    eigenvalues by layer name (with ``keep_spectra``); ``eigensolve_seconds``: time in eigen-solves.
+    """
+
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+    digits: ModelDigits = field(default_factory=ModelDigits)
+    tensor_digests: dict[str, bytes] = field(default_factory=dict)
+    spectra: dict[str, np.ndarray] = field(default_factory=dict)
+    eigensolve_seconds: float = 0.0
 
 
 def scan(
@@ -65,158 +115,207 @@ def scan(
     :class:`ScanOptions` (e.g. ``device="cuda"``, ``mp_fit=True``, ``randomize=True``).
     ``progress`` shows a bar on stderr when it is a terminal.
     """
-    unknown = set(options) - set(ScanOptions.__dataclass_fields__)
-    if unknown:
-        raise GateInputError(
-            f"unknown scan option(s) {sorted(unknown)}; valid: {sorted(ScanOptions.__dataclass_fields__)}"
-        )
-    scan_options = ScanOptions(**options)
-    if scan_options.train_accuracy is not None and not 0 <= scan_options.train_accuracy <= 1:
-        raise GateInputError(f"train_accuracy must be a fraction in [0, 1], not {scan_options.train_accuracy}")
-    device = resolve_device(scan_options.device)
+    parsed = scan_options(**options)
+    device = resolve_device(parsed.device)
     started = time.perf_counter()
     weights = open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
-    # A WeightSource passed in belongs to the caller (e.g. compare reads it again): leave it open.
-    owner = nullcontext() if weights is source else weights
-    with cpu_threads_for_blas(device), owner:
-        plan_options = PlanOptions(scan_options.min_evals, scan_options.max_evals, scan_options.max_N,
-                                   scan_options.conv2d_method)
-        plans = plan_layers(weights.tensor_infos(), plan_options)
-        spectra: dict[str, np.ndarray] = {}
-        rows, model_digits = _analyse(weights, plans, scan_options, device, progress, spectra)
+    # A WeightSource passed in belongs to the caller: leave it open.
+    with nullcontext() if weights is source else weights:
+        infos = weights.tensor_infos()
+        plans = plan_layers(infos, parsed.plan_options())
+        names = _progress([info.name for info in infos], progress)
+        partial = analyse_tensors(weights, plans, names, parsed, device)
         description = weights.description
-        vectors_left_out = sum(1 for info in weights.tensor_infos() if info.is_floating and len(info.shape) < 2)
-    layers = _layer_table(rows)
+    return merge_partials([partial], description, infos, parsed, device, time.perf_counter() - started)
+
+
+def analyse_tensors(weights: WeightSource, plans: list[LayerPlan], tensor_names: Iterable[str], options: ScanOptions,
+                    device: torch.device) -> PartialScan:
+    """One pass over the named tensors of ``weights``: each is loaded once (``plans`` may cover the
+    whole model; only the layers of these tensors are analysed)."""
+    with cpu_threads_for_blas(device), TensorPass(plans, options, device) as tensor_pass:
+        for name in tensor_names:
+            tensor_pass.feed(name, weights.load(name))
+        return tensor_pass.finish(weights.load)
+
+
+def merge_partials(partials: list[PartialScan], description: str, infos: list[TensorInfo], options: ScanOptions,
+                   device: torch.device, seconds: float) -> ScanResult:
+    """The scan result of a model from partial scans of disjoint tensor subsets covering it."""
+    covered = set().union(*(part.tensor_digests for part in partials))
+    missing = [info.name for info in infos if info.name not in covered]
+    if missing:
+        raise ValueError(f"partial scans do not cover tensors {missing[:5]} ({len(missing)} in all)")
+    rows = {index: row for part in partials for index, row in part.rows.items()}
+    layers = _layer_table([rows[i] for i in sorted(rows)])
     add_peer_ratios(layers)
     summary = summarize(layers)
     summary["random_like_fraction"] = random_like_fraction(layers)
-    if scan_options.benford:
-        summary.update(model_digits.summary(vectors_left_out, scan_options.train_accuracy))
+    if options.benford:
+        vectors_left_out = sum(1 for info in infos if info.is_floating and len(info.shape) < 2)
+        digits = ModelDigits.merged([part.digits for part in partials])
+        summary.update(digits.summary(vectors_left_out, options.train_accuracy))
     summary["device"] = device.type
-    summary["scan_seconds"] = time.perf_counter() - started
-    return ScanResult(description, layers, summary, asdict(scan_options), spectra)
+    summary["scan_seconds"] = seconds
+    summary["eigensolve_seconds"] = sum(part.eigensolve_seconds for part in partials)
+    spectra = {name: evals for part in partials for name, evals in part.spectra.items()}
+    digests = {name: digest for part in partials for name, digest in part.tensor_digests.items()}
+    return ScanResult(description, layers, summary, asdict(options), spectra, weights_sha256=combine(digests))
 
 
-def _analyse(weights: WeightSource, plans: list[LayerPlan], options: ScanOptions, device: torch.device,
-             progress: bool, spectra: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], ModelDigits]:
-    shuffle = Shuffler(options.seed)
-    model_digits = ModelDigits()
-    rows: dict[int, dict[str, Any]] = {}
-    groups = [(name, list(group)) for name, group in groupby(plans, key=lambda p: p.tensor_name)]
-    submitted: list[LayerPlan] = []
-    with SpectrumBatcher(device, options.precision) as batcher:
-        for tensor_name, group in _progress(groups, progress):
-            tensor = weights.load(tensor_name).to(device)
-            tensor_digits = model_digits.add(tensor_name, tensor) if options.benford else None
-            for plan in group:
-                row = rows[plan.index] = _base_row(plan)
-                matrices = layer_matrices(plan, tensor)
-                if options.benford:
-                    digits = tensor_digits if len(group) == 1 else sum(map(digit_counts, matrices), DigitCounts.empty())
-                    row["mlh"] = digits.mlh()
-                if plan.skip_reason:
-                    row.update(status="skipped", reason=plan.skip_reason)
-                    continue
-                for k, matrix in enumerate(matrices):
-                    batcher.submit((plan.index, k), matrix)
-                    if options.randomize:
-                        # float32 suffices here: shuffled ESDs feed only the MP fit (a density
-                        # estimate with bandwidth 0.1 on rescaled eigenvalues) and the largest eigenvalue.
-                        batcher.submit((plan.index, k, "random"), matrix, torch.float32, transform=shuffle)
-                submitted.append(plan)
-            del tensor
+class TensorPass:
+    """Analyses tensors as they are fed (each exactly once), then :meth:`finish` returns the
+    :class:`PartialScan`. A context manager: it owns the batcher's worker pool and the hashing thread.
+
+    The fingerprint digest of a tensor is computed on a thread of its own while the next tensor
+    is read and solved (hashlib releases the GIL); at most one digest is pending, so at most one
+    extra tensor is held.
+    """
+
+    def __init__(self, plans: list[LayerPlan], options: ScanOptions, device: torch.device) -> None:
+        self._options = options
+        self._device = device
+        self._precision = Precision.parse(options.precision)
+        self._plans: dict[str, list[LayerPlan]] = {}
+        for plan in plans:
+            self._plans.setdefault(plan.tensor_name, []).append(plan)
+        self._shuffle = Shuffler(options.seed)
+        self._submitted: list[LayerPlan] = []
+        self._partial = PartialScan()
+        self._pending_digest: tuple[str, Future] | None = None
+        self._stack = ExitStack()
+        strategy = None if options.strategy == "auto" else options.strategy
+        self._batcher = SpectrumBatcher(device, self._precision, strategy=strategy)
+
+    def __enter__(self) -> TensorPass:
+        self._stack.enter_context(self._batcher)
+        self._hasher = self._stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="weightgate-hash"))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def feed(self, name: str, tensor: torch.Tensor) -> None:
+        """Digest, digit counts and Gram matrices of one tensor, as loaded (on the CPU)."""
+        self._collect_digest()
+        self._pending_digest = (name, self._hasher.submit(tensor_digest, name, tensor))
+        group = self._plans.get(name)
+        if not group:
+            return  # a vector or a non-float buffer: part of the fingerprint only
+        tensor = tensor.to(self._device)
+        options = self._options
+        tensor_digits = self._partial.digits.add(name, tensor) if options.benford else None
+        for plan in group:
+            row = self._partial.rows[plan.index] = _base_row(plan)
+            matrices = layer_matrices(plan, tensor)
+            if options.benford:
+                digits = tensor_digits if len(group) == 1 else sum(map(digit_counts, matrices), DigitCounts.empty())
+                row["mlh"] = digits.mlh()
+            if plan.skip_reason:
+                row.update(status="skipped", reason=plan.skip_reason)
+                continue
+            for k, matrix in enumerate(matrices):
+                self._batcher.submit(SolveKey(plan.index, k), matrix)
+                if options.randomize:
+                    self._batcher.submit(SolveKey(plan.index, k, randomized=True), matrix, RANDOMIZED_SOLVE_DTYPE,
+                                         transform=self._shuffle)
+            self._submitted.append(plan)
+
+    def finish(self, reload: Callable[[str], torch.Tensor]) -> PartialScan:
+        """Solve what is queued, fit every layer, and return the partial result. ``reload`` reads a
+        tensor again, only for layers whose float32 solve left the tail unresolved (gate.precision)."""
+        self._collect_digest()
         # Fits wait for the last solve: run between tasks, their Python code would hold the GIL
         # that the pool's threads need to start each task (measured slower on 2 cores).
-        batcher.flush()
-        analysable = [plan for plan in submitted if _add_spectral_row(rows[plan.index], batcher, plan, device)]
-        unresolved = [plan for plan in analysable if _tail_unresolved(rows[plan.index])]
-        if unresolved and options.precision == "auto":
-            _resolve_in_float64(weights, unresolved, batcher, device)
+        results = self._batcher.flush()
+        rows = self._partial.rows
+        analysable = [plan for plan in self._submitted if _add_spectral_row(rows[plan.index], results, plan, self._device)]
+        unresolved = [plan for plan in analysable
+                      if tail_unresolved(self._precision, _widest(results, plan), rows[plan.index]["eig_error_bound"],
+                                         rows[plan.index]["xmin"])]
+        if unresolved:
+            results.update(_solve_in_float64(reload, unresolved, self._device, self._batcher.strategy))
             for plan in unresolved:
-                _add_spectral_row(rows[plan.index], batcher, plan, device)
-    for plan in analysable:
-        evals = _pooled(batcher.results, plan, ())
-        if options.keep_spectra:
-            spectra[plan.name] = evals
-        row = rows[plan.index]
-        row.update(random_like_statistics(evals, plan.N, plan.M))
-        row.update(fit_quality(evals, row["alpha"], row["xmin"], row["D"], row["num_pl_spikes"], likelihood_ratio=False))
-        if options.mp_fit:
-            row.update(mp_fit(evals, plan.N, plan.M))
-        if options.randomize:
-            row.update(randomized_comparison(evals, _pooled(batcher.results, plan, ("random",)), plan.N, plan.M))
-    return [rows[i] for i in sorted(rows)], model_digits
+                _add_spectral_row(rows[plan.index], results, plan, self._device)
+        for plan in analysable:
+            evals = _pooled(results, plan)
+            if self._options.keep_spectra:
+                self._partial.spectra[plan.name] = evals
+            row = rows[plan.index]
+            row.update(random_like_statistics(evals, plan.N, plan.M))
+            row.update(fit_quality(evals, row["alpha"], row["xmin"], row["D"], row["num_pl_spikes"],
+                                   likelihood_ratio=False))
+            if self._options.mp_fit:
+                row.update(mp_fit(evals, plan.N, plan.M))
+            if self._options.randomize:
+                row.update(randomized_comparison(evals, _pooled(results, plan, randomized=True), plan.N, plan.M))
+        self._partial.eigensolve_seconds = self._batcher.eigensolve_seconds
+        return self._partial
+
+    def _collect_digest(self) -> None:
+        if self._pending_digest is not None:
+            name, future = self._pending_digest
+            self._partial.tensor_digests[name] = future.result()
+            self._pending_digest = None
 
 
-def _keys(plan: LayerPlan) -> list[tuple]:
-    """The batcher keys of one layer's matrices (one per slice)."""
-    return [(plan.index, k) for k in range(len(plan.slices))]
+def _solve_in_float64(reload: Callable[[str], torch.Tensor], plans: list[LayerPlan], device: torch.device,
+                      strategy: str) -> dict[SolveKey, SolveResult]:
+    """These layers solved again in float64 from their tensors, read once more (memory stays one tensor)."""
+    with SpectrumBatcher(device, Precision.FLOAT64, strategy=strategy) as exact:
+        for tensor_name in dict.fromkeys(plan.tensor_name for plan in plans):
+            tensor = reload(tensor_name).to(device)
+            for plan in plans:
+                if plan.tensor_name == tensor_name:
+                    for k, matrix in enumerate(layer_matrices(plan, tensor)):
+                        exact.submit(SolveKey(plan.index, k), matrix)
+            del tensor
+        return exact.flush()
 
 
-def _add_spectral_row(row: dict[str, Any], batcher: SpectrumBatcher, plan: LayerPlan, device: torch.device) -> bool:
+def _keys(plan: LayerPlan, randomized: bool = False) -> list[SolveKey]:
+    """The solve keys of one layer's matrices (one per slice)."""
+    return [SolveKey(plan.index, k, randomized) for k in range(len(plan.slices))]
+
+
+def _widest(results: dict[SolveKey, SolveResult], plan: LayerPlan) -> torch.dtype:
+    return max((results[key].dtype for key in _keys(plan)), key=lambda dtype: torch.finfo(dtype).bits)
+
+
+def _add_spectral_row(row: dict[str, Any], results: dict[SolveKey, SolveResult], plan: LayerPlan,
+                      device: torch.device) -> bool:
     """Adds the solved layer's ESD metrics to ``row``, or its weight problem; True when analysable."""
-    problem = _weight_problem(batcher, plan)
+    problem = _weight_problem([results[key] for key in _keys(plan)], plan)
     if problem is not None:
         row.update(problem)
         return False
-    widest = max((batcher.solve_dtypes[key] for key in _keys(plan)), key=lambda dtype: torch.finfo(dtype).bits)
-    row.update(_spectral_row(batcher, plan, device), solve_precision=str(widest).removeprefix("torch."))
+    # Pooled slices: the largest bound, on the scaled eigenvalues.
+    bound = max(results[key].error_bound for key in _keys(plan)) * plan.scale**2
+    row.update(spectral_metrics(_pooled(results, plan), plan.N, device, error_bound=bound), eig_error_bound=bound,
+               solve_precision=dtype_name(_widest(results, plan)))
+    if not np.isfinite(row["alpha"]):
+        row.update(status="degenerate", reason="no power-law fit: fewer than 2 distinct eigenvalues above 1e-5")
     return True
 
 
-def _spectral_row(batcher: SpectrumBatcher, plan: LayerPlan, device: torch.device) -> dict[str, Any]:
-    """The ESD metrics of one solved layer, with its eigenvalue error bound (pooled slices: the largest)."""
-    bound = max(batcher.error_bounds[key] for key in _keys(plan)) * plan.scale**2
-    row = spectral_metrics(_pooled(batcher.results, plan, ()), plan.N, device, error_bound=bound)
-    row["eig_error_bound"] = bound
-    if not np.isfinite(row["alpha"]):
-        row.update(status="degenerate", reason="no power-law fit: fewer than 2 distinct eigenvalues above 1e-5")
-    return row
-
-
-def _tail_unresolved(row: dict[str, Any]) -> bool:
-    """A float32 solve whose error bound is not small against the fitted xmin: the tail that alpha,
-    xmin and D come from is then not resolved to TAIL_TOLERANCE, and the layer is solved again in
-    float64."""
-    return row.get("solve_precision") == "float32" and bool(row["eig_error_bound"] > TAIL_TOLERANCE * row["xmin"])
-
-
-def _resolve_in_float64(weights: WeightSource, plans: list[LayerPlan], batcher: SpectrumBatcher,
-                        device: torch.device) -> None:
-    """Solve these layers again in float64, reading their tensors once more (memory stays one
-    tensor), and replace their eigenvalues, error bounds and solve precisions in ``batcher``."""
-    with SpectrumBatcher(device, "float64") as exact:
-        for tensor_name, group in groupby(plans, key=lambda p: p.tensor_name):
-            tensor = weights.load(tensor_name).to(device)
-            for plan in group:
-                for k, matrix in enumerate(layer_matrices(plan, tensor)):
-                    exact.submit((plan.index, k), matrix)
-            del tensor
-        batcher.results.update(exact.flush())
-    batcher.error_bounds.update(exact.error_bounds)
-    batcher.solve_dtypes.update(exact.solve_dtypes)
-
-
-def _pooled(results: dict, plan: LayerPlan, suffix: tuple) -> np.ndarray:
-    parts = [results[(plan.index, k, *suffix)] for k in range(len(plan.slices))]
-    evals = np.sort(np.concatenate(parts))
+def _pooled(results: dict[SolveKey, SolveResult], plan: LayerPlan, randomized: bool = False) -> np.ndarray:
+    evals = np.sort(np.concatenate([results[key].eigenvalues for key in _keys(plan, randomized)]))
     return evals * plan.scale**2 if plan.scale != 1.0 else evals
 
 
-def _weight_problem(batcher: SpectrumBatcher, plan: LayerPlan) -> dict[str, str] | None:
+def _weight_problem(solves: list[SolveResult], plan: LayerPlan) -> dict[str, str] | None:
     """``nonfinite`` for NaN/Inf weights, ``degenerate`` for all-zero weights, else ``None``.
 
     Read from the solves: a NaN/Inf weight makes its Gram matrix non-finite, and W^T W is zero only
     for all-zero weights. Weights are counted only once a Gram matrix is known to be non-finite.
     """
-    keys = _keys(plan)
-    if any(key in batcher.nonfinite for key in keys):
-        bad = sum(batcher.nonfinite.get(key, 0) for key in keys)
-        total = len(keys) * plan.N * plan.M
+    if any(solve.nonfinite_weights is not None for solve in solves):
+        bad = sum(solve.nonfinite_weights or 0 for solve in solves)
+        total = len(solves) * plan.N * plan.M
         if bad:
             return {"status": "nonfinite", "reason": f"{bad} of {total} weights are NaN or infinite"}
         return {"status": "nonfinite", "reason": "weights overflow when squared (|w| too large for the Gram matrix)"}
-    if all(batcher.is_zero(key) for key in keys):
+    if all(solve.is_zero for solve in solves):
         return {"status": "degenerate", "reason": "all weights are zero"}
     return None
 

@@ -5,12 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-TAG_PREFIX = "gate."
-STATUS = "gate.status"
-PENDING, APPROVED, WARNED, BLOCKED, ERROR, OVERRIDDEN = "pending", "approved", "warned", "blocked", "error", "overridden"
-WORKER_TOKEN_HEADER = "X-Weightgate-Token"
-OVERRIDE_TOKEN_HEADER = "X-Weightgate-Override"
-ACTOR_HEADER = "X-Weightgate-Actor"
+from mlflow_plugin.vocabulary import APPROVED, OVERRIDDEN, WARNED
 
 
 class GateConfigError(RuntimeError):

@@ -10,7 +10,7 @@ import os
 
 from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
 
-from mlflow_plugin.config import WORKER_TOKEN_HEADER
+from mlflow_plugin.vocabulary import WORKER_TOKEN_HEADER
 
 
 class WorkerTokenHeaderProvider(RequestHeaderProvider):

@@ -17,15 +17,15 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, jsonify, make_response, request
 
-from mlflow_plugin.config import (
+from mlflow_plugin import vocabulary as words
+from mlflow_plugin.config import GateConfig, GateConfigError
+from mlflow_plugin.vocabulary import (
     ACTOR_HEADER, OVERRIDE_TOKEN_HEADER, OVERRIDDEN, PENDING, STATUS, TAG_PREFIX, WORKER_TOKEN_HEADER,
-    GateConfig, GateConfigError,
 )
 
 _logger = logging.getLogger(__name__)
@@ -150,14 +150,14 @@ class _Gate:
         if status == PENDING:
             return f"{label} is waiting for its weightgate scan"
         if status not in self.config.approving_statuses():
-            return f"{label} is {status} by weightgate: {tags.get('gate.reason', 'no reason recorded')}"
+            return f"{label} is {status} by weightgate: {tags.get(words.REASON, 'no reason recorded')}"
         if status == OVERRIDDEN:
             return None
-        if tags.get("gate.policy_sha256") != self.policy_sha256:
-            return (f"{label} was judged under another policy (sha256 {tags.get('gate.policy_sha256', 'none')[:12]}, "
+        if tags.get(words.POLICY_SHA256) != self.policy_sha256:
+            return (f"{label} was judged under another policy (sha256 {tags.get(words.POLICY_SHA256, 'none')[:12]}, "
                     f"this server requires {self.policy_sha256[:12]}); it must be scanned again")
-        if tags.get("gate.source") != model_version.source:
-            return f"{label}'s decision was recorded for other weights ({tags.get('gate.source')})"
+        if tags.get(words.SOURCE) != model_version.source:
+            return f"{label}'s decision was recorded for other weights ({tags.get(words.SOURCE)})"
         return None
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -194,10 +194,10 @@ class _Gate:
         if not name or not version or not reason:
             return make_response(jsonify({"error_code": "INVALID_PARAMETER_VALUE",
                                           "message": "override needs name, version and a reason"}), 400)
-        previous = dict(_registry_store().get_model_version(name, str(version)).tags or {}).get(STATUS, "none")
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self._set_tags(name, version, {STATUS: OVERRIDDEN, "gate.override_by": actor, "gate.override_at": when,
-                                       "gate.override_reason": reason, "gate.override_previous_status": previous})
+        previous = dict(_registry_store().get_model_version(name, str(version)).tags or {}).get(STATUS, words.NO_STATUS)
+        when = words.utc_timestamp()
+        self._set_tags(name, version, {STATUS: OVERRIDDEN, words.OVERRIDE_BY: actor, words.OVERRIDE_AT: when,
+                                       words.OVERRIDE_REASON: reason, words.OVERRIDE_PREVIOUS_STATUS: previous})
         _logger.warning("weightgate override: %s version %s by %s at %s: %s", name, version, actor, when, reason)
         return jsonify({"overridden": True, "by": actor, "at": when})
 
@@ -230,7 +230,7 @@ class _Gate:
 
         store = _registry_store()
         for key, value in tags.items():
-            store.set_model_version_tag(name, str(version), ModelVersionTag(key, value[:5000]))
+            store.set_model_version_tag(name, str(version), ModelVersionTag(key, words.fit_tag_value(value)))
 
 
 def _registry_store():

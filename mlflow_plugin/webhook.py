@@ -24,7 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from mlflow.entities.model_registry import ModelVersion
 
-from mlflow_plugin.config import STATUS
+from mlflow_plugin import vocabulary as words
+from mlflow_plugin.vocabulary import STATUS
 from mlflow_plugin.worker import Worker, WorkerSettings
 
 _logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class WebhookGate(Worker):
 
     def record(self, version: ModelVersion, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self.client.set_model_version_tag(version.name, version.version, key, value)
+            self.client.set_model_version_tag(version.name, version.version, key, words.fit_tag_value(value))
         _logger.info("weightgate webhook: %s version %s -> %s", version.name, version.version, tags[STATUS])
 
     def on_alias(self, name: str, alias: str, version: str) -> None:
@@ -64,10 +65,10 @@ class WebhookGate(Worker):
         if tags.get(STATUS) in self.config.approving_statuses():
             return
         self.client.delete_registered_model_alias(name, alias)
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        note = (f"protected alias '{alias}' was set on this version ({tags.get(STATUS, 'no decision')}) and removed "
+        when = words.utc_timestamp()
+        note = (f"protected alias '{alias}' was set on this version ({tags.get(STATUS, words.NO_STATUS)}) and removed "
                 f"by weightgate at {when}")
-        self.client.set_model_version_tag(name, version, "gate.violation", note)
+        self.client.set_model_version_tag(name, version, words.VIOLATION, note)
         _logger.warning("weightgate webhook: %s version %s: %s", name, version, note)
 
 

@@ -24,11 +24,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.rest_utils import http_request
 
-from mlflow_plugin.config import APPROVED, BLOCKED, ERROR, PENDING, STATUS, WARNED, GateConfig, GateConfigError
+from mlflow_plugin import vocabulary as words
+from mlflow_plugin.config import GateConfig, GateConfigError
+from mlflow_plugin.vocabulary import ERROR, EXPERIMENT, PENDING, STATUS, STATUS_OF_DECISION
 
 _logger = logging.getLogger(__name__)
-EXPERIMENT = "weightgate"
-STATUS_OF_DECISION = {"approve": APPROVED, "warn": WARNED, "block": BLOCKED}
 LAYER_SERIES = ("alpha", "alpha_weighted", "log_spectral_norm", "stable_rank", "mlh")
 
 
@@ -92,21 +92,21 @@ class Worker:
                            tracking_uri=self.settings.tracking_uri, keep_spectra=True)
         except Exception as err:  # the boundary of one version: record the failure, keep serving others
             _logger.exception("weightgate worker: scanning %s failed", uri)
-            self.record(version, {STATUS: ERROR, "gate.reason": f"scan failed: {type(err).__name__}: {err}"[:4000],
-                                  "gate.source": version.source})
+            self.record(version, {STATUS: ERROR, words.REASON: f"scan failed: {type(err).__name__}: {err}",
+                                  words.SOURCE: version.source})
             return
         run_id = self.log_run(version, result)
         decision = result.decision
         self.record(version, {
             STATUS: STATUS_OF_DECISION[decision.decision],
-            "gate.reason": decision.reason()[:4000],
-            "gate.decision_run": run_id,
-            "gate.policy_sha256": decision.policy["sha256"],
-            "gate.policy": decision.policy["name"],
-            "gate.weights_sha256": decision.weights_sha256,
-            "gate.baseline": decision.baseline or "",
-            "gate.source": version.source,
-            "gate.decided_at": decision.timestamp,
+            words.REASON: decision.reason(),
+            words.DECISION_RUN: run_id,
+            words.POLICY_SHA256: decision.policy["sha256"],
+            words.POLICY: decision.policy["name"],
+            words.WEIGHTS_SHA256: decision.weights_sha256,
+            words.BASELINE: decision.baseline or "",
+            words.SOURCE: version.source,
+            words.DECIDED_AT: words.as_tag_timestamp(decision.timestamp),
         })
 
     def baseline_uri(self, version: ModelVersion) -> str | None:
@@ -124,8 +124,8 @@ class Worker:
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(EXPERIMENT)
         run = self.client.create_run(experiment_id, run_name=f"{version.name} v{version.version}", tags={
-            "weightgate.model": version.name, "weightgate.version": str(version.version),
-            "weightgate.decision": result.decision.decision, "weightgate.worker": self.settings.worker_id,
+            words.RUN_MODEL: version.name, words.RUN_VERSION: str(version.version),
+            words.RUN_DECISION: result.decision.decision, words.RUN_WORKER: self.settings.worker_id,
         })
         run_id = run.info.run_id
         now = int(time.time() * 1000)

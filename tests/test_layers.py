@@ -103,3 +103,21 @@ def test_tied_weights_are_analysed_once():
 def test_unknown_scan_option_is_an_input_error():
     with pytest.raises(gate.errors.GateInputError, match="unknown scan option"):
         gate.scan(torch.nn.Linear(10, 10), devcie="cpu")
+
+
+def test_convolutions_match_weightwatcher_reference(ww_reference_dir):
+    """1x1 (plain and strided), 3x3 and strided 3x3 kernels against WeightWatcher 0.7.7's own
+    analyze() on the same stored weights (tests/data/weightwatcher/make_conv_reference.py):
+    every Conv2d, 1x1 included, has its pooled eigenvalues halved."""
+    import pandas as pd
+
+    ref = pd.read_csv(ww_reference_dir / "conv_details.csv")
+    ours = gate.scan(ww_reference_dir / "conv_model.safetensors", device="cpu").layers
+    ours = ours[ours["status"] == "ok"].reset_index(drop=True)
+    assert list(ours["name"]) == [f"{i}" for i in ref["longname"]]
+    assert list(ours["rf"]) == list(ref["rf"]) == [1, 9, 9, 1, 1]
+    for column in ["N", "M", "num_evals", "num_pl_spikes"]:
+        assert list(ours[column]) == list(ref[column]), column
+    np.testing.assert_allclose(ours["alpha"], ref["alpha"], rtol=1e-6)
+    for column in ["lambda_max", "xmin", "log_spectral_norm", "alpha_weighted", "log_norm", "log_alpha_norm", "D"]:
+        np.testing.assert_allclose(ours[column], ref[column], rtol=1e-6, err_msg=column)

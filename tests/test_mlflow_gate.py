@@ -105,6 +105,8 @@ def test_decision_run_holds_metrics_series_and_artifacts(client, decided, tmp_pa
     run = client.get_run(run_id)
     assert run.data.tags["weightgate.decision"] == "approve"
     assert run.data.metrics["model.num_analysed"] == 6
+    # what `weightgate rank` orders by, so the MLflow UI compares versions on the same numbers
+    assert {"model.alpha_weighted", "model.alpha", "model.log_alpha_norm", "model.mlh"} <= set(run.data.metrics)
     series = client.get_metric_history(run_id, "layer.alpha")
     assert len(series) == 6 and sorted(m.step for m in series) == sorted(set(m.step for m in series))
     files = {f.path for f in client.list_artifacts(run_id, "weightgate")}

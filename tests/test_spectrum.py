@@ -3,8 +3,10 @@ chooses between float32 and float64."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,18 +14,33 @@ import scipy.linalg
 import torch
 from safetensors import safe_open
 
-from gate.spectrum import SpectrumBatcher, resolve_device
+from gate.precision import SolveKey
+from gate.spectrum import STRATEGIES, SpectrumBatcher, resolve_device
+
+CPU = torch.device("cpu")
+# Both strategies run on the CPU: "batched" is the GPU code path (torch Gram, stacked eigvalsh).
+each_strategy = pytest.mark.parametrize("strategy", STRATEGIES)
 
 
-def _solve(matrices: list[torch.Tensor], precision: str, budget_bytes: int | None = 1) -> list[np.ndarray]:
-    with SpectrumBatcher(torch.device("cpu"), precision, budget_bytes=budget_bytes) as batcher:  # 1: one task at a time
+def _solve(matrices: list[torch.Tensor], precision: str, budget_bytes: int | None = 1,
+           strategy: str = "pool") -> list[np.ndarray]:
+    # budget 1: one task at a time (pool), one matrix per eigvalsh call (batched)
+    with SpectrumBatcher(CPU, precision, budget_bytes=budget_bytes, strategy=strategy) as batcher:
         for k, m in enumerate(matrices):
-            batcher.submit(k, m)
+            batcher.submit(SolveKey(k), m)
         results = batcher.flush()
-    return [results[k] for k in range(len(matrices))]
+    return [results[SolveKey(k)].eigenvalues for k in range(len(matrices))]
 
 
-def test_float64_gram_eigenvalues_match_svd(minilm_dir):
+@functools.cache
+def _svd_eigenvalues(model_dir: str, name: str, dtype: torch.dtype) -> np.ndarray:
+    """scipy's float64 SVD of a MiniLM matrix rounded to ``dtype`` (shared by both strategies' runs)."""
+    W = safe_open(str(Path(model_dir) / "model.safetensors"), framework="pt").get_tensor(name).to(dtype)
+    return np.sort(scipy.linalg.svdvals(W.double().numpy()) ** 2)
+
+
+@each_strategy
+def test_float64_gram_eigenvalues_match_svd(minilm_dir, strategy):
     handle = safe_open(str(minilm_dir / "model.safetensors"), framework="pt")
     names = ["embeddings.position_embeddings.weight", "encoder.layer.0.intermediate.dense.weight",
              "encoder.layer.3.attention.self.value.weight"]
@@ -31,18 +48,19 @@ def test_float64_gram_eigenvalues_match_svd(minilm_dir):
     for name in names:
         W = handle.get_tensor(name)
         matrices.append(W if W.shape[0] >= W.shape[1] else W.T)
-    for W, evals in zip(matrices, _solve(matrices, "float64")):
-        reference = np.sort(scipy.linalg.svdvals(W.double().numpy()) ** 2)
+    for name, evals in zip(names, _solve(matrices, "float64", strategy=strategy)):
+        reference = _svd_eigenvalues(str(minilm_dir), name, torch.float32)
         np.testing.assert_allclose(evals, reference, rtol=1e-9, atol=1e-12 * reference.max())
 
 
-def test_float32_loses_the_small_eigenvalues(minilm_dir):
+@each_strategy
+def test_float32_loses_the_small_eigenvalues(minilm_dir, strategy):
     """Measured: float32 keeps the top of the spectrum but not the bottom, where xmin may lie
     (position_embeddings has xmin / lambda_max ~ 1e-4), so auto keeps float64 for float32 weights."""
     W = safe_open(str(minilm_dir / "model.safetensors"), framework="pt").get_tensor("embeddings.position_embeddings.weight")
-    reference = np.sort(scipy.linalg.svdvals(W.double().numpy()) ** 2)
-    (single,) = _solve([W], "float32")
-    (double,) = _solve([W], "float64")
+    reference = _svd_eigenvalues(str(minilm_dir), "embeddings.position_embeddings.weight", torch.float32)
+    (single,) = _solve([W], "float32", strategy=strategy)
+    (double,) = _solve([W], "float64", strategy=strategy)
     top_error_32 = np.abs(single[-100:] / reference[-100:] - 1).max()
     bottom_error_32 = np.abs(single[:10] / reference[:10] - 1).max()
     bottom_error_64 = np.abs(double[:10] / reference[:10] - 1).max()
@@ -56,28 +74,30 @@ HALF_LAYERS = ["embeddings.position_embeddings.weight", "embeddings.word_embeddi
                "encoder.layer.5.output.dense.weight"]
 
 
+@each_strategy
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
-def test_error_bound_covers_float32_solves_of_half_precision_weights(minilm_dir, half):
+def test_error_bound_covers_float32_solves_of_half_precision_weights(minilm_dir, half, strategy):
     """Every eigenvalue of a float32 solve lies within the reported bound of scipy's float64 SVD of
     the same (rounded) weights, and the bound is tight enough to be useful."""
     handle = safe_open(str(minilm_dir / "model.safetensors"), framework="pt")
-    batcher = SpectrumBatcher(torch.device("cpu"), "auto", budget_bytes=1)
     references = {}
-    for name in HALF_LAYERS:
-        W = handle.get_tensor(name).to(half)
-        W = W if W.shape[0] >= W.shape[1] else W.T
-        batcher.submit(name, W)
-        references[name] = np.sort(scipy.linalg.svdvals(W.double().numpy()) ** 2)
-    results = batcher.flush()
-    for name, reference in references.items():
-        assert batcher.solve_dtypes[name] == torch.float32
-        bound = batcher.error_bounds[name]
-        assert np.abs(results[name] - reference).max() <= bound, name
+    with SpectrumBatcher(CPU, "auto", budget_bytes=1, strategy=strategy) as batcher:
+        for k, name in enumerate(HALF_LAYERS):
+            W = handle.get_tensor(name).to(half)
+            W = W if W.shape[0] >= W.shape[1] else W.T
+            batcher.submit(SolveKey(k), W)
+            references[name] = _svd_eigenvalues(str(minilm_dir), name, half)
+        results = batcher.flush()
+    for k, (name, reference) in enumerate(references.items()):
+        solve = results[SolveKey(k)]
+        assert solve.dtype == torch.float32
+        bound = solve.error_bound
+        assert np.abs(solve.eigenvalues - reference).max() <= bound, name
         assert bound < 1e-4 * reference.max(), name
 
 
 def test_auto_precision_follows_the_stored_dtype():
-    auto = SpectrumBatcher(torch.device("cpu"), "auto")
+    auto = SpectrumBatcher(CPU, "auto")
     assert auto.solve_dtype(torch.float32) == torch.float64
     assert auto.solve_dtype(torch.float64) == torch.float64
     assert auto.solve_dtype(torch.float16) == torch.float32
@@ -88,18 +108,27 @@ def test_auto_precision_follows_the_stored_dtype():
         SpectrumBatcher(torch.device("cpu"), "float16")
 
 
-def test_auto_scan_of_float16_minilm_agrees_with_float64(minilm_dir, tmp_path):
-    """MiniLM rounded to float16, scanned with auto (float32 solves) and with float64 solves of the
-    same file: the issue's agreement tolerances hold; position_embeddings, whose xmin is 1e-4 of
-    lambda_max, is not resolved by the float32 bound and is solved again in float64."""
+@pytest.fixture(scope="module")
+def float16_minilm(minilm_dir, tmp_path_factory):
+    """MiniLM rounded to float16 on disk, and its scan with float64 solves (the reference)."""
     import gate
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(minilm_dir / "model.safetensors"))
-    path = tmp_path / "minilm-fp16.safetensors"
+    path = tmp_path_factory.mktemp("fp16") / "minilm-fp16.safetensors"
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
-    auto = gate.scan(path, device="cpu", benford=False).layers.set_index("name")
-    exact = gate.scan(path, device="cpu", benford=False, precision="float64", keep_spectra=True)
+    return path, gate.scan(path, device="cpu", benford=False, precision="float64", keep_spectra=True)
+
+
+@each_strategy
+def test_auto_scan_of_float16_minilm_agrees_with_float64(float16_minilm, strategy):
+    """MiniLM rounded to float16, scanned with auto (float32 solves) and with float64 solves of the
+    same file: the issue's agreement tolerances hold; position_embeddings, whose xmin is 1e-4 of
+    lambda_max, is not resolved by the float32 bound and is solved again in float64."""
+    import gate
+
+    path, exact = float16_minilm
+    auto = gate.scan(path, device="cpu", benford=False, strategy=strategy).layers.set_index("name")
     reference = exact.layers.set_index("name")
     analysed = auto.index[auto["status"] == "ok"]
     assert len(analysed) == 39
@@ -115,46 +144,58 @@ def test_auto_scan_of_float16_minilm_agrees_with_float64(minilm_dir, tmp_path):
         assert abs(int(auto.loc[name, "matrix_rank"]) - above_bound) <= 1, name
 
 
-def test_tf32_settings_switch_gpu_float32_grams_to_float64_accumulation():
-    """A GPU process that allows TF32 products (common in training code) must not get TF32 Grams;
-    checked with both of torch's switches, and the setting is restored."""
-    from gate.spectrum import ieee_float32_matmul
+def test_tf32_settings_make_torch_float32_grams_accumulate_in_float64():
+    """A process that allows TF32 products (common in training code) must not get TF32 Grams: with
+    either of torch's switches set, the batched strategy's float32 Gram is the float64 product
+    rounded once (bit for bit), and without them it is a float32 product. The setting is visible
+    and honoured on the CPU, so this runs without a GPU; the settings are restored."""
+    from gate.precision import ieee_float32_matmul
+    from gate.spectrum import gram
 
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    torch.manual_seed(2)
+    W = torch.randn(4000, 64) * torch.logspace(0, 3, 64)  # wide dynamic range: float32 sums round visibly
+    rounded_once = gram(W, CPU, torch.float64).to(torch.float32)
     previous = torch.get_float32_matmul_precision()
     try:
-        assert ieee_float32_matmul(cuda) and ieee_float32_matmul(cpu)
+        assert ieee_float32_matmul()
+        assert not torch.equal(gram(W, CPU, torch.float32), rounded_once)
         torch.set_float32_matmul_precision("high")
-        assert not ieee_float32_matmul(cuda) and ieee_float32_matmul(cpu)
+        assert not ieee_float32_matmul()
+        assert torch.equal(gram(W, CPU, torch.float32), rounded_once)
         torch.set_float32_matmul_precision("highest")
         torch.backends.cuda.matmul.allow_tf32 = True
-        assert not ieee_float32_matmul(cuda)
+        assert not ieee_float32_matmul()
+        assert torch.equal(gram(W, CPU, torch.float32), rounded_once)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.set_float32_matmul_precision(previous)
+    assert ieee_float32_matmul()
 
 
+@each_strategy
 @pytest.mark.parametrize("budget_bytes", [1, None])
-def test_batches_of_mixed_sizes_keep_their_keys(budget_bytes):
+def test_batches_of_mixed_sizes_keep_their_keys(budget_bytes, strategy):
     """One task at a time, and the default budget (all tasks in flight on every core)."""
     torch.manual_seed(0)
     matrices = [torch.randn(50, 20), torch.randn(30, 30), torch.randn(70, 20), torch.randn(40, 10)] * 5
-    for W, evals in zip(matrices, _solve(matrices, "float64", budget_bytes)):
+    for W, evals in zip(matrices, _solve(matrices, "float64", budget_bytes, strategy)):
         np.testing.assert_allclose(evals, np.sort(scipy.linalg.svdvals(W.double().numpy()) ** 2), rtol=1e-10)
 
 
-def test_nonfinite_and_zero_matrices_are_reported_not_solved():
+@each_strategy
+def test_nonfinite_and_zero_matrices_are_reported_not_solved(strategy):
     bad = torch.ones(20, 10)
     bad[3, 4], bad[7, 1] = float("nan"), float("inf")
-    with SpectrumBatcher(torch.device("cpu"), "float64") as batcher:
-        batcher.submit("bad", bad)
-        batcher.submit("zero", torch.zeros(20, 10))
-        batcher.submit("good", torch.ones(20, 10))
+    bad_key, zero_key, good_key = SolveKey(0), SolveKey(1), SolveKey(2)
+    with SpectrumBatcher(CPU, "float64", strategy=strategy) as batcher:
+        batcher.submit(bad_key, bad)
+        batcher.submit(zero_key, torch.zeros(20, 10))
+        batcher.submit(good_key, torch.ones(20, 10))
         results = batcher.flush()
-    assert batcher.nonfinite == {"bad": 2} and "bad" not in results
-    assert batcher.is_zero("zero") and not batcher.is_zero("good")
-    np.testing.assert_array_equal(results["zero"], np.zeros(10))
-    np.testing.assert_allclose(results["good"][-1], 200.0)  # 20 x 10 ones: W^T W = 20 * ones(10, 10)
+    assert results[bad_key].nonfinite_weights == 2 and results[bad_key].eigenvalues is None
+    assert results[zero_key].is_zero and not results[good_key].is_zero and not results[bad_key].is_zero
+    np.testing.assert_array_equal(results[zero_key].eigenvalues, np.zeros(10))
+    np.testing.assert_allclose(results[good_key].eigenvalues[-1], 200.0)  # 20 x 10 ones: W^T W = 20 * ones(10, 10)
 
 
 def _solve_threads() -> list[threading.Thread]:
@@ -168,7 +209,7 @@ def test_a_failing_task_stops_the_pool_and_raises():
     with pytest.raises(RuntimeError, match="transform failed"):
         with SpectrumBatcher(torch.device("cpu"), "float64") as batcher:
             for k in range(6):
-                batcher.submit(k, torch.randn(30, 10), transform=broken if k == 2 else None)
+                batcher.submit(SolveKey(k), torch.randn(30, 10), transform=broken if k == 2 else None)
             batcher.flush()
     assert _solve_threads() == []
 
