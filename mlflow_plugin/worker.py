@@ -107,6 +107,7 @@ class Worker:
             words.BASELINE: decision.baseline or "",
             words.SOURCE: version.source,
             words.DECIDED_AT: words.as_tag_timestamp(decision.timestamp),
+            words.INCONCLUSIVE: ",".join(rule.rule_id for rule in decision.inconclusive_rules),
         })
 
     def baseline_uri(self, version: ModelVersion) -> str | None:

@@ -69,7 +69,11 @@ def render_html(scan, decision, baseline_scan, charts: dict[str, str], esd: dict
             parts.append("<ul>" + "".join(f"<li><b>{escape(r.rule_id)}</b> ({r.severity}): {escape(r.reason)}</li>"
                                           for r in failed) + "</ul>")
         else:
-            parts.append(f"<p>All {len(decision.rules)} rules passed.</p>")
+            parts.append(f"<p>All {len(decision.rules) - len(decision.inconclusive_rules)} conclusive rules passed.</p>")
+        if decision.inconclusive_rules:  # no verdict is not a pass: shown apart
+            parts.append("<h3>Inconclusive (not violations: too little trustworthy evidence)</h3><ul>" + "".join(
+                f"<li><b>{escape(r.rule_id)}</b> ({r.severity}): {escape(r.reason)}</li>"
+                for r in decision.inconclusive_rules) + "</ul>")
         parts.append(_rules_table(decision))
     parts.append("<h2>Charts</h2><div class='charts'>" + "".join(charts.values()) + "</div>")
     parts.append("<h2>Layers</h2>" + _layer_table(scan.layers, baseline_scan, offending))
