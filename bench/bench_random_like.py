@@ -38,7 +38,7 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from gate.fit_quality import fit_quality
-    from gate.marchenko_pastur import random_like_statistics
+    from gate.random_like import random_like_statistics
     from gate.scanner import scan
 
     weights = load_file(str(Path(get_model_path()) / "model.safetensors"))

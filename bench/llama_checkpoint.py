@@ -17,17 +17,20 @@ from safetensors.torch import save_file
 
 
 def layer(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
-    weight = torch.randn(rows, cols, generator=generator) / cols**0.5
+    device = generator.device
+    weight = torch.randn(rows, cols, generator=generator, device=device) / cols**0.5
     for strength in (8.0, 4.0, 2.0):
-        u = torch.randn(rows, 1, generator=generator) / rows**0.5
-        v = torch.randn(1, cols, generator=generator) / cols**0.5
+        u = torch.randn(rows, 1, generator=generator, device=device) / rows**0.5
+        v = torch.randn(1, cols, generator=generator, device=device) / cols**0.5
         weight += strength * u @ v
-    return weight.to(torch.float16)
+    return weight.to(torch.float16).cpu()
 
 
-def generate(out: Path, blocks: int, hidden: int, ffn: int, vocab: int, seed: int = 0) -> Path:
+def generate(out: Path, blocks: int, hidden: int, ffn: int, vocab: int, seed: int = 0, device: str = "cpu") -> Path:
+    """Write the checkpoint; ``device="cuda"`` draws the weights on the GPU (minutes faster for the
+    7B shape; a different random stream from the CPU's, same statistics)."""
     out.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     weight_map: dict[str, str] = {}
     shards = [("embed", {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden)})]
     for b in range(blocks):

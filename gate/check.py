@@ -11,7 +11,7 @@ from gate.policy.decision import Decision, decide, now_utc, weightgate_version
 from gate.policy.evaluate import evaluate
 from gate.policy.schema import load_policy
 from gate.result import ScanResult
-from gate.scanner import scan
+from gate.scanner import scan, scan_options
 from gate.sources import open_source
 
 SUMMARY_KEYS = ("num_analysed", "num_skipped", "num_nonfinite", "num_degenerate", "alpha", "alpha_weighted",
@@ -36,6 +36,7 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     keep_spectra = keep_spectra or any(rule.fit == "well_fitted" for rule in loaded.rules)
     options = {"device": device, "train_accuracy": train_accuracy, "keep_spectra": keep_spectra,
                **loaded.scan_options()}
+    scan_options(**options)  # a bad option fails before anything is downloaded
     opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
     # One read of each model: the scan computes spectra, Benford digits and the fingerprint together.
     baseline_result, pairs = None, None

@@ -20,6 +20,21 @@ EXIT_BLOCKED = 1
 EXIT_INPUT_ERROR = 2
 
 
+class DeviceType(click.ParamType):
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked when the command line is parsed (exit 2)."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+            return text
+        self.fail(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N", param, ctx)
+
+
+DEVICE = DeviceType()
+
+
 def _input_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn :class:`GateInputError` into a one-line message and exit status 2."""
 
@@ -52,7 +67,7 @@ def main() -> None:
 @click.argument("source")
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True, help="table for people, json/csv for machines")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu or cuda[:N]")
 @click.option("--precision", type=click.Choice(["auto", "float64", "float32"]), default="auto", show_default=True,
               help="eigensolver precision; auto: float32 for float16/bfloat16 weights unless the fitted tail "
                    "needs float64, float64 otherwise (float32 loses small eigenvalues)")
@@ -69,11 +84,13 @@ def main() -> None:
 @_source_options
 @click.option("--train-accuracy", type=click.FloatRange(0, 1), default=None,
               help="training accuracy (fraction) of the model: adds the EIC criteria to the summary")
+@click.option("--tail-estimators", is_flag=True,
+              help="also alpha_hill (Hill, xmin at the median) and alpha_farms (FARMS): optional metrics")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @_input_errors_exit_2
 def scan(source: str, output_format: str, device: str, precision: str, mp_fit: bool, randomize: bool, seed: int,
          benford: bool, min_evals: int, max_evals: int | None, conv2d_method: str, allow_pickle: bool, tracking_uri: str | None,
-         train_accuracy: float | None, quiet: bool) -> None:
+         train_accuracy: float | None, tail_estimators: bool, quiet: bool) -> None:
     """Compute weight-only quality metrics of every layer of SOURCE.
 
     SOURCE: a .safetensors/.pt/.pth/.bin/.pt2/.onnx file, a sharded index, a model directory, or
@@ -84,7 +101,7 @@ def scan(source: str, output_format: str, device: str, precision: str, mp_fit: b
     result = run_scan(
         source, device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed, benford=benford,
         min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
-        tracking_uri=tracking_uri, train_accuracy=train_accuracy, progress=not quiet,
+        tracking_uri=tracking_uri, train_accuracy=train_accuracy, tail_estimators=tail_estimators, progress=not quiet,
     )
     from gate.table import SCAN_COLUMNS, render_table
 
@@ -100,7 +117,7 @@ def scan(source: str, output_format: str, device: str, precision: str, mp_fit: b
               help="list layers whose relative distance ||A-B||/||B|| exceeds this as changed")
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu or cuda[:N]")
 @_source_options
 @_input_errors_exit_2
 def compare(a: str, b: str, init: str | None, threshold: float, output_format: str, device: str, allow_pickle: bool,
@@ -127,7 +144,7 @@ def compare(a: str, b: str, init: str | None, threshold: float, output_format: s
 @click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="write decision.json and the layer table(s) as CSV into this folder")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu or cuda[:N]")
 @click.option("--train-accuracy", type=click.FloatRange(0, 1), default=None,
               help="training accuracy (fraction), for policies with EIC rules")
 @_source_options
@@ -155,7 +172,7 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="folder for report.html and charts")
 @click.option("--baseline", default=None, help="the version to compare against")
 @click.option("--policy", "policy_file", default=None, help="policy YAML (default: the shipped policy)")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu or cuda[:N]")
 @_source_options
 @_input_errors_exit_2
 def report(source: str, out_dir: str, baseline: str | None, policy_file: str | None, device: str,
@@ -230,32 +247,52 @@ def policy_show(policy_file: str | None) -> None:
     click.echo(render_policy(load_policy(policy_file)))
 
 
+def _service_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of the long-running processes (worker, webhook receiver): logging and retries."""
+    command = click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                           envvar="WEIGHTGATE_LOG_FORMAT",
+                           help="json: one object per line with event, model, version, outcome, duration_s")(command)
+    command = click.option("--retries", type=click.IntRange(min=1), default=5, show_default=True,
+                           help="attempts per step when the network, artifact store or database fails "
+                                "transiently")(command)
+    return click.option("--retry-delay", type=click.FloatRange(min=0), default=2.0, show_default=True,
+                        help="seconds before the first retry; doubled each time (capped at 60)")(command)
+
+
 @main.command()
 @click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI",
               help="the MLflow server running with --app-name weightgate")
 @click.option("--policy", "policy_file", default=None, envvar="WEIGHTGATE_POLICY",
               help="policy YAML; must be the one the server enforces (default: the shipped policy)")
-@click.option("--device", default="auto", show_default=True, envvar="WEIGHTGATE_DEVICE", help="auto, cpu or cuda[:N]")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, envvar="WEIGHTGATE_DEVICE",
+              help="auto, cpu or cuda[:N]")
 @click.option("--once", is_flag=True, help="process what is pending, then exit")
 @click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option("--lease-seconds", type=click.FloatRange(min=1), default=900.0, show_default=True,
               help="after this long a claimed but unfinished scan may be taken over by another worker")
+@click.option("--worker-id", default="", help="this worker's name in claims and logs (default: host:pid:random)")
+@click.option("--heartbeat-file", type=click.Path(dir_okay=False), default=None, envvar="WEIGHTGATE_HEARTBEAT_FILE",
+              help="rewritten while the worker is healthy (every poll, and every 15 s during a scan): "
+                   "a liveness probe checks its age")
+@_service_options
 def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, poll_seconds: float,
-           lease_seconds: float) -> None:
+           lease_seconds: float, worker_id: str, heartbeat_file: str | None, log_format: str, retries: int,
+           retry_delay: float) -> None:
     """Scan newly registered model versions and record the gate's decisions.
 
     Needs WEIGHTGATE_WORKER_TOKEN, the credential the server accepts for gate.* tags.
     """
-    import logging
-
+    from mlflow_plugin import logs
     from mlflow_plugin.config import GateConfigError
+    from mlflow_plugin.retry import RetryPolicy
     from mlflow_plugin.worker import Worker, WorkerSettings
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("mlflow_plugin").setLevel(logging.INFO)
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs its temp dirs at INFO
+    logs.configure(log_format)
+    _check_service_inputs(device, policy_file)
+    settings = WorkerSettings(tracking_uri, policy_file, device, lease_seconds, worker_id,
+                              RetryPolicy(retries, retry_delay), heartbeat_file)
     try:
-        gate_worker = Worker(WorkerSettings(tracking_uri, policy_file, device, lease_seconds))
+        gate_worker = Worker(settings)
     except GateConfigError as err:
         click.echo(f"weightgate: error: {err}", err=True)
         sys.exit(EXIT_INPUT_ERROR)
@@ -263,32 +300,59 @@ def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, 
     click.echo(f"processed {count} model version(s)")
 
 
+@main.command()
+@click.argument("name")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI")
+def rescan(name: str, version: int, tracking_uri: str) -> None:
+    """Queue NAME VERSION again: its status becomes pending and a worker scans it afresh.
+
+    For a version that ended in error after the cause was fixed, or after a policy change.
+    Authorised by WEIGHTGATE_OVERRIDE_TOKEN or WEIGHTGATE_WORKER_TOKEN, or a basic-auth admin.
+    """
+    response = _post_gate_endpoint(tracking_uri, "rescan", {"name": name, "version": version})
+    if response.status_code == 404 and "weightgate/rescan" in response.text:  # no plugin: webhook mode
+        from mlflow.tracking import MlflowClient
+
+        from mlflow_plugin.vocabulary import PENDING, STATUS
+
+        MlflowClient(tracking_uri, tracking_uri).set_model_version_tag(name, str(version), STATUS, PENDING)
+        click.echo(f"{name} version {version} set to {PENDING}; the webhook receiver scans it on the tag event")
+        return
+    record = _answer(response, "rescan refused")
+    click.echo(f"{name} version {version} queued again by {record['by']} at {record['at']}")
+
+
 @main.command("webhook-receiver")
 @click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI", help="the MLflow server (no plugin needed)")
 @click.option("--secret", required=True, envvar="WEIGHTGATE_WEBHOOK_SECRET", help="the webhook's signing secret")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
 @click.option("--policy", "policy_file", default=None, envvar="WEIGHTGATE_POLICY")
-@click.option("--device", default="auto", show_default=True, envvar="WEIGHTGATE_DEVICE")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, envvar="WEIGHTGATE_DEVICE")
+@_service_options
 def webhook_receiver(tracking_uri: str, secret: str, host: str, port: int, policy_file: str | None,
-                     device: str) -> None:
+                     device: str, log_format: str, retries: int, retry_delay: float) -> None:
     """Gate an MLflow server that cannot load the plugin, through its webhooks.
 
-    Register a webhook for model_version.created and model_version_alias.created pointing here.
-    Enforcement is after the fact: a protected alias on an unapproved version is removed again.
+    Register a webhook for model_version.created, model_version_alias.created and
+    model_version_tag.set pointing here. Enforcement is after the fact: a protected alias on an
+    unapproved version is removed again.
     """
-    import logging
-
-    from mlflow_plugin.webhook import WebhookGate, pending_on_start, serve
+    from mlflow_plugin import logs
+    from mlflow_plugin.retry import RetryPolicy
+    from mlflow_plugin.webhook import WebhookGate, create_receiver, pending_on_start
     from mlflow_plugin.worker import WorkerSettings
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("mlflow_plugin").setLevel(logging.INFO)
-    gate_receiver = WebhookGate(WorkerSettings(tracking_uri, policy_file, device))
+    logs.configure(log_format)
+    _check_service_inputs(device, policy_file)
+    gate_receiver = WebhookGate(WorkerSettings(tracking_uri, policy_file, device,
+                                               retry=RetryPolicy(retries, retry_delay)))
     click.echo(f"scanned {pending_on_start(gate_receiver)} version(s) registered while the receiver was down")
-    server = serve(gate_receiver, secret, host, port)
     click.echo(f"weightgate webhook receiver on http://{host}:{port}")
-    server.serve_forever()
+    from werkzeug.serving import run_simple
+
+    run_simple(host, port, create_receiver(gate_receiver, secret), threaded=True)
 
 
 @main.command()
@@ -334,6 +398,28 @@ def override(name: str, version: int, reason: str, tracking_uri: str) -> None:
     Authorised by WEIGHTGATE_OVERRIDE_TOKEN (the server's override credential) or, on a server
     with basic-auth, by an admin's MLFLOW_TRACKING_USERNAME/PASSWORD.
     """
+    record = _gate_endpoint(tracking_uri, "override", {"name": name, "version": version, "reason": reason},
+                            "override refused")
+    click.echo(f"{name} version {version} overridden by {record['by']} at {record['at']}")
+
+
+@_input_errors_exit_2
+def _check_service_inputs(device: str, policy_file: str | None) -> None:
+    """A worker or receiver with an unusable device or policy would fail every version: refuse to start."""
+    from gate.policy.schema import load_policy
+    from gate.spectrum import resolve_device
+
+    resolve_device(device)
+    load_policy(policy_file)
+
+
+def _gate_endpoint(tracking_uri: str, endpoint: str, body: dict, refused: str) -> dict:
+    """POST to the server plugin's /api/2.0/weightgate/ENDPOINT; a refusal exits 2 with the answer."""
+    return _answer(_post_gate_endpoint(tracking_uri, endpoint, body), refused)
+
+
+def _post_gate_endpoint(tracking_uri: str, endpoint: str, body: dict):
+    """The response of /api/2.0/weightgate/ENDPOINT, sent with the credentials in the environment."""
     import getpass
     import os
 
@@ -345,13 +431,15 @@ def override(name: str, version: int, reason: str, tracking_uri: str) -> None:
     headers = {ACTOR_HEADER: getpass.getuser()}
     if os.environ.get("WEIGHTGATE_OVERRIDE_TOKEN"):
         headers[OVERRIDE_TOKEN_HEADER] = os.environ["WEIGHTGATE_OVERRIDE_TOKEN"]
-    response = http_request(get_default_host_creds(tracking_uri), "/api/2.0/weightgate/override", "POST",
-                            json={"name": name, "version": version, "reason": reason}, extra_headers=headers)
+    return http_request(get_default_host_creds(tracking_uri), f"/api/2.0/weightgate/{endpoint}", "POST",
+                        json=body, extra_headers=headers)
+
+
+def _answer(response, refused: str) -> dict:
     if response.status_code != 200:
-        click.echo(f"weightgate: error: override refused ({response.status_code}): {response.text[:500]}", err=True)
+        click.echo(f"weightgate: error: {refused} ({response.status_code}): {response.text[:500]}", err=True)
         sys.exit(EXIT_INPUT_ERROR)
-    record = response.json()
-    click.echo(f"{name} version {version} overridden by {record['by']} at {record['at']}")
+    return response.json()
 
 
 def _emit(result: Any, output_format: str, render: Callable[[], str]) -> None:

@@ -9,8 +9,9 @@ metrics of both sides are compared too (deltas are A - B: B is the reference, e.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from itertools import groupby
 from typing import Any
 
 import pandas as pd
@@ -18,9 +19,9 @@ import torch
 
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.result import LayerTableExport, plain_json_value
-from gate.scanner import scan
+from gate.scanner import ScanOptions, TensorPass, merge_partials, scan_options
 from gate.sources import WeightSource, open_source
-from gate.spectrum import resolve_device
+from gate.spectrum import cpu_threads_for_blas, resolve_device
 
 DELTA_METRICS = ("alpha", "log_spectral_norm", "stable_rank", "mlh")
 REINIT_COSINE = 0.1  # |cosine| below this: the layer no longer resembles its reference
@@ -58,18 +59,15 @@ def compare(a: Any, b: Any, *, init: Any = None, changed_threshold: float = 0.5,
     if not changed_threshold > 0:
         raise GateInputError(f"changed_threshold must be > 0, not {changed_threshold}")
     torch_device = resolve_device(device)
+    options = scan_options(device=device)
     opened = dict(allow_pickle=allow_pickle, tracking_uri=tracking_uri)
-    with open_source(a, **opened) as source_a, open_source(b, **opened) as source_b:
-        scan_a = scan(source_a, device=device)
-        scan_b = scan(source_b, device=device)
-        rows, unmatched = _distances(source_a, source_b, torch_device)
-        init_rows: dict[str, dict[str, float]] = {}
-        init_description = None
-        if init is not None:
-            with open_source(init, **opened) as source_init:
-                init_description = source_init.description
-                init_rows = {row["name"]: row for row in _distances(source_a, source_init, torch_device)[0]}
+    with ExitStack() as stack:
+        source_a = stack.enter_context(open_source(a, **opened))
+        source_b = stack.enter_context(open_source(b, **opened))
+        source_init = stack.enter_context(open_source(init, **opened)) if init is not None else None
+        scan_a, scan_b, rows, init_rows, unmatched = _one_pass(source_a, source_b, source_init, options, torch_device)
         description_a, description_b = source_a.description, source_b.description
+        init_description = source_init.description if source_init is not None else None
     layers = pd.DataFrame(rows)
     if layers.empty:
         raise GateInputError(f"{description_a} and {description_b} have no layer in common (matched by name and shape)")
@@ -86,47 +84,101 @@ def compare(a: Any, b: Any, *, init: Any = None, changed_threshold: float = 0.5,
                          {"changed_threshold": changed_threshold, "device": torch_device.type})
 
 
+def _one_pass(source_a: WeightSource, source_b: WeightSource, source_init: WeightSource | None,
+              options: ScanOptions, device: torch.device):
+    """Scan A and B and compute their distances (and A's distances to ``init``) reading every
+    tensor of each model once: A's tensors in storage order, each with its B (and init) partner
+    loaded alongside, then B's tensors that A has no partner for."""
+    started = time.perf_counter()
+    infos_a, infos_b = source_a.tensor_infos(), source_b.tensor_infos()
+    plans_a, plans_b = plan_layers(infos_a, options.plan_options()), plan_layers(infos_b, options.plan_options())
+    # Distances cover every matrix, also those too small for a spectrum (min_evals=1).
+    pairs_b = _matched(source_a, source_b)
+    pairs_init = _matched(source_a, source_init) if source_init is not None else ({}, {})
+    rows: list[dict[str, Any]] = []
+    init_rows: dict[str, dict[str, Any]] = {}
+    fed_b: set[str] = set()
+    with cpu_threads_for_blas(device), TensorPass(plans_a, options, device) as pass_a, \
+            TensorPass(plans_b, options, device) as pass_b:
+        for info in infos_a:
+            tensor_a = source_a.load(info.name)
+            pass_a.feed(info.name, tensor_a)
+            # A's tensor may pair with several of B's (an ONNX GRU's W holds both directions that
+            # torch stores as weight_ih_l0 and weight_ih_l0_reverse): each is loaded in turn.
+            for b_name, pairs in _by_partner(pairs_b[0].get(info.name, [])):
+                tensor_b = source_b.load(b_name)
+                if b_name not in fed_b:
+                    pass_b.feed(b_name, tensor_b)
+                    fed_b.add(b_name)
+                rows.extend(_pair_row(plan, other, tensor_a.to(device), tensor_b.to(device)) for plan, other in pairs)
+            for init_name, pairs in _by_partner(pairs_init[0].get(info.name, [])):
+                tensor_init = source_init.load(init_name).to(device)
+                for plan, other in pairs:
+                    init_rows[plan.name] = _pair_row(plan, other, tensor_a.to(device), tensor_init)
+        for info in infos_b:
+            if info.name not in fed_b:
+                pass_b.feed(info.name, source_b.load(info.name))
+        partial_a, partial_b = pass_a.finish(source_a.load), pass_b.finish(source_b.load)
+    seconds = time.perf_counter() - started
+    scan_a = merge_partials([partial_a], source_a.description, infos_a, options, device, seconds)
+    scan_b = merge_partials([partial_b], source_b.description, infos_b, options, device, seconds)
+    return scan_a, scan_b, rows, init_rows, pairs_b[1]
+
+
 def layer_distances(source_a: WeightSource, source_b: WeightSource, device: torch.device | str = "cpu") -> pd.DataFrame:
     """Per layer of ``source_a`` matched in ``source_b``: status, Euclidean and relative distance,
-    cosine similarity (the policy's baseline rules read these)."""
-    rows, _ = _distances(source_a, source_b, resolve_device(device) if isinstance(device, str) else device)
-    table = pd.DataFrame(rows, columns=["name", "shape", "status", "euclidean_distance", "relative_distance",
-                                        "cosine_similarity", "_diff_sq", "_dot", "_norm_a_sq", "_norm_b_sq"])
-    return table.drop(columns=["_diff_sq", "_dot", "_norm_a_sq", "_norm_b_sq"])
-
-
-def _distances(source_a: WeightSource, source_b: WeightSource, device: torch.device
-               ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    """Per matched layer: Euclidean and relative distance, cosine similarity, and the squared norms
-    needed for model totals. Tensors are loaded one pair at a time."""
-    plans_a = plan_layers(source_a.tensor_infos(), PlanOptions(min_evals=1))
-    plans_b = {plan.name: plan for plan in plan_layers(source_b.tensor_infos(), PlanOptions(min_evals=1))}
-    unmatched: dict[str, list[str]] = {"only_in_a": [], "only_in_b": [], "shape_mismatch": []}
-    names_a = {plan.name for plan in plans_a}
-    unmatched["only_in_b"] = sorted(name for name in plans_b if name not in names_a)
-    rows = []
-    for tensor_name, group in groupby(plans_a, key=lambda p: p.tensor_name):
-        group = list(group)
-        matched = [(plan, plans_b.get(plan.name)) for plan in group]
-        pairs = []
-        for plan, other in matched:
-            if other is None:
-                unmatched["only_in_a"].append(plan.name)
-            elif other.shape != plan.shape:
-                unmatched["shape_mismatch"].append(plan.name)
-            else:
-                pairs.append((plan, other))
+    cosine similarity (the policy's baseline rules read these; `check` has scanned both already,
+    so only the distances are computed, one tensor pair at a time)."""
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    matched, _ = _matched(source_a, source_b)
+    rows: list[dict[str, Any]] = []
+    for info in source_a.tensor_infos():
+        pairs = matched.get(info.name)
         if not pairs:
             continue
-        tensor_a = source_a.load(tensor_name).to(device)
-        tensor_b = source_b.load(pairs[0][1].tensor_name).to(device)
-        rows.extend(_pair_row(plan, tensor_a, tensor_b) for plan, _ in pairs)
-    return rows, unmatched
+        tensor_a = source_a.load(info.name).to(torch_device)
+        for b_name, group in _by_partner(pairs):
+            tensor_b = source_b.load(b_name).to(torch_device)
+            rows.extend(_pair_row(plan, other, tensor_a, tensor_b) for plan, other in group)
+    columns = ["name", "status", "euclidean_distance", "relative_distance", "cosine_similarity"]
+    return pd.DataFrame(rows).reindex(columns=columns)
 
 
-def _pair_row(plan: LayerPlan, tensor_a: torch.Tensor, tensor_b: torch.Tensor) -> dict[str, Any]:
+def _matched(source_a: WeightSource, source_b: WeightSource
+             ) -> tuple[dict[str, list[tuple[LayerPlan, LayerPlan]]], dict[str, list[str]]]:
+    """Layers of A matched with B by name and matrix shape (N, M, rf: matrices, not stored tensors,
+    are compared, so an ONNX LSTM's stacked W matches torch's per-direction weights): by A's tensor
+    name, the pairs (A plan, B plan); and the layers left unmatched. Tensors their source cannot
+    read (a quantized weight without its scale) have no values to compare."""
+    plans_a = [plan for plan in plan_layers(source_a.tensor_infos(), PlanOptions(min_evals=1)) if not plan.unreadable]
+    plans_b = {plan.name: plan for plan in plan_layers(source_b.tensor_infos(), PlanOptions(min_evals=1))
+               if not plan.unreadable}
+    names_a = {plan.name for plan in plans_a}
+    unmatched: dict[str, list[str]] = {"only_in_a": [], "only_in_b": sorted(n for n in plans_b if n not in names_a),
+                                       "shape_mismatch": []}
+    matched: dict[str, list[tuple[LayerPlan, LayerPlan]]] = {}
+    for plan in plans_a:
+        other = plans_b.get(plan.name)
+        if other is None:
+            unmatched["only_in_a"].append(plan.name)
+        elif (other.N, other.M, other.rf) != (plan.N, plan.M, plan.rf):
+            unmatched["shape_mismatch"].append(plan.name)
+        else:
+            matched.setdefault(plan.tensor_name, []).append((plan, other))
+    return matched, unmatched
+
+
+def _by_partner(pairs: list[tuple[LayerPlan, LayerPlan]]) -> list[tuple[str, list[tuple[LayerPlan, LayerPlan]]]]:
+    """Pairs grouped by the partner's stored tensor, in first-seen order."""
+    grouped: dict[str, list[tuple[LayerPlan, LayerPlan]]] = {}
+    for plan, other in pairs:
+        grouped.setdefault(other.tensor_name, []).append((plan, other))
+    return list(grouped.items())
+
+
+def _pair_row(plan: LayerPlan, other: LayerPlan, tensor_a: torch.Tensor, tensor_b: torch.Tensor) -> dict[str, Any]:
     diff_sq = dot = norm_a_sq = norm_b_sq = 0.0
-    for a, b in zip(layer_matrices(plan, tensor_a), layer_matrices(plan, tensor_b)):
+    for a, b in zip(layer_matrices(plan, tensor_a), layer_matrices(other, tensor_b)):
         # float32 element-wise (a - b is exactly zero only where a == b), sums accumulated in float64
         a32, b32 = a.to(torch.float32), b.to(torch.float32)
         diff = a32 - b32

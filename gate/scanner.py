@@ -33,15 +33,14 @@ from gate.benford import DigitCounts, ModelDigits, digit_counts
 from gate.errors import GateInputError
 from gate.fingerprint import combine, tensor_digest
 from gate.layer_metrics import add_peer_ratios, spectral_metrics
-from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.fit_quality import fit_quality
-from gate.marchenko_pastur import (Shuffler, mp_fit, random_like_fraction, random_like_statistics,
-                                    randomized_comparison)
+from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_name, tail_unresolved
+from gate.random_like import random_like_fraction, random_like_statistics
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import TensorInfo, WeightSource, open_source
 from gate.spectrum import SolveResult, SpectrumBatcher, cpu_threads_for_blas, resolve_device
-from gate.summary import summarize
+from gate.summary import summarize, tensor_counts
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,7 @@ class ScanOptions:
     randomize: bool = False
     seed: int = 0
     benford: bool = True
+    tail_estimators: bool = False  # also alpha_hill and alpha_farms (gate.tail_estimators), optional metrics
     keep_spectra: bool = False  # keep each layer's eigenvalues in ScanResult.spectra (for ESD plots)
     train_accuracy: float | None = None  # enables EIC (training accuracy as a fraction in [0, 1])
 
@@ -82,6 +82,13 @@ def scan_options(**options: Any) -> ScanOptions:
         raise GateInputError(str(error)) from None
     if parsed.strategy not in ("auto", "pool", "batched"):
         raise GateInputError(f"strategy must be one of ['auto', 'pool', 'batched'], not {parsed.strategy!r}")
+    if parsed.conv2d_method not in ("pooled", "per_slice"):
+        raise GateInputError(f"conv2d_method must be one of ['pooled', 'per_slice'], not {parsed.conv2d_method!r}")
+    for name in ("min_evals", "max_evals", "max_N"):
+        value = getattr(parsed, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise GateInputError(f"{name} must be a whole number >= 1, not {value!r}")
+    resolve_device(parsed.device)  # an unusable device fails here, before a source is opened
     return parsed
 
 
@@ -151,6 +158,7 @@ def merge_partials(partials: list[PartialScan], description: str, infos: list[Te
     add_peer_ratios(layers)
     summary = summarize(layers)
     summary["random_like_fraction"] = random_like_fraction(layers)
+    summary.update(tensor_counts(infos))
     if options.benford:
         vectors_left_out = sum(1 for info in infos if info.is_floating and len(info.shape) < 2)
         digits = ModelDigits.merged([part.digits for part in partials])
@@ -179,7 +187,7 @@ class TensorPass:
         self._plans: dict[str, list[LayerPlan]] = {}
         for plan in plans:
             self._plans.setdefault(plan.tensor_name, []).append(plan)
-        self._shuffle = Shuffler(options.seed)
+        self._shuffle = _shuffler(options.seed) if options.randomize else None
         self._submitted: list[LayerPlan] = []
         self._partial = PartialScan()
         self._pending_digest: tuple[str, Future] | None = None
@@ -202,6 +210,10 @@ class TensorPass:
         group = self._plans.get(name)
         if not group:
             return  # a vector or a non-float buffer: part of the fingerprint only
+        if group[0].unreadable:  # e.g. a quantized weight without its scale: a skipped row, no values
+            self._partial.rows[group[0].index] = {**_base_row(group[0]), "status": "skipped",
+                                                  "reason": group[0].skip_reason}
+            return
         tensor = tensor.to(self._device)
         options = self._options
         tensor_digits = self._partial.digits.add(name, tensor) if options.benford else None
@@ -214,6 +226,8 @@ class TensorPass:
             if plan.skip_reason:
                 row.update(status="skipped", reason=plan.skip_reason)
                 continue
+            if options.tail_estimators:
+                row["alpha_farms"] = _alpha_farms(matrices, plan.scale)
             for k, matrix in enumerate(matrices):
                 self._batcher.submit(SolveKey(plan.index, k), matrix)
                 if options.randomize:
@@ -245,9 +259,17 @@ class TensorPass:
             row.update(random_like_statistics(evals, plan.N, plan.M))
             row.update(fit_quality(evals, row["alpha"], row["xmin"], row["D"], row["num_pl_spikes"],
                                    likelihood_ratio=False))
+            if self._options.tail_estimators:
+                from gate.tail_estimators import alpha_hill
+
+                row["alpha_hill"] = alpha_hill(evals)
             if self._options.mp_fit:
+                from gate.marchenko_pastur import mp_fit
+
                 row.update(mp_fit(evals, plan.N, plan.M))
             if self._options.randomize:
+                from gate.marchenko_pastur import randomized_comparison
+
                 row.update(randomized_comparison(evals, _pooled(results, plan, randomized=True), plan.N, plan.M))
         self._partial.eigensolve_seconds = self._batcher.eigensolve_seconds
         return self._partial
@@ -257,6 +279,22 @@ class TensorPass:
             name, future = self._pending_digest
             self._partial.tensor_digests[name] = future.result()
             self._pending_digest = None
+
+
+def _alpha_farms(matrices: list[torch.Tensor], scale: float) -> float:
+    """FARMS alpha from the loaded matrices (NaN for NaN/Inf weights: their layer is reported nonfinite)."""
+    from gate.tail_estimators import alpha_farms
+
+    if not all(bool(torch.isfinite(matrix).all()) for matrix in matrices):
+        return float("nan")
+    return alpha_farms(matrices, scale)
+
+
+def _shuffler(seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """gate.marchenko_pastur (scipy.stats, seconds to import) loads only for scans that use it."""
+    from gate.marchenko_pastur import Shuffler
+
+    return Shuffler(seed)
 
 
 def _solve_in_float64(reload: Callable[[str], torch.Tensor], plans: list[LayerPlan], device: torch.device,
@@ -325,6 +363,7 @@ def _base_row(plan: LayerPlan) -> dict[str, Any]:
         "layer_id": plan.index,
         "name": plan.name,
         "layer_type": plan.layer_type,
+        "tensor": plan.tensor_name,
         "shape": list(plan.shape),
         "status": "ok",
         "reason": "",
@@ -332,6 +371,8 @@ def _base_row(plan: LayerPlan) -> dict[str, Any]:
         "M": plan.M,
         "rf": plan.rf,
         "num_evals": plan.num_evals,
+        **({"quantization": plan.quantization} if plan.quantization is not None else {}),
+        **dict(plan.columns),
     }
 
 
@@ -340,6 +381,8 @@ def _layer_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=LEADING_COLUMNS)
     rest = [c for c in table.columns if c not in LEADING_COLUMNS]
+    if "expert" in table.columns:  # only expert rows have one: integers with gaps, not floats
+        table["expert"] = table["expert"].astype("Int64")
     return table[LEADING_COLUMNS + rest]
 
 

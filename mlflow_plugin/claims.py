@@ -3,10 +3,19 @@
 Claims make "two workers never record two different decisions for one version" a database
 guarantee: an INSERT (or the takeover of an expired lease) succeeds for one worker only, and a
 decision is recorded only by the worker holding the claim, once.
+
+A row moves claimed -> recording -> recorded. ``recording`` is entered atomically by the holder
+before the decision tags are written and carries its own lease, so a server that dies while
+writing the tags leaves a row another worker can take over once that lease runs out (the status
+tag is written last: a half-written decision still reads ``pending``). A holder that repeats its
+record call after a lost answer is told it is already recorded. ``reset`` (``weightgate rescan``)
+deletes the row, so the version can be claimed again and a scan still running for the old claim
+can no longer record.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 
 import sqlalchemy as sa
@@ -19,8 +28,17 @@ CLAIMS = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("worker", sa.String(256), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # claimed | recorded
+    sa.Column("state", sa.String(16), nullable=False),  # claimed | recording | recorded
 )
+CLAIMED, RECORDING, RECORDED = "claimed", "recording", "recorded"
+
+
+class Recording(enum.Enum):
+    """What :meth:`ClaimStore.begin_recording` allows."""
+
+    GO = "go"                # this worker holds the claim: write the tags, then call finish
+    ALREADY_DONE = "done"    # this worker recorded it before (a repeated call): nothing to write
+    CONFLICT = "conflict"    # another worker holds it, or the claim was reset
 
 
 class ClaimStore:
@@ -28,38 +46,51 @@ class ClaimStore:
         self._engine = engine
         _METADATA.create_all(engine, checkfirst=True)
 
+    def _key(self, name: str, version: int):
+        return sa.and_(CLAIMS.c.name == name, CLAIMS.c.version == version)
+
     def claim(self, name: str, version: int, worker: str, lease_seconds: float) -> bool:
-        """Take the version for ``worker``: new, expired (worker died) or already this worker's."""
+        """Take the version for ``worker``: new, expired (worker or server died) or already this worker's
+        (which renews the lease; a lease of 0 gives the claim up to whoever asks next)."""
         now = time.time()
         try:
             with self._engine.begin() as connection:
                 connection.execute(CLAIMS.insert().values(name=name, version=version, worker=worker,
-                                                          expires_at=now + lease_seconds, state="claimed"))
+                                                          expires_at=now + lease_seconds, state=CLAIMED))
             return True
         except IntegrityError:
             pass
         with self._engine.begin() as connection:
             taken = connection.execute(
                 CLAIMS.update()
-                .where(CLAIMS.c.name == name, CLAIMS.c.version == version, CLAIMS.c.state == "claimed",
-                       sa.or_(CLAIMS.c.expires_at < now, CLAIMS.c.worker == worker))
-                .values(worker=worker, expires_at=now + lease_seconds))
+                .where(self._key(name, version), CLAIMS.c.state.in_([CLAIMED, RECORDING]),
+                       sa.or_(CLAIMS.c.expires_at <= now, CLAIMS.c.worker == worker))
+                .values(worker=worker, expires_at=now + lease_seconds, state=CLAIMED))
             return taken.rowcount == 1
 
-    def finish(self, name: str, version: int, worker: str) -> bool:
-        """Mark the claim recorded; only the holder can, and only once."""
+    def begin_recording(self, name: str, version: int, worker: str, lease_seconds: float) -> Recording:
         with self._engine.begin() as connection:
-            done = connection.execute(
+            moved = connection.execute(
                 CLAIMS.update()
-                .where(CLAIMS.c.name == name, CLAIMS.c.version == version, CLAIMS.c.worker == worker,
-                       CLAIMS.c.state == "claimed")
-                .values(state="recorded"))
-            return done.rowcount == 1
+                .where(self._key(name, version), CLAIMS.c.worker == worker,
+                       CLAIMS.c.state.in_([CLAIMED, RECORDING]))
+                .values(state=RECORDING, expires_at=time.time() + lease_seconds))
+            if moved.rowcount == 1:
+                return Recording.GO
+            row = connection.execute(sa.select(CLAIMS.c.worker, CLAIMS.c.state)
+                                     .where(self._key(name, version))).first()
+        if row is not None and row.worker == worker and row.state == RECORDED:
+            return Recording.ALREADY_DONE
+        return Recording.CONFLICT
 
-    def release(self, name: str, version: int, worker: str) -> None:
-        """Undo ``finish`` when writing the decision failed, so the version can be scanned again."""
+    def finish(self, name: str, version: int, worker: str) -> None:
         with self._engine.begin() as connection:
-            connection.execute(
-                CLAIMS.update()
-                .where(CLAIMS.c.name == name, CLAIMS.c.version == version, CLAIMS.c.worker == worker)
-                .values(state="claimed", expires_at=0.0))
+            connection.execute(CLAIMS.update()
+                               .where(self._key(name, version), CLAIMS.c.worker == worker,
+                                      CLAIMS.c.state == RECORDING)
+                               .values(state=RECORDED))
+
+    def reset(self, name: str, version: int) -> None:
+        """Forget the version's claim: it is queued again (``weightgate rescan``)."""
+        with self._engine.begin() as connection:
+            connection.execute(CLAIMS.delete().where(self._key(name, version)))

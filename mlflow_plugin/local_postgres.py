@@ -42,12 +42,14 @@ def start_postgres(root: str, port: int) -> str:
         subprocess.run(_as_server_user([f"{bin_dir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E",
                                         "UTF8"]), check=True, capture_output=True)
     log = os.path.join(root, "postgres.log")
-    subprocess.run(_as_server_user([f"{bin_dir}/pg_ctl", "-D", data, "-l", log, "-w", "-o",
+    subprocess.run(_as_server_user([f"{bin_dir}/pg_ctl", "-D", data, "-l", log, "-w", "-t", "600", "-o",
                                     f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]),
                    check=True, capture_output=True)
-    for _ in range(50):
-        if subprocess.run([f"{bin_dir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode == 0:
-            break
+    deadline = time.monotonic() + 600  # bounds a hang only; pg_ctl -w has usually waited already
+    while subprocess.run([f"{bin_dir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                         capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"PostgreSQL on port {port} did not accept connections: see {log}")
         time.sleep(0.2)
     return f"postgresql://postgres@127.0.0.1:{port}"
 
@@ -55,7 +57,8 @@ def start_postgres(root: str, port: int) -> str:
 def stop_postgres(root: str) -> None:
     bin_dir = postgres_bin()
     if bin_dir:
-        subprocess.run(_as_server_user([f"{bin_dir}/pg_ctl", "-D", os.path.join(root, "data"), "-m", "fast", "stop"]),
+        subprocess.run(_as_server_user([f"{bin_dir}/pg_ctl", "-D", os.path.join(root, "data"), "-m", "fast", "-t", "600",
+                                        "stop"]),
                        capture_output=True)
 
 

@@ -63,7 +63,9 @@ def mlflow_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str
         stop_server(process)
 
 
-def _wait_until_healthy(url: str, process: subprocess.Popen, workdir: Path, timeout: float = 120) -> None:
+def _wait_until_healthy(url: str, process: subprocess.Popen, workdir: Path, timeout: float = 900) -> None:
+    """Poll /health until it answers; the deadline only bounds a hang (a loaded 2-core machine
+    has taken over a minute to start a server)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -9,7 +9,8 @@ prefixes are covered. Checks read the decision recorded as version tags; nothing
   decision (approved; warned if allowed; overridden) made under the server's policy for the
   version's current source; otherwise 403 PERMISSION_DENIED with the failed rules.
 - ``gate.*`` tags can be written only with the worker credential (``X-Weightgate-Token``).
-- ``/api/2.0/weightgate/{claim,record,override}`` serve the worker and the override command.
+- ``/api/2.0/weightgate/{claim,record,override,rescan}`` serve the worker and the override and
+  rescan commands.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class _Gate:
         }
         app.before_request(self.before_request)
         app.after_request(self.after_request)
-        for rule, view in (("claim", self.claim), ("record", self.record), ("override", self.override)):
+        for rule, view in (("claim", self.claim), ("record", self.record), ("override", self.override),
+                           ("rescan", self.rescan)):
             app.add_url_rule(f"/api/2.0/weightgate/{rule}", endpoint=f"weightgate_{rule}", view_func=view,
                              methods=["POST"])
 
@@ -124,13 +126,13 @@ class _Gate:
         return _denied(f"cannot move to stage {params.get('stage')}: {problem}") if problem else None
 
     def guard_tag(self, params: dict) -> Response | None:
-        if str(params.get("key", "")).startswith(TAG_PREFIX) and not self.is_worker():
+        if words.is_gate_key(str(params.get("key", ""))) and not self.is_worker():
             return _denied(f"tags starting with '{TAG_PREFIX}' are written only by weightgate itself")
         return None
 
     def guard_initial_tags(self, params: dict) -> Response | None:
         keys = [str(tag.get("key", "")) for tag in params.get("tags") or [] if isinstance(tag, dict)]
-        if any(key.startswith(TAG_PREFIX) for key in keys) and not self.is_worker():
+        if any(words.is_gate_key(key) for key in keys) and not self.is_worker():
             return _denied(f"tags starting with '{TAG_PREFIX}' are written only by weightgate itself")
         return None
 
@@ -170,20 +172,43 @@ class _Gate:
         return jsonify({"claimed": claimed})
 
     def record(self) -> Response:
+        from mlflow_plugin.claims import Recording
+
         if not self.is_worker():
             return _denied("only the weightgate worker may record decisions")
         body = request.get_json(force=True, silent=True) or {}
         name, version, worker = body["name"], int(body["version"]), str(body["worker"])
-        tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items() if str(k).startswith(TAG_PREFIX)}
-        if not self.claims().finish(name, version, worker):
+        tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items() if words.is_gate_key(str(k))}
+        state = self.claims().begin_recording(name, version, worker, float(body.get("lease_seconds", 900)))
+        if state is Recording.ALREADY_DONE:
+            return jsonify({"recorded": True, "repeated": True})
+        if state is Recording.CONFLICT:
             return make_response(jsonify({"error_code": "RESOURCE_CONFLICT",
                                           "message": f"{worker} does not hold the claim on {name} version {version}"}), 409)
-        try:
-            self._set_tags(name, version, tags)
-        except Exception:
-            self.claims().release(name, version, worker)
-            raise
+        # The status goes last: a decision cut off half-way still reads pending and is taken over.
+        self._set_tags(name, version, dict(sorted(tags.items(), key=lambda item: item[0] == STATUS)))
+        self.claims().finish(name, version, worker)
         return jsonify({"recorded": True})
+
+    def rescan(self) -> Response:
+        """Queue a version again: its claim is forgotten and its status is pending."""
+        from mlflow.exceptions import MlflowException
+
+        actor = "worker-credential" if self.is_worker() else self.override_actor()
+        if actor is None:
+            return _denied("queueing a rescan needs the worker or override credential or a basic-auth admin")
+        body = request.get_json(force=True, silent=True) or {}
+        name, version = str(body.get("name", "")), str(body.get("version", ""))
+        try:
+            _registry_store().get_model_version(name, version)
+        except MlflowException as err:
+            return make_response(jsonify({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": err.message}), 404)
+        when = words.utc_timestamp()
+        self.claims().reset(name, int(version))
+        self._set_tags(name, version, {words.REASON: f"rescan requested by {actor} at {when}",
+                                       words.RESCAN_REQUESTED: when, STATUS: PENDING})
+        _logger.warning("weightgate rescan: %s version %s queued again by %s", name, version, actor)
+        return jsonify({"queued": True, "by": actor, "at": when})
 
     def override(self) -> Response:
         actor = self.override_actor()

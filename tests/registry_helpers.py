@@ -17,3 +17,12 @@ def register_file(client, model: str, weights_file: Path) -> str:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     return client.create_model_version(model, f"{run.info.artifact_uri}/weights", run_id=run.info.run_id).version
+
+
+def two_minilm_matrices(minilm_dir: Path) -> dict:
+    """Two trained 384 x 384 matrices of all-MiniLM-L6-v2: a small model the shipped policy approves."""
+    from safetensors.torch import load_file
+
+    full = load_file(str(minilm_dir / "model.safetensors"))
+    return {key: full[key].clone() for key in ("encoder.layer.0.attention.self.query.weight",
+                                               "encoder.layer.0.attention.output.dense.weight")}

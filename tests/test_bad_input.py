@@ -184,3 +184,33 @@ def test_bad_options_exit_2():
     proc = run_cli("scan", "whatever.pt", "--device", "cuda")
     if not torch.cuda.is_available():
         assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
+
+
+@pytest.mark.parametrize("command, option", [
+    ("scan", ("--device", "gpu0")), ("scan", ("--precision", "float16")), ("scan", ("--conv2d-method", "sliced")),
+    ("check", ("--device", "cuda:x")), ("report", ("--device", "tpu")),
+])
+def test_invalid_options_exit_2_before_any_download(command, option, tmp_path):
+    """The source is an MLflow URI on a port nothing listens on: reaching it would fail differently
+    (and slowly); the bad option is refused first."""
+    extra = ["--out", str(tmp_path / "out")] if command == "report" else []
+    proc = run_cli(command, "models:/never-downloaded/1", "--tracking-uri", "http://127.0.0.1:9", *option, *extra)
+    assert proc.returncode == 2, proc.stderr
+    assert option[1] in proc.stderr and option[0] in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_api_validates_options_before_opening_the_source():
+    from gate.check import check
+    from gate.errors import GateInputError
+
+    unreachable = "models:/never-downloaded/1"
+    with pytest.raises(GateInputError, match="unknown device 'gpu'"):
+        check(unreachable, device="gpu", tracking_uri="http://127.0.0.1:9")
+    with pytest.raises(GateInputError, match="half"):
+        gate.scan(unreachable, precision="half", tracking_uri="http://127.0.0.1:9")
+    with pytest.raises(GateInputError, match="min_evals must be a whole number"):
+        gate.scan(unreachable, min_evals=0, tracking_uri="http://127.0.0.1:9")
+    if not torch.cuda.is_available():
+        with pytest.raises(GateInputError, match="no CUDA GPU"):
+            check(unreachable, device="cuda", tracking_uri="http://127.0.0.1:9")

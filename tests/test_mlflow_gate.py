@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mlflow_plugin.local_server import free_port, mlflow_server
-from registry_helpers import register_file
+from registry_helpers import register_file, two_minilm_matrices
 
 GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret",
             "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -60,7 +60,7 @@ def client(server):
 
 def run_worker(url: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "gate", "worker", "--tracking-uri", url, "--once", "--device", "cpu",
-                           *extra], capture_output=True, text=True, timeout=600, env={**os.environ, **GATE_ENV, **(env or {})})
+                           *extra], capture_output=True, text=True, timeout=1800, env={**os.environ, **GATE_ENV, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -69,7 +69,7 @@ def post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[
     request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=300) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
@@ -182,42 +182,68 @@ def test_override_needs_credential_and_is_audited(server, client, decided):
 
 
 def test_expired_claim_is_taken_over(server, client, weights):
-    """A worker that dies after claiming leaves the version pending; after the lease another
-    worker finishes it, and the dead worker can no longer record anything."""
+    """A worker that dies after claiming leaves the version pending while its lease runs; once the
+    lease has run out another worker finishes it, and the dead worker can no longer record anything.
+
+    No clock is involved: the claim is held with an hour's lease, then the same worker renews it
+    with a lease of 0 s, which is exactly "the lease has run out"."""
     version = register_file(client, "takeover", weights["healthy"])
     headers = {"X-Weightgate-Token": "worker-secret"}
-    status, body = post(server["url"], "/api/2.0/weightgate/claim",
-                        {"name": "takeover", "version": int(version), "worker": "dead-worker", "lease_seconds": 2},
-                        headers)
-    assert (status, body) == (200, {"claimed": True})
-    run_worker(server["url"])
+
+    def claim_as_dead_worker(lease_seconds: float) -> tuple[int, dict]:
+        return post(server["url"], "/api/2.0/weightgate/claim",
+                    {"name": "takeover", "version": int(version), "worker": "dead-worker",
+                     "lease_seconds": lease_seconds}, headers)
+
+    assert claim_as_dead_worker(3600) == (200, {"claimed": True})
+    assert "processed 0 model version(s)" in run_worker(server["url"]).stdout
     assert client.get_model_version("takeover", version).tags["gate.status"] == "pending"  # claim still held
-    time.sleep(2.5)
-    run_worker(server["url"])
+    assert claim_as_dead_worker(0) == (200, {"claimed": True})  # the lease runs out now
+    assert "processed 1 model version(s)" in run_worker(server["url"]).stdout
     assert client.get_model_version("takeover", version).tags["gate.status"] == "approved"
     status, _ = post(server["url"], "/api/2.0/weightgate/record",
                      {"name": "takeover", "version": int(version), "worker": "dead-worker",
                       "tags": {"gate.status": "blocked"}}, headers)
     assert status == 409
+    assert claim_as_dead_worker(3600) == (200, {"claimed": False})  # a recorded version cannot be claimed
     assert client.get_model_version("takeover", version).tags["gate.status"] == "approved"
 
 
-def test_twenty_versions_two_workers_each_scanned_once(server, client, weights):
-    with ThreadPoolExecutor(4) as pool:
-        versions = list(pool.map(lambda _: register_file(client, "burst", weights["healthy"]), range(20)))
-    assert len(set(versions)) == 20
-    workers = [subprocess.Popen([sys.executable, "-m", "gate", "worker", "--tracking-uri", server["url"], "--once",
-                                 "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, **GATE_ENV}) for _ in range(2)]
-    outputs = [w.communicate(timeout=600) for w in workers]
-    assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outputs]
-    counts = [int(out.strip().splitlines()[-1].split()[1]) for out, _ in outputs]
-    assert sum(counts) == 20
-    statuses = [client.get_model_version("burst", v).tags.get("gate.status") for v in versions]
-    assert statuses == ["approved"] * 20
+def test_registration_storm_each_version_decided_once(server, client, minilm_dir):
+    """Versions registered while three workers poll: every one decided exactly once, by one run.
+
+    ``make test`` registers WEIGHTGATE_STORM_VERSIONS (default 12); ``make storm`` the full 50."""
+    count = int(os.environ.get("WEIGHTGATE_STORM_VERSIONS", "12"))
+    folder = Path(server["workdir"]) / "storm"
+    folder.mkdir()
+    save_file(two_minilm_matrices(minilm_dir), str(folder / "model.safetensors"))
+    workers = [subprocess.Popen([sys.executable, "-m", "gate", "worker", "--tracking-uri", server["url"],
+                                 "--poll-seconds", "0.5", "--device", "cpu", "--worker-id", f"storm-{n}",
+                                 "--retry-delay", "0.5", "--retries", "8"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env={**os.environ, **GATE_ENV}) for n in range(3)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            versions = list(pool.map(lambda _: register_file(client, "storm", folder / "model.safetensors"),
+                                     range(count)))
+        assert len(set(versions)) == count
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            statuses = [v.tags.get("gate.status") for v in client.search_model_versions("name='storm'")]
+            if len(statuses) == count and "pending" not in statuses:
+                break
+            assert all(w.poll() is None for w in workers), "a worker died during the storm"
+            time.sleep(1)
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(timeout=60)
+    statuses = [client.get_model_version("storm", v).tags.get("gate.status") for v in versions]
+    assert statuses == ["approved"] * count
     experiment = client.get_experiment_by_name("weightgate")
-    runs = client.search_runs([experiment.experiment_id], "tags.`weightgate.model` = 'burst'", max_results=100)
+    runs = client.search_runs([experiment.experiment_id], "tags.`weightgate.model` = 'storm'", max_results=1000)
     assert sorted(int(r.data.tags["weightgate.version"]) for r in runs) == sorted(int(v) for v in versions)
+    decision_runs = {client.get_model_version("storm", v).tags["gate.decision_run"] for v in versions}
+    assert decision_runs == {r.info.run_id for r in runs}
 
 
 def test_worker_down_then_up_and_server_restart_lose_nothing(tmp_path, weights, server):

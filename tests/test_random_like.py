@@ -10,7 +10,7 @@ import pytest
 from scipy import integrate
 
 from gate.fit_quality import fit_quality
-from gate.marchenko_pastur import mp_cdf, random_like_statistics
+from gate.random_like import mp_cdf, random_like_statistics
 from gate.powerlaw_fit import fit_power_law
 
 

@@ -3,6 +3,7 @@ protected alias on an unapproved version is removed after the fact, forged deliv
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,12 +16,12 @@ from safetensors.torch import save_file
 
 from mlflow_plugin.local_server import free_port, mlflow_server
 from mlflow_plugin.webhook import verify_signature
-from registry_helpers import register_file
+from registry_helpers import register_file, two_minilm_matrices
 
 SECRET = "webhook-signing-secret"
 
 
-def wait_for(predicate, timeout: float = 120.0):
+def wait_for(predicate, timeout: float = 600.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -57,9 +58,10 @@ def test_webhook_mode_end_to_end(tmp_path):
                                      "--secret", SECRET, "--port", str(port), "--device", "cpu"],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            wait_for(lambda: _listening(port), timeout=60)
-            client.create_webhook("weightgate", f"http://127.0.0.1:{port}/",
-                                  events=["model_version.created", "model_version_alias.created"], secret=SECRET)
+            wait_for(lambda: _listening(port))
+            client.create_webhook("weightgate", f"http://127.0.0.1:{port}/", secret=SECRET,
+                                  events=["model_version.created", "model_version_alias.created",
+                                          "model_version_tag.set"])
             weight = torch.randn(48, 48)
             weight[1, 1] = float("nan")
             save_file({"w.weight": weight}, tmp_path / "model.safetensors")
@@ -75,11 +77,11 @@ def test_webhook_mode_end_to_end(tmp_path):
                                             headers={"X-MLflow-Signature": "v1,AAAA", "X-MLflow-Delivery-Id": "x",
                                                      "X-MLflow-Timestamp": str(int(time.time()))})
             with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(forged, timeout=10)
+                urllib.request.urlopen(forged, timeout=120)
             assert refused.value.code == 401
         finally:
             receiver.terminate()
-            output = receiver.communicate(timeout=30)[0]
+            output = receiver.communicate(timeout=300)[0]
         assert "weightgate webhook receiver on" in output, output[-2000:]
 
 
@@ -88,3 +90,59 @@ def _listening(port: int) -> bool:
 
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _signed(body: dict, delivery: str = "d-1") -> dict:
+    from mlflow.webhooks.delivery import _generate_hmac_signature
+
+    text = json.dumps(body)
+    now = str(int(time.time()))
+    return {"data": text, "content_type": "application/json",
+            "headers": {"X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": now,
+                        "X-MLflow-Signature": _generate_hmac_signature(SECRET, delivery, now, text)}}
+
+
+def test_receiver_isolates_events_and_refuses_what_it_cannot_take(tmp_path, monkeypatch, minilm_dir):
+    """In-process receiver (Flask test client) against a real plain server: each answer code, a
+    queue that is full answers 503 (MLflow delivers again), a failing event does not stop the next,
+    and a repeated delivery of a decided version is not scanned twice."""
+    from mlflow import MlflowClient
+
+    from mlflow_plugin.webhook import WebhookGate, create_receiver
+    from mlflow_plugin.worker import WorkerSettings
+
+    save_file(two_minilm_matrices(minilm_dir), tmp_path / "model.safetensors")
+    monkeypatch.setenv("WEIGHTGATE_PAUSE_AT", "scanning")
+    monkeypatch.setenv("WEIGHTGATE_PAUSE_DIR", str(tmp_path))
+    with mlflow_server(tmp_path, env={"MLFLOW_DISABLE_TELEMETRY": "true"}) as url:
+        client = MlflowClient(url, url)
+        first = register_file(client, "queued", tmp_path / "model.safetensors")
+        second = register_file(client, "queued", tmp_path / "model.safetensors")
+        gate = WebhookGate(WorkerSettings(url, device="cpu"))
+        receiver = create_receiver(gate, SECRET, capacity=1).test_client()
+
+        def created(version: str, delivery: str):
+            return receiver.post("/", **_signed({"entity": "model_version", "action": "created",
+                                                 "data": {"name": "queued", "version": version}}, delivery))
+
+        assert receiver.post("/", data="{}", headers={"X-MLflow-Signature": "v1,AAAA"}).status_code == 401
+        assert receiver.post("/", **_signed({"entity": "model_version"})).status_code == 400
+        missing = receiver.post("/", **_signed({"entity": "model_version", "action": "created", "data": {"name": "x"}}))
+        assert missing.status_code == 400 and "version" in missing.get_json()["error"]
+        ignored = receiver.post("/", **_signed({"entity": "registered_model", "action": "created", "data": {}}))
+        assert ignored.status_code == 200 and ignored.get_json()["accepted"] is False
+
+        assert created(first, "a").status_code == 200
+        wait_for(lambda: (tmp_path / "scanning.reached").exists())  # the event thread is busy with it
+        assert receiver.post("/", **_signed({"entity": "model_version", "action": "created",
+                                             "data": {"name": "ghost", "version": "1"}}, "b")).status_code == 200
+        assert created(first, "c").status_code == 503  # queue (capacity 1) is full: MLflow will retry
+        (tmp_path / "scanning.release").touch()
+        assert wait_for(lambda: client.get_model_version("queued", first).tags.get("gate.status")) == "approved"
+        assert created(first, "d").status_code == 200  # a repeated delivery: accepted, not rescanned
+        assert created(second, "e").status_code == 200  # after the failed "ghost" event
+        assert wait_for(lambda: client.get_model_version("queued", second).tags.get("gate.status")) == "approved"
+        assert receiver.get("/healthz").get_json()["events_thread"] is True
+        experiment = client.get_experiment_by_name("weightgate")
+        runs = client.search_runs([experiment.experiment_id], "tags.`weightgate.model` = 'queued'")
+        assert sorted(r.data.tags["weightgate.version"] for r in runs) == sorted([first, second])

@@ -204,6 +204,8 @@ def _select_layers(rule: Rule, layers: pd.DataFrame) -> pd.DataFrame:
         selected = selected[selected["layer_type"].isin(filters.types)]
     if filters.exclude_types:
         selected = selected[~selected["layer_type"].isin(filters.exclude_types)]
+    if filters.experts != "all":
+        selected = _select_experts(selected, filters.experts)
     if filters.name_pattern:
         selected = selected[selected["name"].map(lambda n: re.search(filters.name_pattern, n) is not None)]
     if filters.exclude_pattern:
@@ -215,6 +217,16 @@ def _select_layers(rule: Rule, layers: pd.DataFrame) -> pd.DataFrame:
         selected = selected[(selected["name"] != last)
                             & selected["name"].map(lambda n: re.search(HEAD_PATTERN, n) is None)]
     return selected
+
+
+def _select_experts(layers: pd.DataFrame, experts: str | tuple[int, ...]) -> pd.DataFrame:
+    """MoE expert rows (``expert`` column filled): only them, all but them, or those indices."""
+    index = layers["expert"] if "expert" in layers.columns else pd.Series(pd.NA, index=layers.index)
+    if experts == "exclude":
+        return layers[index.isna()]
+    if experts == "only":
+        return layers[index.notna()]
+    return layers[index.isin(experts).fillna(False).astype(bool)]
 
 
 def _change(value: float, base: float, relative: bool) -> float:

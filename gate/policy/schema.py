@@ -21,7 +21,7 @@ from gate.errors import GateInputError
 
 SCHEMA_VERSION = 2  # what the shipped policy uses; SCHEMA_VERSIONS lists what loads
 SCHEMA_VERSIONS = (1, 2)
-LAYER_TYPES = ("dense", "embedding", "conv1d", "conv2d", "recurrent")
+LAYER_TYPES = ("dense", "embedding", "conv1d", "conv2d", "conv3d", "recurrent")
 # Metrics a rule may name, by scope. Layer metrics are layer-table columns; model metrics are
 # summary keys. Those that need extra scan work say which scan option turns it on.
 LAYER_METRICS = {
@@ -53,7 +53,8 @@ MODEL_METRICS = {
 _RULE_KEYS = {"id", "description", "metric", "scope", "severity", "condition", "mostly", "layers", "when_no_baseline"}
 _V2_RULE_KEYS = {"fit", "min_well_fitted", "lineage", "evidence"}
 _REQUIRED = ("id", "description", "metric", "scope", "severity", "condition")
-_FILTER_KEYS = {"name_pattern", "exclude_pattern", "types", "exclude_types", "exclude_first_last"}
+_FILTER_KEYS = {"name_pattern", "exclude_pattern", "types", "exclude_types", "exclude_first_last", "experts"}
+EXPERT_SELECTIONS = ("all", "only", "exclude")  # or a list of expert indices
 _V2_FILTER_KEYS = {"min_M", "exclude_heads"}
 # Output heads by name (transformers and torchvision conventions): a new head of the same shape is a
 # legitimate fine-tune, so baseline rules with ``exclude_heads`` leave these (and the last layer) out.
@@ -75,6 +76,7 @@ class LayerFilter:
     types: tuple[str, ...] = ()
     exclude_types: tuple[str, ...] = ()
     exclude_first_last: bool = False
+    experts: str | tuple[int, ...] = "all"  # MoE expert rows: all, only, exclude, or these indices
     min_M: int = 0  # schema 2: only layers whose smaller dimension M is at least this
     exclude_heads: bool = False  # schema 2: leave out the last analysed layer and HEAD_PATTERN names
 
@@ -353,15 +355,22 @@ class _Checker:
             types = value.get(key, [])
             if not isinstance(types, list) or any(t not in LAYER_TYPES for t in types):
                 self.fail(path + (key,), f"must be a list of layer types from {', '.join(LAYER_TYPES)}")
-        for key in ("exclude_first_last", "exclude_heads"):
-            if not isinstance(value.get(key, False), bool):
-                self.fail(path + (key,), "must be true or false")
+        if not isinstance(value.get("exclude_first_last", False), bool):
+            self.fail(path + ("exclude_first_last",), "must be true or false")
+        experts = value.get("experts", "all")
+        if isinstance(experts, list) and experts and all(isinstance(e, int) and not isinstance(e, bool) and e >= 0
+                                                         for e in experts):
+            experts = tuple(experts)
+        elif experts not in EXPERT_SELECTIONS:
+            self.fail(path + ("experts",), f"must be one of {', '.join(EXPERT_SELECTIONS)} or a list of expert indices")
+        if not isinstance(value.get("exclude_heads", False), bool):
+            self.fail(path + ("exclude_heads",), "must be true or false")
         min_m = value.get("min_M", 0)
         if not isinstance(min_m, int) or isinstance(min_m, bool) or min_m < 0:
             self.fail(path + ("min_M",), f"must be a whole number >= 0, not {min_m!r}")
         self.require_v2(path, sorted(set(value) & _V2_FILTER_KEYS), "field")
         return LayerFilter(value.get("name_pattern"), value.get("exclude_pattern"), tuple(value.get("types", [])),
-                           tuple(value.get("exclude_types", [])), value.get("exclude_first_last", False),
+                           tuple(value.get("exclude_types", [])), value.get("exclude_first_last", False), experts,
                            min_m, value.get("exclude_heads", False))
 
 

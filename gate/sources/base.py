@@ -21,17 +21,34 @@ class TensorInfo:
     ``module_type`` is the class name of the owning module when the source knows it (an
     ``nn.Module`` or an ONNX graph); file formats that only store names leave it ``None`` and the
     layer planner infers the kind from name and shape.
+
+    Sources that compute a tensor from stored ones (dequantization, LoRA updates, GGUF blocks) say
+    so: ``quantization`` names the stored scheme of a dequantized tensor (``None``: stored as is);
+    ``consumed_by`` marks a stored tensor (scale, zero point, g_idx, packed weight) that only feeds
+    the named computed tensor, so it is counted, not analysed; ``skip_reason`` marks a tensor the
+    source recognised but cannot turn into float weights; ``columns`` are extra layer-table
+    columns the source knows for the tensor (e.g. a LoRA update's rank).
     """
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     module_type: str | None = None
+    quantization: str | None = None
+    consumed_by: str | None = None
+    skip_reason: str | None = None
+    columns: tuple[tuple[str, object], ...] = ()
 
     @property
     def is_floating(self) -> bool:
         return self.dtype in FLOAT_DTYPES
 
+
+# Module type of tensors read by an ONNX operator whose layout has no torch module (LSTM, GRU, RNN:
+# [directions, gates*hidden, .]); the ONNX source writes it and the layer planner reads it.
+ONNX_OP_PREFIX = "onnx."
+# Module type of the other inputs of those operators (initial hidden and cell states): not weights.
+ONNX_RECURRENT_STATE = "onnx.recurrent_state"
 
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 

@@ -11,7 +11,6 @@ import yaml
 from gate.errors import GateInputError
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
-from gate.sources.onnx_file import OnnxSource
 from gate.sources.pt2_archive import Pt2ArchiveSource
 from gate.sources.safetensors_files import SafetensorsSource
 from gate.sources.torch_files import open_torch_file
@@ -51,6 +50,8 @@ def open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
     if suffix == ".pt2":
         return Pt2ArchiveSource(path)
     if suffix == ".onnx":
+        from gate.sources.onnx_file import OnnxSource  # onnx imports for seconds: only for .onnx files
+
         return OnnxSource(path)
     if suffix in TORCH_SUFFIXES:
         return open_torch_file(path, allow_pickle)

@@ -40,6 +40,9 @@ def open_mlflow_uri(uri: str, allow_pickle: bool = False, tracking_uri: str | No
     except MlflowException as err:
         shutil.rmtree(workdir, ignore_errors=True)
         raise GateInputError(f"{uri}: MLflow could not resolve this model: {err.message}") from err
+    except GateInputError as err:  # e.g. a refused pickle: name what the user gave, not our temporary copy
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise type(err)(f"{uri}: {err}") from err
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise

@@ -14,7 +14,7 @@ from gate.sources.base import TensorInfo, WeightSource, natural_key
 # safetensors' header dtype codes -> the names TensorInfo uses.
 _SAFETENSORS_DTYPES = {
     "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
-    "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool",
 }
 
 
