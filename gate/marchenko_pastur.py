@@ -162,4 +162,3 @@ def _jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
     """WeightWatcher's rand_distance: JS distance of the two sorted ESDs read as probability vectors."""
     m = (p + q) / 2
     return float(math.sqrt((stats.entropy(p, m) + stats.entropy(q, m)) / 2))
-
