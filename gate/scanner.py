@@ -33,8 +33,10 @@ from gate.benford import DigitCounts, ModelDigits, digit_counts
 from gate.errors import GateInputError
 from gate.fingerprint import combine, tensor_digest
 from gate.layer_metrics import add_peer_ratios, spectral_metrics
+from gate.fit_quality import fit_quality
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_name, tail_unresolved
+from gate.random_like import random_like_fraction, random_like_statistics
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import TensorInfo, WeightSource, open_source
 from gate.spectrum import SolveResult, SpectrumBatcher, cpu_threads_for_blas, resolve_device
@@ -155,6 +157,7 @@ def merge_partials(partials: list[PartialScan], description: str, infos: list[Te
     layers = _layer_table([rows[i] for i in sorted(rows)])
     add_peer_ratios(layers)
     summary = summarize(layers)
+    summary["random_like_fraction"] = random_like_fraction(layers)
     summary.update(tensor_counts(infos))
     if options.benford:
         vectors_left_out = sum(1 for info in infos if info.is_floating and len(info.shape) < 2)
@@ -256,6 +259,9 @@ class TensorPass:
             if self._options.keep_spectra:
                 self._partial.spectra[plan.name] = evals
             row = rows[plan.index]
+            row.update(random_like_statistics(evals, plan.N, plan.M))
+            row.update(fit_quality(evals, row["alpha"], row["xmin"], row["D"], row["num_pl_spikes"],
+                                   likelihood_ratio=False))
             if self._options.tail_estimators:
                 from gate.tail_estimators import alpha_hill
 

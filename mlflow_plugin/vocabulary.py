@@ -28,6 +28,7 @@ SOURCE = "gate.source"                    # the version's source when it was jud
 BASELINE = "gate.baseline"                # models:/name/N compared against, or "" for none
 BASELINE_NOTE = "gate.baseline_note"      # why that baseline, and why others were passed over
 DECIDED_AT = "gate.decided_at"
+INCONCLUSIVE = "gate.inconclusive"        # ids of rules without a verdict (too little trustworthy evidence), comma-separated
 ATTEMPTS = "gate.attempts"                # how many tries the last scan took (transient errors retried)
 RESCAN_REQUESTED = "gate.rescan_requested_at"
 VIOLATION = "gate.violation"              # webhook mode: a protected alias removed after the fact

@@ -192,6 +192,7 @@ class Worker:
             words.BASELINE_NOTE: words.fit_tag_value(note),
             words.SOURCE: version.source,
             words.DECIDED_AT: words.as_tag_timestamp(decision.timestamp),
+            words.INCONCLUSIVE: ",".join(rule.rule_id for rule in decision.inconclusive_rules),
             words.ATTEMPTS: str(attempts),
             STATUS: STATUS_OF_DECISION[decision.decision],
             **gate_page_tags(decision, self.settings.tracking_uri, version),

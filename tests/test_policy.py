@@ -50,30 +50,52 @@ def variants(minilm_file, tmp_path_factory):
     def scaled_down(state):
         state["encoder.layer.3.attention.self.query.weight"] *= 0.01
 
+    def reinit_one_layer(state):  # mid-depth, same shape and standard deviation
+        W = state["encoder.layer.3.intermediate.dense.weight"]
+        state["encoder.layer.3.intermediate.dense.weight"] = torch.randn(W.shape, generator=generator) * W.std()
+
+    def float16(state):
+        for key, value in state.items():
+            if value.is_floating_point():
+                state[key] = value.half()
+
     return {"random_init": save("random_init", random_init), "nan": save("nan", nan_in_one_layer),
-            "rank_collapse": save("rank_collapse", rank_collapse), "scaled_down": save("scaled_down", scaled_down)}
+            "rank_collapse": save("rank_collapse", rank_collapse), "scaled_down": save("scaled_down", scaled_down),
+            "reinit": save("reinit", reinit_one_layer), "float16": save("float16", float16)}
 
 
 def _failed(result) -> set[str]:
     return {rule.rule_id for rule in result.decision.failed_rules}
 
 
-def test_default_policy_approves_minilm(minilm_file):
+def test_default_policy_approves_minilm_and_its_float16_copy(minilm_file, variants):
     alone = check(minilm_file, device="cpu")
     assert alone.decision.decision == "approve", alone.decision.reason()
-    against_itself = check(minilm_file, baseline=minilm_file, device="cpu")
-    assert against_itself.decision.decision == "approve", against_itself.decision.reason()
-    assert all(rule.status == "passed" for rule in against_itself.decision.rules)
+    half = check(variants["float16"], baseline=minilm_file, device="cpu")
+    assert half.decision.decision == "approve", half.decision.reason()
+    assert all(rule.status == "passed" for rule in half.decision.rules)
+    # MiniLM's pooler is never trained by sentence-transformers: random-like; so is at most one other
+    # layer whose bulk is MP-like (layer 5's attention output: 6 spikes, 7% of its spectral mass)
+    layers = alone.scan.layers.set_index("name")
+    assert layers.loc["pooler.dense", "random_like"] == 1.0
+    assert alone.scan.summary["random_like_fraction"] <= 2 / 38
 
 
 def test_default_policy_blocks_random_init(variants, minilm_file):
-    result = check(variants["random_init"], baseline=minilm_file, device="cpu")
+    result = check(variants["random_init"], device="cpu")  # caught without a baseline
     assert result.decision.decision == "block"
-    assert "alpha-not-under-trained" in _failed(result)
-    under = next(r for r in result.decision.rules if r.rule_id == "alpha-not-under-trained")
-    assert under.observed < 0.5 and len(under.offending_layers) > 20
-    no_baseline = check(variants["random_init"], device="cpu")
-    assert no_baseline.decision.decision == "block"  # caught without a baseline too
+    assert "untrained-model" in _failed(result)
+    untrained = next(r for r in result.decision.rules if r.rule_id == "untrained-model")
+    assert untrained.observed == 1.0  # every layer follows the Marchenko-Pastur law
+
+
+def test_default_policy_blocks_a_reinitialised_hidden_layer(variants, minilm_file):
+    result = check(variants["reinit"], baseline=minilm_file, device="cpu")
+    assert result.decision.decision == "block"
+    assert _failed(result) == {"layer-became-random-like", "reinitialised-hidden-layer"}
+    cosine = next(r for r in result.decision.rules if r.rule_id == "reinitialised-hidden-layer")
+    assert [o["name"] for o in cosine.offending_layers] == ["encoder.layer.3.intermediate.dense"]
+    assert abs(cosine.offending_layers[0]["value"]) < 0.01  # independent draws: cosine ~ 1/sqrt(590k)
 
 
 def test_default_policy_blocks_nan(variants):
@@ -148,7 +170,11 @@ rules:
     (GOOD_RULE.replace("metric: alpha", "metric: alpah"), ":5: rules[0].metric: unknown layer metric 'alpah'"),
     (GOOD_RULE.replace("{max: 6}", "{between: [4, 2]}"), ":7: rules[0].condition.between: impossible range"),
     (GOOD_RULE.replace("severity: block", "severity: fatal"), ":8: rules[0].severity: must be 'block' or 'warn'"),
-    (GOOD_RULE.replace("schema_version: 1", "schema_version: 7"), ":1: schema_version: must be 1"),
+    (GOOD_RULE.replace("schema_version: 1", "schema_version: 7"), ":1: schema_version: must be one of 1, 2"),
+    (GOOD_RULE.replace("scope: layer", "scope: layer\n    fit: well_fitted"), "field 'fit' needs schema_version: 2"),
+    (GOOD_RULE.replace("metric: alpha", "metric: random_like"), "metric 'random_like' needs schema_version: 2"),
+    (GOOD_RULE.replace("schema_version: 1", "schema_version: 2").replace("scope: layer", "scope: layer\n    fit: best"),
+     "rules[0].fit: must be 'any' or 'well_fitted'"),
     (GOOD_RULE.replace("scope: layer", "scope: layer\n    mostly: 1.5"), "rules[0].mostly: must be a share in (0, 1]"),
     (GOOD_RULE.replace("scope: layer", "scope: layer\n    layers: {name_pattern: '['}"), "not a valid regular expression"),
     (GOOD_RULE.replace("condition: {max: 6}", "condition: {betwen: [2, 4]}"), "rules[0].condition: must be exactly one of"),
@@ -211,7 +237,13 @@ def test_cli_policy_validate_and_show(tmp_path):
     invalid = run_cli("policy", "validate", str(broken))
     assert invalid.returncode == 2 and f"{broken}:6: rules[0].scope" in invalid.stderr
     shown = run_cli("policy", "show")
-    assert shown.returncode == 0 and "alpha-not-under-trained [block]" in shown.stdout
+    assert shown.returncode == 0, shown.stderr
+    default = load_policy()
+    for rule in default.rules:  # every default rule is explained, with the figures behind it
+        assert f"- {rule.id} [{rule.severity}]" in shown.stdout
+        assert rule.evidence and "ZOO_" not in rule.evidence
+    assert shown.stdout.count("evidence: ") == len(default.rules)
+    assert "hidden layers only" in shown.stdout  # how a re-initialised layer differs from a new head
 
 
 def test_commands_without_a_policy_do_not_import_great_expectations(minilm_file, tmp_path):
@@ -231,3 +263,27 @@ def test_commands_without_a_policy_do_not_import_great_expectations(minilm_file,
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+def test_schema_1_policies_keep_their_meaning(tmp_path):
+    """A schema_version 1 alpha rule counts every layer, as before; in schema 2 only well-fitted ones."""
+    v1 = load_policy(write_policy(tmp_path, GOOD_RULE))
+    assert v1.schema_version == 1 and v1.rules[0].fit == "any"
+    v2 = load_policy(write_policy(tmp_path, GOOD_RULE.replace("schema_version: 1", "schema_version: 2")))
+    assert v2.rules[0].fit == "well_fitted" and v2.rules[0].min_well_fitted == 0.5
+
+
+def test_poorly_fitted_layers_make_a_rule_inconclusive_not_a_block(tmp_path):
+    """Matrices of 12 columns have 12 eigenvalues: no tail of >= 10 beyond xmin, so no alpha to trust."""
+    generator = torch.Generator().manual_seed(3)
+    state = {f"layer{i}.weight": torch.randn(40, 12, generator=generator) for i in range(4)}
+    path = write_policy(tmp_path, GOOD_RULE.replace("schema_version: 1", "schema_version: 2")
+                        .replace("condition: {max: 6}", "condition: {max: 0.5}"))  # every alpha violates
+    result = check(state, policy=str(path), device="cpu")
+    rule = result.decision.rules[0]
+    assert rule.status == "inconclusive" and result.decision.decision == "approve"
+    assert "0 of 4 layers have a well-fitted power law" in rule.reason and "fewer than 10" in rule.reason
+    assert result.decision.reason().startswith("all 0 conclusive rules passed | inconclusive: alpha-max: ")
+    assert set(result.scan.layers["fit_quality"]) == {"poor"}
+    v1 = check(state, policy=str(write_policy(tmp_path, GOOD_RULE.replace("{max: 6}", "{max: 0.5}"))), device="cpu")
+    assert v1.decision.decision == "block"  # schema 1 counted every alpha, fitted or not

@@ -34,12 +34,21 @@ class Decision:
     def failed_rules(self) -> list[RuleOutcome]:
         return [rule for rule in self.rules if not rule.passed]
 
+    @property
+    def inconclusive_rules(self) -> list[RuleOutcome]:
+        return [rule for rule in self.rules if rule.status == "inconclusive"]
+
     def reason(self) -> str:
-        """One line: why the model is blocked or warned, or that all rules passed."""
+        """One line: why the model is blocked or warned, or that all rules passed; inconclusive
+        rules (not violations) follow separately, so a reader sees which checks had no verdict."""
         failed = self.failed_rules
-        if not failed:
-            return f"all {len(self.rules)} rules passed"
-        return "; ".join(f"{r.rule_id} ({r.severity}): {r.reason}" for r in failed)
+        line = ("; ".join(f"{r.rule_id} ({r.severity}): {r.reason}" for r in failed) if failed
+                else f"all {len(self.rules) - len(self.inconclusive_rules)} conclusive rules passed"
+                if self.inconclusive_rules else f"all {len(self.rules)} rules passed")
+        inconclusive = self.inconclusive_rules
+        if inconclusive:
+            line += " | inconclusive: " + "; ".join(f"{r.rule_id}: {r.reason}" for r in inconclusive)
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

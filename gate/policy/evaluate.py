@@ -1,5 +1,11 @@
 """Evaluate a policy's rules on a scan (and a baseline scan) with Great Expectations.
 
+Schema 2 adds how sure a verdict is: a rule on power-law metrics counts only well-fitted layers
+(gate.fit_quality; the likelihood-ratio part of the verdict runs here, only on layers that would
+otherwise count against the model) and is ``inconclusive`` when too few layers are well fitted;
+rules on the baseline's weights (cosine similarity, relative distance) read a table of layer pairs;
+``lineage: descendant`` rules apply only to a model that descends from its baseline.
+
 Each rule becomes one expectation (values between bounds, with the rule's ``mostly`` share) run on
 an in-memory frame of the rule's layers, or of the single model row. Our own layer decides the
 outcome, because Great Expectations does not: NaN would pass its range checks as "missing", so a
@@ -17,15 +23,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gate.policy.schema import Policy, PolicyError, Rule
+from gate.fit_quality import fit_quality
+from gate.policy.schema import HEAD_PATTERN, PAIR_METRICS, Policy, PolicyError, Rule
 from gate.result import ScanResult
 
 MODEL_ROW = "<model>"
+# A model descends from its baseline (fine-tune, quantisation, new head) when the median |cosine|
+# between matched layers is at least this; siblings trained from different seeds have median
+# |cosine| <= 0.05 and fine-tunes >= 0.9 in bench/ZOO.md, so per-layer lineage rules skip retrains.
+LINEAGE_COSINE = 0.5
 
 
 @dataclass
 class RuleOutcome:
-    """One rule's verdict: ``status`` is passed, failed, error (fails closed) or skipped."""
+    """One rule's verdict: ``status`` is passed, failed, error (fails closed), skipped, or
+    inconclusive (too little trustworthy evidence: recorded and shown, not a violation)."""
 
     rule_id: str
     severity: str
@@ -40,30 +52,59 @@ class RuleOutcome:
 
     @property
     def passed(self) -> bool:
-        return self.status in ("passed", "skipped")
+        return self.status in ("passed", "skipped", "inconclusive")
 
 
-def evaluate(policy: Policy, scan: ScanResult, baseline: ScanResult | None = None) -> list[RuleOutcome]:
+def evaluate(policy: Policy, scan: ScanResult, baseline: ScanResult | None = None,
+             pairs: pd.DataFrame | None = None) -> list[RuleOutcome]:
     """All rules' outcomes, in policy order. A change rule without a baseline is an input error
-    unless the rule says ``when_no_baseline: skip``."""
+    unless the rule says ``when_no_baseline: skip``. ``pairs``: per-layer cosine similarity and
+    relative distance of the model's weights against the baseline's (gate.compare.layer_distances),
+    needed when the policy has rules on them."""
     missing = [r.id for r in policy.rules if r.needs_baseline and baseline is None and r.when_no_baseline == "error"]
     if missing:
         raise PolicyError(f"{policy.path}: rules {', '.join(missing)} compare against a baseline, but none was given; "
                           "pass --baseline SOURCE (or mark the rules 'when_no_baseline: skip')")
+    if baseline is not None and pairs is None and policy.needs_baseline_weights():
+        raise PolicyError(f"{policy.path}: rules compare the weights with the baseline's; pass the layer pairs")
     validator = _Validator()
-    return [_evaluate_rule(rule, scan, baseline, validator) for rule in policy.rules]
+    return [_evaluate_rule(rule, scan, baseline, pairs, validator) for rule in policy.rules]
 
 
-def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, validator: "_Validator") -> RuleOutcome:
+def lineage_cosine(pairs: pd.DataFrame) -> float:
+    """Median |cosine| between matched finite layers of a model and its baseline (NaN if none)."""
+    ok = pairs[pairs["status"] == "ok"]["cosine_similarity"].abs().dropna()
+    return float(ok.median()) if len(ok) else math.nan
+
+
+def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pairs: pd.DataFrame | None,
+                   validator: "_Validator") -> RuleOutcome:
     outcome = RuleOutcome(rule.id, rule.severity, rule.scope, rule.metric, "passed", None, _threshold(rule),
                           description=rule.description)
     if rule.needs_baseline and baseline is None:
         outcome.status, outcome.reason = "skipped", "no baseline given"
         return outcome
-    frame = _rule_frame(rule, scan, baseline)
+    if rule.lineage == "descendant":
+        median = lineage_cosine(pairs)
+        if not median >= LINEAGE_COSINE:
+            outcome.status = "skipped"
+            outcome.reason = (f"the model does not descend from its baseline (median layer |cosine| {_fmt(median)} "
+                              f"< {LINEAGE_COSINE:g}): a retrain from scratch has no per-layer lineage to judge")
+            return outcome
+    frame = _rule_frame(rule, scan, baseline, pairs)
+    if frame.empty and rule.scoped:
+        # schema 2: a rule scoped to layers a model does not have (dense M >= 128 in a small CNN) does
+        # not apply to it; schema 1 kept failing closed, and still does
+        outcome.status, outcome.reason = "skipped", "no layer in the rule's scope"
+        return outcome
     if frame.empty:
         outcome.status, outcome.reason = "error", "no layer matches the rule's filters, so there is no evidence"
         return outcome
+    if rule.fit == "well_fitted":
+        frame, inconclusive = _well_fitted(rule, frame, scan)
+        if inconclusive:
+            outcome.status, outcome.reason = "inconclusive", inconclusive
+            return outcome
     values = frame["value"].astype(float)
     low, high = rule.condition.low, rule.condition.high
     outside = (high + 1.0) if high is not None else (low - 1.0)
@@ -89,14 +130,58 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, va
     return outcome
 
 
-def _rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None) -> pd.DataFrame:
-    """Columns ``name`` and ``value``: the metric (or its change against the baseline)."""
+def _well_fitted(rule: Rule, frame: pd.DataFrame, scan: ScanResult) -> tuple[pd.DataFrame, str]:
+    """The rows of well-fitted layers, or a reason why the rule is inconclusive.
+
+    The scan's verdict covers tail length, KS distance and xmin at the edge; layers that would
+    count against the model also get the likelihood-ratio test (when their eigenvalues were kept).
+    """
+    table = scan.layers.set_index("name")
+    quality = table["fit_quality"] if "fit_quality" in table.columns else pd.Series(dtype=object)
+    good = frame["name"].map(lambda n: quality.get(n) == "good")
+    low, high = rule.condition.low, rule.condition.high
+    values = frame["value"].astype(float)
+    outside = ~values.between(low if low is not None else -math.inf, high if high is not None else math.inf)
+    lr_poor: dict[str, str] = {}
+    for name in frame.loc[good & outside, "name"]:
+        evals = scan.spectra.get(name)
+        if evals is None:
+            continue
+        row = table.loc[name]
+        verdict = fit_quality(evals, row["alpha"], row["xmin"], row["D"], int(row["num_pl_spikes"]))
+        if verdict["fit_quality"] != "good":
+            lr_poor[name] = verdict["fit_reason"]
+    good &= ~frame["name"].isin(lr_poor)
+    share = float(good.mean())
+    if share < rule.min_well_fitted or not good.any():
+        reasons = [f"{n}: {table.loc[n, 'fit_reason'] if n not in lr_poor else lr_poor[n]}"
+                   for n in frame.loc[~good, "name"][:3]]
+        return frame.iloc[0:0], (f"only {int(good.sum())} of {len(frame)} layers have a well-fitted power law "
+                                 f"(needs a share >= {rule.min_well_fitted:g}); e.g. " + "; ".join(reasons))
+    return frame[good.to_numpy()], ""
+
+
+def _rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None,
+                pairs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Columns ``name`` and ``value``: the metric (or its change against the baseline). Layers
+    with an undetermined random-like verdict (too few eigenvalues) and layers without a baseline
+    partner for a pair metric give no evidence and are left out."""
     if rule.scope == "model":
         value = scan.summary.get(rule.metric, math.nan)
         if rule.needs_baseline:
             value = _change(value, baseline.summary.get(rule.metric, math.nan), rule.condition.relative)
         return pd.DataFrame({"name": [MODEL_ROW], "value": [value]})
     layers = _select_layers(rule, scan.layers)
+    if rule.metric in PAIR_METRICS:
+        by_name = pairs.set_index("name")[rule.metric]
+        layers = layers[layers["name"].isin(by_name.index)]
+        return pd.DataFrame({"name": layers["name"].to_numpy(),
+                             "value": [float(by_name[n]) for n in layers["name"]]})
+    if rule.metric == "random_like" and rule.metric in layers.columns:
+        layers = layers[layers["random_like"].notna()]
+        if rule.needs_baseline:
+            known = baseline.layers.set_index("name")["random_like"].dropna()
+            layers = layers[layers["name"].isin(known.index)]
     if rule.metric not in layers.columns:
         values = pd.Series(math.nan, index=layers.index)
     else:
@@ -125,6 +210,12 @@ def _select_layers(rule: Rule, layers: pd.DataFrame) -> pd.DataFrame:
         selected = selected[selected["name"].map(lambda n: re.search(filters.name_pattern, n) is not None)]
     if filters.exclude_pattern:
         selected = selected[selected["name"].map(lambda n: re.search(filters.exclude_pattern, n) is None)]
+    if filters.min_M:
+        selected = selected[selected["M"] >= filters.min_M]
+    if filters.exclude_heads and len(selected):
+        last = layers.loc[layers["status"] != "skipped", "name"].iloc[-1] if (layers["status"] != "skipped").any() else None
+        selected = selected[(selected["name"] != last)
+                            & selected["name"].map(lambda n: re.search(HEAD_PATTERN, n) is None)]
     return selected
 
 

@@ -11,7 +11,7 @@ from gate.errors import GateInputError
 from gate.policy.decision import Decision
 from gate.policy.schema import Policy
 
-_MARK = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
+_MARK = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP", "inconclusive": "INCONCLUSIVE"}
 
 
 def render_decision(decision: Decision) -> str:
@@ -24,7 +24,13 @@ def render_decision(decision: Decision) -> str:
     ]
     for rule in decision.rules:
         head = f"{_MARK[rule.status]:5s} {rule.rule_id} [{rule.severity}]"
+        if rule.status == "inconclusive":
+            continue  # listed apart below: no verdict is not a pass
         lines.append(head + (f": {rule.reason}" if rule.reason else ""))
+    inconclusive = decision.inconclusive_rules
+    if inconclusive:
+        lines += ["", f"inconclusive ({len(inconclusive)}; not violations, too little trustworthy evidence):"]
+        lines += [f"  {rule.rule_id} [{rule.severity}]: {rule.reason}" for rule in inconclusive]
     return "\n".join(lines)
 
 
@@ -38,7 +44,33 @@ def render_policy(policy: Policy) -> str:
         lines.append("")
         lines.append(f"- {rule.id} [{rule.severity}] {rule.scope} {rule.metric}: {condition}{share}")
         lines.extend("    " + line for line in textwrap.wrap(rule.description, 96))
+        scope_notes = _scope_notes(rule)
+        if scope_notes:
+            lines.extend("    " + line for line in textwrap.wrap("applies to: " + scope_notes, 96))
+        if rule.evidence:
+            lines.extend("    " + line for line in textwrap.wrap("evidence: " + rule.evidence, 96))
     return "\n".join(lines)
+
+
+def _scope_notes(rule) -> str:
+    """The rule's layer selection and conditions in words (what `policy show` adds to the text)."""
+    notes = []
+    filters = rule.layers
+    if filters.types:
+        notes.append("layer types " + ", ".join(filters.types))
+    if filters.exclude_types:
+        notes.append("not " + ", ".join(filters.exclude_types))
+    if filters.min_M:
+        notes.append(f"layers with M >= {filters.min_M}")
+    if filters.exclude_heads:
+        notes.append("hidden layers only (not the last layer nor heads named head/classifier/lm_head/...)")
+    if rule.fit == "well_fitted":
+        notes.append(f"well-fitted layers only (inconclusive below a share of {rule.min_well_fitted:g})")
+    if rule.lineage == "descendant":
+        notes.append("models that descend from their baseline (median layer |cosine| >= 0.5)")
+    if rule.needs_baseline:
+        notes.append("needs a baseline" + (" (skipped without one)" if rule.when_no_baseline == "skip" else ""))
+    return "; ".join(notes)
 
 
 def write_outputs(result, out_dir: str) -> None:

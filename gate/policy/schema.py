@@ -19,7 +19,8 @@ import yaml
 
 from gate.errors import GateInputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what the shipped policy uses; SCHEMA_VERSIONS lists what loads
+SCHEMA_VERSIONS = (1, 2)
 LAYER_TYPES = ("dense", "embedding", "conv1d", "conv2d", "conv3d", "recurrent")
 # Metrics a rule may name, by scope. Layer metrics are layer-table columns; model metrics are
 # summary keys. Those that need extra scan work say which scan option turns it on.
@@ -30,21 +31,39 @@ LAYER_METRICS = {
     "stable_rank_peer_ratio": None, "spectral_norm_peer_ratio": None,
     "num_spikes": "mp_fit", "mp_softrank": "mp_fit", "sigma_mp": "mp_fit",
     "num_traps": "randomize", "rand_distance": "randomize",
+    # schema_version 2: the Marchenko-Pastur random-like test and the baseline weights (see PAIR_METRICS)
+    "random_like": None, "mp_ks": None, "mp_spike_mass": None, "mp_spikes": None,
+    "cosine_similarity": "baseline_weights", "relative_distance": "baseline_weights",
 }
 # Columns of LoRA adapter rows (gate.lora), for policies on adapters or --base merges.
 LAYER_METRICS.update({"lora_rank": None, "lora_scale": None, "lora_norm": None, "lora_stable_rank": None,
                       "lora_stable_rank_ratio": None})
+
+# Layer metrics computed from the weights of the model and its baseline together (gate.compare):
+# rules on them need a baseline, like change conditions, and compare the value itself.
+PAIR_METRICS = ("cosine_similarity", "relative_distance")
+# Layer metrics read from the power-law fit: in schema_version 2, rules on them count only
+# well-fitted layers (gate.fit_quality) unless they say ``fit: any``.
+FIT_METRICS = ("alpha", "alpha_weighted", "log_alpha_norm", "D", "xmin", "num_pl_spikes", "sigma")
+V2_LAYER_METRICS = ("random_like", "mp_ks", "mp_spike_mass", "mp_spikes", "cosine_similarity", "relative_distance")
+V2_MODEL_METRICS = ("random_like_fraction",)
 MODEL_METRICS = {
     "alpha": None, "alpha_weighted": None, "log_alpha_norm": None, "log_norm": None, "log_spectral_norm": None,
     "stable_rank": None, "mlh": None, "num_layers": None, "num_analysed": None, "num_skipped": None,
     "num_nonfinite": None, "num_degenerate": None, "num_over_trained": None, "num_under_trained": None,
     "fraction_alpha_in_2_4": None, "benford_zeros": None, "benford_nonfinite": None,
-    "mp_softrank": "mp_fit", "eic": "train_accuracy", "eic_scaled": "train_accuracy", "eic_sr": "train_accuracy",
+    "mp_softrank": "mp_fit", "random_like_fraction": None, "eic": "train_accuracy", "eic_scaled": "train_accuracy", "eic_sr": "train_accuracy",
 }
 _RULE_KEYS = {"id", "description", "metric", "scope", "severity", "condition", "mostly", "layers", "when_no_baseline"}
+_V2_RULE_KEYS = {"fit", "min_well_fitted", "lineage", "evidence"}
 _REQUIRED = ("id", "description", "metric", "scope", "severity", "condition")
 _FILTER_KEYS = {"name_pattern", "exclude_pattern", "types", "exclude_types", "exclude_first_last", "experts"}
 EXPERT_SELECTIONS = ("all", "only", "exclude")  # or a list of expert indices
+_V2_FILTER_KEYS = {"min_M", "exclude_heads"}
+# Output heads by name (transformers and torchvision conventions): a new head of the same shape is a
+# legitimate fine-tune, so baseline rules with ``exclude_heads`` leave these (and the last layer) out.
+HEAD_PATTERN = r"(^|\.)(lm_head|head|heads|classifier|cls|fc_out|output_projection|score|qa_outputs)(\.|$)"
+
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -62,6 +81,8 @@ class LayerFilter:
     exclude_types: tuple[str, ...] = ()
     exclude_first_last: bool = False
     experts: str | tuple[int, ...] = "all"  # MoE expert rows: all, only, exclude, or these indices
+    min_M: int = 0  # schema 2: only layers whose smaller dimension M is at least this
+    exclude_heads: bool = False  # schema 2: leave out the last analysed layer and HEAD_PATTERN names
 
 
 @dataclass(frozen=True)
@@ -95,10 +116,24 @@ class Rule:
     mostly: float = 1.0
     layers: LayerFilter = field(default_factory=LayerFilter)
     when_no_baseline: str = "error"
+    fit: str = "any"  # "well_fitted": count only layers whose power-law fit is good (schema 2)
+    min_well_fitted: float = 0.5  # below this share of well-fitted layers the rule is inconclusive
+    lineage: str = "any"  # "descendant": apply only when the model descends from its baseline (schema 2)
+    evidence: str = ""  # the figures behind the threshold, shown by `weightgate policy show`
+    schema_version: int = 1  # of the policy file the rule came from
 
     @property
     def needs_baseline(self) -> bool:
-        return self.condition.kind == "change"
+        return self.condition.kind == "change" or self.metric in PAIR_METRICS or self.lineage == "descendant"
+
+    @property
+    def scoped(self) -> bool:
+        """A schema-2 layer rule: one that selects no layer of a model does not apply to it."""
+        return self.schema_version >= 2 and self.scope == "layer"
+
+    @property
+    def needs_baseline_weights(self) -> bool:
+        return self.metric in PAIR_METRICS or self.lineage == "descendant"
 
 
 @dataclass(frozen=True)
@@ -108,6 +143,7 @@ class Policy:
     name: str
     description: str
     rules: tuple[Rule, ...]
+    schema_version: int = SCHEMA_VERSION
 
     def scan_options(self) -> dict[str, bool]:
         """Scan options the rules' metrics need (e.g. ``mp_fit`` for ``mp_softrank``)."""
@@ -118,6 +154,10 @@ class Policy:
             if option in ("mp_fit", "randomize"):
                 needed[option] = True
         return needed
+
+    def needs_baseline_weights(self) -> bool:
+        """Whether a rule reads the model and baseline weights together (cosine, relative distance)."""
+        return any(rule.needs_baseline_weights for rule in self.rules)
 
     def needs_train_accuracy(self) -> bool:
         return any(MODEL_METRICS.get(r.metric) == "train_accuracy" for r in self.rules if r.scope == "model")
@@ -143,8 +183,11 @@ def load_policy(path: str | Path | None = None) -> Policy:
 
 def parse_policy(text: str, origin: str, sha256: str | None = None) -> Policy:
     try:
-        document = yaml.safe_load(text)
-        lines = _line_index(yaml.compose(text))
+        # libyaml's loaders where PyYAML was built with it: the pure-Python scanner takes over a second
+        # for the default policy on a loaded 2-core machine, and the gate loads a policy per check.
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        document = yaml.load(text, Loader=loader)
+        lines = _line_index(yaml.compose(text, Loader=loader))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin
@@ -191,8 +234,10 @@ class _Checker:
         unknown = set(document) - {"schema_version", "name", "description", "rules"}
         if unknown:
             self.fail((sorted(unknown)[0],), "unknown top-level field (allowed: schema_version, name, description, rules)")
-        if document.get("schema_version") != SCHEMA_VERSION:
-            self.fail(("schema_version",), f"must be {SCHEMA_VERSION} (found {document.get('schema_version')!r})")
+        if document.get("schema_version") not in SCHEMA_VERSIONS:
+            self.fail(("schema_version",), f"must be one of {', '.join(map(str, SCHEMA_VERSIONS))} "
+                                           f"(found {document.get('schema_version')!r})")
+        self.version = document["schema_version"]
         rules = document.get("rules")
         if not isinstance(rules, list) or not rules:
             self.fail(("rules",), "must be a non-empty list of rules")
@@ -203,13 +248,14 @@ class _Checker:
                 self.fail(("rules", i, "id"), f"duplicate rule id {rule.id!r}")
             seen.add(rule.id)
         return Policy(self.origin, sha256, str(document.get("name", Path(self.origin).stem)),
-                      str(document.get("description", "")).strip(), tuple(parsed))
+                      str(document.get("description", "")).strip(), tuple(parsed), self.version)
 
     def rule(self, item: Any, path: tuple) -> Rule:
         if not isinstance(item, dict):
             self.fail(path, "each rule must be a mapping")
-        for key in sorted(set(item) - _RULE_KEYS):
-            self.fail(path + (key,), f"unknown field (allowed: {', '.join(sorted(_RULE_KEYS))})")
+        for key in sorted(set(item) - _RULE_KEYS - _V2_RULE_KEYS):
+            self.fail(path + (key,), f"unknown field (allowed: {', '.join(sorted(_RULE_KEYS | _V2_RULE_KEYS))})")
+        self.require_v2(path, sorted(set(item) & _V2_RULE_KEYS), "field")
         for key in _REQUIRED:
             if key not in item:
                 self.fail(path, f"missing required field {key!r}")
@@ -224,6 +270,8 @@ class _Checker:
         catalogue = LAYER_METRICS if scope == "layer" else MODEL_METRICS
         if item["metric"] not in catalogue:
             self.fail(path + ("metric",), f"unknown {scope} metric {item['metric']!r}; known: {', '.join(sorted(catalogue))}")
+        if item["metric"] in (V2_LAYER_METRICS if scope == "layer" else V2_MODEL_METRICS):
+            self.require_v2(path + ("metric",), [item["metric"]], "metric")
         if item["severity"] not in ("block", "warn"):
             self.fail(path + ("severity",), f"must be 'block' or 'warn', not {item['severity']!r}")
         condition = self.condition(item["condition"], path + ("condition",))
@@ -236,12 +284,36 @@ class _Checker:
             self.fail(path + ("layers",), "only layer rules have layer filters")
         layers = self.layer_filter(item.get("layers", {}), path + ("layers",))
         when_no_baseline = item.get("when_no_baseline", "error")
-        if "when_no_baseline" in item and condition.kind != "change":
-            self.fail(path + ("when_no_baseline",), "only 'change' conditions use a baseline")
+        uses_baseline = condition.kind == "change" or item["metric"] in PAIR_METRICS or item.get("lineage") == "descendant"
+        if "when_no_baseline" in item and not uses_baseline:
+            self.fail(path + ("when_no_baseline",), "only rules that compare against a baseline use it")
         if when_no_baseline not in ("error", "skip"):
             self.fail(path + ("when_no_baseline",), f"must be 'error' or 'skip', not {when_no_baseline!r}")
+        if item["metric"] in PAIR_METRICS and condition.kind == "change":
+            self.fail(path + ("condition",), f"{item['metric']} already compares with the baseline: use min/max/between")
+        # schema 2: alpha-type rules count only well-fitted layers unless they say otherwise
+        fit = item.get("fit", "well_fitted" if self.version >= 2 and item["metric"] in FIT_METRICS else "any")
+        if fit not in ("any", "well_fitted"):
+            self.fail(path + ("fit",), f"must be 'any' or 'well_fitted', not {fit!r}")
+        if fit == "well_fitted" and (scope != "layer" or item["metric"] not in FIT_METRICS):
+            self.fail(path + ("fit",), f"only layer rules on power-law metrics ({', '.join(FIT_METRICS)}) judge fits")
+        min_well_fitted = item.get("min_well_fitted", 0.5)
+        if not _number(min_well_fitted) or not 0 <= min_well_fitted <= 1:
+            self.fail(path + ("min_well_fitted",), f"must be a share in [0, 1], not {min_well_fitted!r}")
+        lineage = item.get("lineage", "any")
+        if lineage not in ("any", "descendant"):
+            self.fail(path + ("lineage",), f"must be 'any' or 'descendant', not {lineage!r}")
+        evidence = item.get("evidence", "")
+        if not isinstance(evidence, str):
+            self.fail(path + ("evidence",), "must be a text")
         return Rule(rule_id, item["description"].strip(), item["metric"], scope, item["severity"], condition,
-                    float(mostly), layers, when_no_baseline)
+                    float(mostly), layers, when_no_baseline, fit, float(min_well_fitted), lineage,
+                    " ".join(evidence.split()), self.version)
+
+    def require_v2(self, path: tuple, names: list[str], what: str) -> None:
+        if names and self.version < 2:
+            self.fail(path + ((names[0],) if what == "field" else ()),
+                      f"{what} {names[0]!r} needs schema_version: 2 (README: 'Policy schema 2')")
 
     def condition(self, value: Any, path: tuple) -> Condition:
         kinds = ("between", "min", "max", "change")
@@ -275,8 +347,8 @@ class _Checker:
     def layer_filter(self, value: Any, path: tuple) -> LayerFilter:
         if not isinstance(value, dict):
             self.fail(path, "must be a mapping of layer filters")
-        for key in sorted(set(value) - _FILTER_KEYS):
-            self.fail(path + (key,), f"unknown filter (allowed: {', '.join(sorted(_FILTER_KEYS))})")
+        for key in sorted(set(value) - _FILTER_KEYS - _V2_FILTER_KEYS):
+            self.fail(path + (key,), f"unknown filter (allowed: {', '.join(sorted(_FILTER_KEYS | _V2_FILTER_KEYS))})")
         for key in ("name_pattern", "exclude_pattern"):
             if key in value:
                 try:
@@ -295,8 +367,15 @@ class _Checker:
             experts = tuple(experts)
         elif experts not in EXPERT_SELECTIONS:
             self.fail(path + ("experts",), f"must be one of {', '.join(EXPERT_SELECTIONS)} or a list of expert indices")
+        if not isinstance(value.get("exclude_heads", False), bool):
+            self.fail(path + ("exclude_heads",), "must be true or false")
+        min_m = value.get("min_M", 0)
+        if not isinstance(min_m, int) or isinstance(min_m, bool) or min_m < 0:
+            self.fail(path + ("min_M",), f"must be a whole number >= 0, not {min_m!r}")
+        self.require_v2(path, sorted(set(value) & _V2_FILTER_KEYS), "field")
         return LayerFilter(value.get("name_pattern"), value.get("exclude_pattern"), tuple(value.get("types", [])),
-                           tuple(value.get("exclude_types", [])), value.get("exclude_first_last", False), experts)
+                           tuple(value.get("exclude_types", [])), value.get("exclude_first_last", False), experts,
+                           min_m, value.get("exclude_heads", False))
 
 
 def _number(value: Any) -> bool:
