@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -66,11 +67,16 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
         weights_sha256=result.weights_sha256,
         baseline_weights_sha256=baseline_result.weights_sha256 if baseline_result else None,
         rules=outcomes,
-        summary={key: result.summary.get(key) for key in SUMMARY_KEYS},
+        summary={key: _json_value(result.summary.get(key)) for key in SUMMARY_KEYS},
         timestamp=now_utc(),
         weightgate_version=weightgate_version(),
     )
     return CheckResult(decision, result, baseline_result)
+
+
+def _json_value(value: Any) -> Any:
+    """The decision record is strict JSON: a mean over no layers (NaN) is recorded as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _scan(source: Any, opened: dict[str, Any], options: dict[str, Any], ray_address: str | None) -> ScanResult:

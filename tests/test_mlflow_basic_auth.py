@@ -50,7 +50,8 @@ def test_gate_composes_with_basic_auth(tmp_path, monkeypatch):
         worker = subprocess.run([sys.executable, "-m", "gate", "worker", "--tracking-uri", url, "--once", "--device",
                                  "cpu"], capture_output=True, text=True, timeout=300, env={**os.environ, **ENV})
         assert worker.returncode == 0, worker.stderr[-2000:]
-        assert client.get_model_version("guarded", version.version).tags["gate.status"] == "blocked"  # NaN weight
+        tags = client.get_model_version("guarded", version.version).tags
+        assert tags["gate.status"] == "blocked", tags.get("gate.reason")  # NaN weight
         token = base64.b64encode(f"{ADMIN['MLFLOW_TRACKING_USERNAME']}:{ADMIN['MLFLOW_TRACKING_PASSWORD']}".encode())
         request = urllib.request.Request(
             f"{url}/api/2.0/weightgate/override", method="POST",

@@ -68,6 +68,18 @@ def _failed(result) -> set[str]:
     return {rule.rule_id for rule in result.decision.failed_rules}
 
 
+def test_decision_of_a_model_with_no_analysed_layer_is_strict_json(tmp_path):
+    """Means over no analysed layer are NaN in the scan; the decision record (strict JSON, what the
+    worker uploads) holds null for them and still blocks on the non-finite weight."""
+    weight = torch.randn(48, 48)
+    weight[1, 1] = float("nan")
+    save_file({"w.weight": weight}, tmp_path / "model.safetensors")
+    result = check(str(tmp_path / "model.safetensors"), device="cpu")
+    assert result.decision.decision == "block"
+    record = json.loads(result.decision.to_json())
+    assert record["summary"]["num_analysed"] == 0 and record["summary"]["random_like_fraction"] is None
+
+
 def test_default_policy_approves_minilm_and_its_float16_copy(minilm_file, variants):
     alone = check(minilm_file, device="cpu")
     assert alone.decision.decision == "approve", alone.decision.reason()
