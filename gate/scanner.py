@@ -37,6 +37,7 @@ from gate.fit_quality import fit_quality
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_name, tail_unresolved
 from gate.random_like import random_like_fraction, random_like_statistics
+from gate.value_grid import value_grid_columns
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import TensorInfo, WeightSource, open_source
 from gate.spectrum import SolveResult, SpectrumBatcher, cpu_threads_for_blas, resolve_device
@@ -223,6 +224,7 @@ class TensorPass:
             if options.benford:
                 digits = tensor_digits if len(group) == 1 else sum(map(digit_counts, matrices), DigitCounts.empty())
                 row["mlh"] = digits.mlh()
+            row.update(value_grid_columns(matrices))
             if plan.skip_reason:
                 row.update(status="skipped", reason=plan.skip_reason)
                 continue

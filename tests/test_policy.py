@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -59,9 +60,21 @@ def variants(minilm_file, tmp_path_factory):
             if value.is_floating_point():
                 state[key] = value.half()
 
+    def bfloat16(state):
+        for key, value in state.items():
+            if value.is_floating_point():
+                state[key] = value.bfloat16()
+
+    def int4_round_trip(state):  # per-tensor absmax grid of 16 levels, stored back as float32
+        for key, value in state.items():
+            if value.ndim == 2 and value.is_floating_point():
+                step = value.abs().max() / 7
+                state[key] = torch.clamp(torch.round(value / step), -8, 7) * step
+
     return {"random_init": save("random_init", random_init), "nan": save("nan", nan_in_one_layer),
             "rank_collapse": save("rank_collapse", rank_collapse), "scaled_down": save("scaled_down", scaled_down),
-            "reinit": save("reinit", reinit_one_layer), "float16": save("float16", float16)}
+            "reinit": save("reinit", reinit_one_layer), "float16": save("float16", float16),
+            "bfloat16": save("bfloat16", bfloat16), "int4": save("int4", int4_round_trip)}
 
 
 def _failed(result) -> set[str]:
@@ -108,6 +121,39 @@ def test_default_policy_blocks_a_reinitialised_hidden_layer(variants, minilm_fil
     cosine = next(r for r in result.decision.rules if r.rule_id == "reinitialised-hidden-layer")
     assert [o["name"] for o in cosine.offending_layers] == ["encoder.layer.3.intermediate.dense"]
     assert abs(cosine.offending_layers[0]["value"]) < 0.01  # independent draws: cosine ~ 1/sqrt(590k)
+
+
+def test_default_policy_approves_a_bfloat16_copy_and_blocks_an_int4_round_trip(variants, minilm_file):
+    bf16 = check(variants["bfloat16"], baseline=minilm_file, device="cpu")
+    assert bf16.decision.decision == "approve", bf16.decision.reason()
+    int4 = check(variants["int4"], baseline=minilm_file, device="cpu")
+    assert int4.decision.decision == "block"
+    assert "coarse-quantisation" in _failed(int4)
+    grid = next(r for r in int4.decision.rules if r.rule_id == "coarse-quantisation")
+    # numpy, float64: every 2-D weight of the int4 copy takes at most 16 distinct values; the
+    # analysed layers the rule names are exactly those whose sample the scan counted at 16 or fewer
+    int4_state = load_file(variants["int4"])
+    assert all(np.unique(v.double().numpy()).size <= 16 for v in int4_state.values()
+               if v.ndim == 2 and v.is_floating_point())
+    judged = int4.scan.layers[int4.scan.layers["status"] != "skipped"].set_index("name")["value_levels"]
+    assert {o["name"] for o in grid.offending_layers} == set(judged[judged <= 16].index)
+    assert len(grid.offending_layers) >= 30  # of MiniLM's 38 judged layers
+    alone = check(variants["int4"], device="cpu")
+    assert "coarse-quantisation" not in _failed(alone)  # a baseline rule: a ternary model is not a change
+
+
+def test_value_levels_count_distinct_values_of_an_even_sample():
+    from gate.scanner import scan
+
+    generator = torch.Generator().manual_seed(3)
+    trained = torch.randn(64, 64, generator=generator).half().float()  # 4096 weights: all sampled
+    ternary = torch.randint(-1, 2, (64, 64), generator=generator).float()
+    tiny = torch.randn(10, 20, generator=generator)  # 200 weights: no verdict
+    layers = scan({"a.weight": trained, "b.weight": ternary, "c.weight": tiny}, device="cpu").layers.set_index("name")
+    expected = np.unique(trained.double().numpy()).size  # float16 values: some coincide
+    assert layers.loc["a", "value_levels"] == expected < 4096 and layers.loc["a", "coarse_grid"] == 0.0
+    assert layers.loc["b", "value_levels"] == 3 and layers.loc["b", "coarse_grid"] == 1.0
+    assert np.isnan(layers.loc["c", "value_levels"]) and np.isnan(layers.loc["c", "coarse_grid"])
 
 
 def test_default_policy_blocks_nan(variants):

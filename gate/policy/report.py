@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gate.errors import GateInputError
 from gate.policy.decision import Decision
+from gate.policy.evaluate import LINEAGE_COSINE
 from gate.policy.schema import Policy
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP", "inconclusive": "INCONCLUSIVE"}
@@ -67,7 +68,7 @@ def _scope_notes(rule) -> str:
     if rule.fit == "well_fitted":
         notes.append(f"well-fitted layers only (inconclusive below a share of {rule.min_well_fitted:g})")
     if rule.lineage == "descendant":
-        notes.append("models that descend from their baseline (median layer |cosine| >= 0.5)")
+        notes.append(f"models that descend from their baseline (median layer |cosine| >= {LINEAGE_COSINE:g})")
     if rule.needs_baseline:
         notes.append("needs a baseline" + (" (skipped without one)" if rule.when_no_baseline == "skip" else ""))
     return "; ".join(notes)

@@ -31,8 +31,10 @@ LAYER_METRICS = {
     "stable_rank_peer_ratio": None, "spectral_norm_peer_ratio": None,
     "num_spikes": "mp_fit", "mp_softrank": "mp_fit", "sigma_mp": "mp_fit",
     "num_traps": "randomize", "rand_distance": "randomize",
-    # schema_version 2: the Marchenko-Pastur random-like test and the baseline weights (see PAIR_METRICS)
-    "random_like": None, "mp_ks": None, "mp_spike_mass": None, "mp_spikes": None,
+    # schema_version 2: the Marchenko-Pastur random-like test, the value grid (gate.value_grid) and the
+    # baseline weights (see PAIR_METRICS)
+    "random_like": None, "mp_ks": None, "mp_spike_mass": None, "mp_spikes": None, "value_levels": None,
+    "coarse_grid": None,
     "cosine_similarity": "baseline_weights", "relative_distance": "baseline_weights",
 }
 # Columns of LoRA adapter rows (gate.lora), for policies on adapters or --base merges.
@@ -45,7 +47,12 @@ PAIR_METRICS = ("cosine_similarity", "relative_distance")
 # Layer metrics read from the power-law fit: in schema_version 2, rules on them count only
 # well-fitted layers (gate.fit_quality) unless they say ``fit: any``.
 FIT_METRICS = ("alpha", "alpha_weighted", "log_alpha_norm", "D", "xmin", "num_pl_spikes", "sigma")
-V2_LAYER_METRICS = ("random_like", "mp_ks", "mp_spike_mass", "mp_spikes", "cosine_similarity", "relative_distance")
+V2_LAYER_METRICS = ("random_like", "mp_ks", "mp_spike_mass", "mp_spikes", "value_levels", "coarse_grid",
+                    "cosine_similarity",
+                    "relative_distance")
+# Layer metrics with no verdict (NaN) on layers too small to judge (too few eigenvalues for the
+# random-like test, too few weights to tell a value grid): rules leave those layers out.
+UNJUDGED_WHEN_NAN = ("random_like", "value_levels", "coarse_grid")
 V2_MODEL_METRICS = ("random_like_fraction",)
 MODEL_METRICS = {
     "alpha": None, "alpha_weighted": None, "log_alpha_norm": None, "log_norm": None, "log_spectral_norm": None,
