@@ -16,17 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-
-def best_of(runs: int, call) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from bench_cpu_minilm import best_of  # bench/ is the script's directory, so on sys.path
 
 
 def main() -> None:

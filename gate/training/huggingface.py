@@ -6,11 +6,10 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from gate.errors import GateInputError
-from gate.training.monitor import TrainingMonitor
+from gate.training.monitor import MeasurementSchedule
 
 
-class HFWeightMetricsCallback(TrainerCallback):
+class HFWeightMetricsCallback(MeasurementSchedule, TrainerCallback):
     """Measure MLH (and spectral metrics every ``spectral_every``-th time) every ``every_n_steps``
     steps and/or every ``every_n_epochs`` epochs, logged to the active MLflow run (the one
     transformers' MLflowCallback starts with ``report_to="mlflow"``, or your own) with step = global
@@ -18,22 +17,13 @@ class HFWeightMetricsCallback(TrainerCallback):
     weights are restored at the end; the final scan summary is logged as ``weights.final.*``.
     """
 
-    def __init__(self, every_n_steps: int | None = None, every_n_epochs: int | None = 1, spectral_every: int = 0,
-                 patience: int | None = None, min_delta: float = 0.0, restore_best_weights: bool = True,
-                 final_summary: bool = True, device: str = "cpu") -> None:
-        if not every_n_steps and not every_n_epochs:
-            raise GateInputError("give every_n_steps or every_n_epochs (or both): nothing would be measured")
-        self.every_n_steps = every_n_steps
-        self.every_n_epochs = every_n_epochs
-        self.options: dict[str, Any] = dict(spectral_every=spectral_every, patience=patience, min_delta=min_delta,
-                                            restore_best_weights=restore_best_weights,
-                                            final_summary=final_summary, device=device)
-        self.monitor: TrainingMonitor | None = None
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)  # MeasurementSchedule's options, checked there
         self._epochs_done = 0
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: Any = None, **kwargs: Any) -> None:
-        self.monitor = TrainingMonitor(model, "mlflow", **self.options)
+        self.start(model, "mlflow")
         self._epochs_done = 0
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,

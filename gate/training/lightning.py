@@ -6,12 +6,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from gate.errors import GateInputError
-from gate.training.monitor import TrainingMonitor
+from gate.training.monitor import MeasurementSchedule
 from gate.training.tracker import ActiveRunSink, MetricSink
 
 
-class LightningWeightMetrics(pl.Callback):
+class LightningWeightMetrics(MeasurementSchedule, pl.Callback):
     """Measure MLH (and spectral metrics every ``spectral_every``-th time) every ``every_n_steps``
     optimizer steps and/or every ``every_n_epochs`` epochs, logged through the trainer's loggers
     (``MLFlowLogger`` puts them in its run) with step = global step, or to the active MLflow run when
@@ -20,20 +19,8 @@ class LightningWeightMetrics(pl.Callback):
     ``weights.final.*``.
     """
 
-    def __init__(self, every_n_steps: int | None = None, every_n_epochs: int | None = 1, spectral_every: int = 0,
-                 patience: int | None = None, min_delta: float = 0.0, restore_best_weights: bool = True,
-                 final_summary: bool = True, device: str = "cpu") -> None:
-        if not every_n_steps and not every_n_epochs:
-            raise GateInputError("give every_n_steps or every_n_epochs (or both): nothing would be measured")
-        self.every_n_steps = every_n_steps
-        self.every_n_epochs = every_n_epochs
-        self.options: dict[str, Any] = dict(spectral_every=spectral_every, patience=patience, min_delta=min_delta,
-                                            restore_best_weights=restore_best_weights,
-                                            final_summary=final_summary, device=device)
-        self.monitor: TrainingMonitor | None = None
-
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.monitor = TrainingMonitor(pl_module, _sink(trainer), **self.options)
+        self.start(pl_module, _sink(trainer))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
