@@ -80,12 +80,13 @@ class ModelDigits:
     """Model-level first-digit counts over weight tensors with 2+ dimensions that are not constant.
 
     As in the MLH paper, biases and norm parameters (vectors) and constant-initialised tensors are
-    left out of the model's MLH; they still get per-layer values where they are layers.
+    left out of the model's MLH; they still get per-layer values where they are layers. 0/1 mask
+    buffers (gate.value_grid) are left out by the scanner before they are counted.
     """
 
     def __init__(self) -> None:
         self.counts = DigitCounts.empty()
-        self.constant_tensors: list[str] = []
+        self.left_out_tensors: list[str] = []
 
     def add(self, name: str, tensor: torch.Tensor) -> DigitCounts:
         """Count ``tensor``'s digits; they join the model's counts unless it is constant."""
@@ -93,10 +94,14 @@ class ModelDigits:
         finite = tensor[torch.isfinite(tensor)] if counts.nonfinite else tensor
         low, high = torch.aminmax(finite.reshape(-1)) if finite.numel() else (0, 0)
         if finite.numel() == 0 or float(low) == float(high):
-            self.constant_tensors.append(name)
+            self.left_out_tensors.append(name)
         else:
             self.counts = self.counts + counts
         return counts
+
+    def leave_out(self, name: str) -> None:
+        """A tensor that is not a learned weight (a 0/1 mask): not counted, but counted as left out."""
+        self.left_out_tensors.append(name)
 
     @classmethod
     def merged(cls, parts: "list[ModelDigits]") -> "ModelDigits":
@@ -104,7 +109,7 @@ class ModelDigits:
         total = cls()
         for part in parts:
             total.counts = total.counts + part.counts
-            total.constant_tensors.extend(part.constant_tensors)
+            total.left_out_tensors.extend(part.left_out_tensors)
         return total
 
     def summary(self, vectors_left_out: int, train_accuracy: float | None) -> dict[str, object]:
@@ -114,7 +119,7 @@ class ModelDigits:
             "benford_digit_counts": [int(c) for c in self.counts.counts],
             "benford_zeros": self.counts.zeros,
             "benford_nonfinite": self.counts.nonfinite,
-            "benford_tensors_left_out": vectors_left_out + len(self.constant_tensors),
+            "benford_tensors_left_out": vectors_left_out + len(self.left_out_tensors),
         }
         if train_accuracy is not None:
             result.update(eic(mlh, train_accuracy))

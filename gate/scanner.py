@@ -37,7 +37,7 @@ from gate.fit_quality import fit_quality
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_name, tail_unresolved
 from gate.random_like import random_like_fraction, random_like_statistics
-from gate.value_grid import value_grid_columns
+from gate.value_grid import MASK_REASON, is_zero_one_mask, value_grid_columns
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import TensorInfo, WeightSource, open_source
 from gate.spectrum import SolveResult, SpectrumBatcher, cpu_threads_for_blas, resolve_device
@@ -216,6 +216,12 @@ class TensorPass:
                                                   "reason": group[0].skip_reason}
             return
         tensor = tensor.to(self._device)
+        if is_zero_one_mask(tensor):
+            if self._options.benford:
+                self._partial.digits.leave_out(name)
+            for plan in group:
+                self._partial.rows[plan.index] = {**_base_row(plan), "status": "skipped", "reason": MASK_REASON}
+            return
         options = self._options
         tensor_digits = self._partial.digits.add(name, tensor) if options.benford else None
         for plan in group:

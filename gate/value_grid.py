@@ -34,3 +34,20 @@ def value_grid_columns(matrices: list[torch.Tensor]) -> dict[str, float]:
     sample = torch.cat([matrix.reshape(-1)[::stride] for matrix in matrices])
     levels = torch.unique(sample).numel()
     return {"value_levels": float(levels), "coarse_grid": float(levels <= COARSE_GRID_LEVELS)}
+
+
+MASK_REASON = ("every value is 0 or 1: a mask buffer (e.g. GPT-2's causal attn.bias, a pruning "
+               "weight_mask), not a learned weight; left out of the spectra and of the Benford digits")
+
+
+def is_zero_one_mask(tensor: torch.Tensor) -> bool:
+    """True for a floating tensor whose values are all 0 or 1 and that holds a 1. Such buffers
+    (older GPT-2 checkpoints store a 1024 x 1024 causal mask per block) would otherwise count as
+    conv layers and flood the Benford digits with ones. An all-zero tensor is not a mask: it stays
+    a ``degenerate`` layer. The evenly spaced sample answers for real weights at once; only a tensor
+    whose sample is all 0/1 is checked whole."""
+    flat = tensor.reshape(-1)
+    sample = flat[:: max(1, flat.numel() // SAMPLE_SIZE)]
+    if not bool(((sample == 0) | (sample == 1)).all()):
+        return False
+    return bool(((flat == 0) | (flat == 1)).all()) and bool((flat == 1).any())

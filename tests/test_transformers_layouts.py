@@ -180,3 +180,30 @@ def test_transformers_flavor_through_models_uri(hf_models, mlflow_tracking_uri, 
     assert set(from_registry.index) == expected_rows(model)
     ok = direct[direct["status"] == "ok"].index
     np.testing.assert_allclose(from_registry.loc[ok, "alpha"], direct.loc[ok, "alpha"], rtol=1e-12)
+
+
+def test_gpt2_causal_mask_buffers_are_skipped_not_analysed(hf_models, tmp_path):
+    """Checkpoints written by older transformers (and the hub's gpt2 files) carry each block's causal
+    mask, ``attn.bias`` [1, 1, n_positions, n_positions] of 0/1 floats, and ``attn.masked_bias``. The
+    masks are named skipped rows, not conv layers, and stay out of the Benford digits (whose counts
+    are checked against the exact Decimal reference over the learned matrices alone)."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.test_benford import reference_counts
+
+    _, directory = hf_models["gpt2"]
+    state = load_file(str(directory / "model.safetensors"))
+    learned = {name: value for name, value in state.items() if value.ndim >= 2 and value.is_floating_point()}
+    for block in range(2):
+        state[f"transformer.h.{block}.attn.bias"] = torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64)
+        state[f"transformer.h.{block}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    result = gate.scan(tmp_path / "model.safetensors", device="cpu")
+    layers = result.layers.set_index("name")
+    for block in range(2):
+        row = layers.loc[f"transformer.h.{block}.attn.bias"]
+        assert row["status"] == "skipped" and "mask" in row["reason"]
+    assert set(layers.index[layers["status"] == "ok"]) == {name.removesuffix(".weight") for name in learned}
+    expected = sum((reference_counts(value.reshape(-1))[0] for value in learned.values()), np.zeros(9, dtype=np.int64))
+    assert result.summary["benford_digit_counts"] == expected.tolist()
+    assert_accounted(result, list(state))
