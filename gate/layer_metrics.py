@@ -7,6 +7,7 @@ log10 sums over the ESD; alpha comes from :mod:`gate.powerlaw_fit`.
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -113,15 +114,24 @@ def _matrix_entropy(evals: np.ndarray, rank: int) -> float:
 
 
 def add_peer_ratios(layers: "pd.DataFrame") -> None:
-    """Each analysed layer's stable rank and lambda_max over the median of its peers (same layer
-    type and N x M), so that one collapsed layer stands out without a baseline version
-    (004_289276ed8238cc9e.txt: a poorly trained model shows anomalously small spectral norms).
-    A layer without peers gets 1.0: there is nothing to compare it with."""
+    """Each analysed layer's stable rank and lambda_max over the median of its peers, so that one
+    collapsed layer stands out without a baseline version (004_289276ed8238cc9e.txt: a poorly
+    trained model shows anomalously small spectral norms). Peers share the layer type, N x M and
+    the role: the name with its block and expert indices replaced (``layers.#.self_attn.k_proj``),
+    so a k_proj is judged among k_projs, not among q/v/o projections of the same shape whose
+    stable ranks differ by design, nor an output head among embeddings. A layer without peers gets
+    1.0: there is nothing to compare it with."""
     if layers.empty or "stable_rank" not in layers.columns:
         return
     analysed = layers["status"] == "ok"
     groups = layers.loc[analysed, "layer_type"] + ":" + layers.loc[analysed, "N"].astype(str) + "x" + \
-        layers.loc[analysed, "M"].astype(str)
+        layers.loc[analysed, "M"].astype(str) + ":" + layers.loc[analysed, "name"].map(_role)
     for metric, column in (("stable_rank", "stable_rank_peer_ratio"), ("lambda_max", "spectral_norm_peer_ratio")):
         values = layers.loc[analysed, metric]
         layers.loc[analysed, column] = values / values.groupby(groups).transform("median")
+
+
+def _role(name: str) -> str:
+    """A layer's name with its numeric path components (block, expert, Sequential position) and
+    torch RNN layer suffixes (``weight_hh_l1``) as #."""
+    return re.sub(r"_l\d+(?=\.|$)", "_l#", re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", name))

@@ -121,3 +121,27 @@ def test_convolutions_match_weightwatcher_reference(ww_reference_dir):
     np.testing.assert_allclose(ours["alpha"], ref["alpha"], rtol=1e-6)
     for column in ["lambda_max", "xmin", "log_spectral_norm", "alpha_weighted", "log_norm", "log_alpha_norm", "D"]:
         np.testing.assert_allclose(ours[column], ref[column], rtol=1e-6, err_msg=column)
+
+
+def test_peer_ratios_compare_a_layer_with_its_role_across_blocks():
+    """q_proj and o_proj share a shape but not a role: each stable rank is judged against the
+    median of the same projection in the other blocks (numpy float64 SVDs as the reference)."""
+    generator = torch.Generator().manual_seed(5)
+    state = {}
+    for block in range(4):
+        direction = torch.randn(64, 1, generator=generator) @ torch.randn(1, 64, generator=generator)
+        state[f"model.layers.{block}.self_attn.q_proj.weight"] = 3 * direction + torch.randn(64, 64, generator=generator)
+        state[f"model.layers.{block}.self_attn.o_proj.weight"] = torch.randn(64, 64, generator=generator)
+    layers = gate.scan(state, device="cpu", benford=False).layers.set_index("name")
+
+    def stable_rank(name: str) -> float:
+        singular = scipy.linalg.svdvals(state[f"{name}.weight"].double().numpy())
+        return float((singular**2).sum() / singular[0] ** 2)
+
+    for role in ("q_proj", "o_proj"):
+        names = [f"model.layers.{block}.self_attn.{role}" for block in range(4)]
+        ranks = np.array([stable_rank(name) for name in names])
+        np.testing.assert_allclose(layers.loc[names, "stable_rank_peer_ratio"], ranks / np.median(ranks), rtol=1e-6)
+    q_ranks = [stable_rank(f"model.layers.{block}.self_attn.q_proj") for block in range(4)]
+    o_ranks = [stable_rank(f"model.layers.{block}.self_attn.o_proj") for block in range(4)]
+    assert max(q_ranks) < 0.5 * min(o_ranks)  # mixed together, every q_proj would look half-collapsed
