@@ -216,7 +216,7 @@ class TensorPass:
                                                   "reason": group[0].skip_reason}
             return
         tensor = tensor.to(self._device)
-        if is_zero_one_mask(tensor):
+        if is_zero_one_mask(name, tensor):
             if self._options.benford:
                 self._partial.digits.leave_out(name)
             for plan in group:

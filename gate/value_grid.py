@@ -36,16 +36,20 @@ def value_grid_columns(matrices: list[torch.Tensor]) -> dict[str, float]:
     return {"value_levels": float(levels), "coarse_grid": float(levels <= COARSE_GRID_LEVELS)}
 
 
-MASK_REASON = ("every value is 0 or 1: a mask buffer (e.g. GPT-2's causal attn.bias, a pruning "
-               "weight_mask), not a learned weight; left out of the spectra and of the Benford digits")
+MASK_REASON = ("a mask buffer, not a learned weight (named like one, e.g. GPT-2's causal attn.bias or a "
+               "pruning weight_mask, and every value is 0 or 1); left out of the spectra and of the Benford digits")
 
 
-def is_zero_one_mask(tensor: torch.Tensor) -> bool:
-    """True for a floating tensor whose values are all 0 or 1 and that holds a 1. Such buffers
-    (older GPT-2 checkpoints store a 1024 x 1024 causal mask per block) would otherwise count as
-    conv layers and flood the Benford digits with ones. An all-zero tensor is not a mask: it stays
-    a ``degenerate`` layer. The evenly spaced sample answers for real weights at once; only a tensor
-    whose sample is all 0/1 is checked whole."""
+def is_zero_one_mask(name: str, tensor: torch.Tensor) -> bool:
+    """True for a floating tensor named like a mask whose values are all 0 or 1, with a 1 among
+    them. Older GPT-2 checkpoints store a 1024 x 1024 causal mask per block as ``attn.bias``
+    [1, 1, n, n]; torch's pruning stores ``weight_mask``. Counted as conv layers, they would flood
+    the Benford digits with ones. The name decides first (a ``*mask`` tensor, or a ``bias`` of two
+    or more dimensions), so an identity-initialised weight stays a (degenerate) layer; then the
+    evenly spaced sample, and only a tensor whose sample is all 0/1 is checked whole."""
+    leaf = name.rsplit(".", 1)[-1]
+    if not (leaf.endswith("mask") or (leaf == "bias" and tensor.ndim >= 2)):
+        return False
     flat = tensor.reshape(-1)
     sample = flat[:: max(1, flat.numel() // SAMPLE_SIZE)]
     if not bool(((sample == 0) | (sample == 1)).all()):
