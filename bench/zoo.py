@@ -34,10 +34,8 @@ from scipy import stats
 from torch import nn
 
 from gate.check import check
-from gate.compare import layer_distances
 from gate.policy.evaluate import LINEAGE_COSINE, lineage_cosine
 from gate.policy.schema import HEAD_PATTERN
-from gate.sources import open_source
 
 EPOCHS = 25
 HEALTHY_KINDS = ("healthy", "healthy_finetune", "new_head", "float16_copy", "bfloat16_copy", "sibling_as_new_version")
@@ -291,10 +289,8 @@ def pretrained_models() -> list[tuple[str, dict[str, torch.Tensor]]]:
 
 def record_of(family: str, dataset: str, arch: str, kind: str, state, baseline, accuracy_value: float) -> dict:
     result = check(state, baseline=baseline, device="cpu")
-    lineage = math.nan
-    if baseline is not None:  # what the policy's lineage rules read: median layer |cosine| with the parent
-        with open_source(state) as weights, open_source(baseline) as base_weights:
-            lineage = lineage_cosine(layer_distances(weights, base_weights, torch.device("cpu")))
+    # what the policy's lineage rules read: median layer |cosine| with the parent
+    lineage = lineage_cosine(result.pairs) if result.pairs is not None else math.nan
     summary = result.scan.summary
     layers = result.scan.layers
     return {

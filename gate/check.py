@@ -27,6 +27,8 @@ class CheckResult:
     decision: Decision
     scan: ScanResult
     baseline_scan: ScanResult | None
+    # per-layer cosine / relative distance against the baseline, when the policy needed them
+    pairs: pd.DataFrame | None = None
 
 
 def check(source: Any, *, policy: str | None = None, baseline: Any = None, device: str = "auto",
@@ -71,7 +73,7 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
         timestamp=now_utc(),
         weightgate_version=weightgate_version(),
     )
-    return CheckResult(decision, result, baseline_result)
+    return CheckResult(decision, result, baseline_result, pairs)
 
 
 def _json_value(value: Any) -> Any:

@@ -37,11 +37,11 @@ from gate.fit_quality import fit_quality
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_name, tail_unresolved
 from gate.random_like import random_like_fraction, random_like_statistics
-from gate.value_grid import MASK_REASON, is_zero_one_mask, value_grid_columns
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import TensorInfo, WeightSource, open_source
 from gate.spectrum import SolveResult, SpectrumBatcher, cpu_threads_for_blas, resolve_device
 from gate.summary import summarize, tensor_counts
+from gate.value_grid import MASK_REASON, is_zero_one_mask, value_grid_columns
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,12 @@ COARSE_GRID_LEVELS = 16
 
 def value_grid_columns(matrices: list[torch.Tensor]) -> dict[str, float]:
     """``value_levels``: distinct values among about ``SAMPLE_SIZE`` evenly spaced weights of a
-    layer (a few more for a layer pooled from several matrices: each is sampled with the stride); ``coarse_grid``: 1.0 when that is at most ``COARSE_GRID_LEVELS``, else 0.0. Both NaN
-    for a layer with fewer than ``MIN_WEIGHTS`` weights."""
-    total = sum(matrix.numel() for matrix in matrices)
-    if total < MIN_WEIGHTS:
+    layer (a few more for a layer pooled from several matrices: each is sampled with the stride);
+    ``coarse_grid``: 1.0 when that is at most ``COARSE_GRID_LEVELS``, else 0.0. Both NaN for a
+    layer with fewer than ``MIN_WEIGHTS`` weights."""
+    if sum(matrix.numel() for matrix in matrices) < MIN_WEIGHTS:
         return {"value_levels": math.nan, "coarse_grid": math.nan}
-    stride = max(1, total // SAMPLE_SIZE)
-    sample = torch.cat([matrix.reshape(-1)[::stride] for matrix in matrices])
-    levels = torch.unique(sample).numel()
+    levels = torch.unique(_even_sample(matrices)).numel()
     return {"value_levels": float(levels), "coarse_grid": float(levels <= COARSE_GRID_LEVELS)}
 
 
@@ -50,8 +48,13 @@ def is_zero_one_mask(name: str, tensor: torch.Tensor) -> bool:
     leaf = name.rsplit(".", 1)[-1]
     if not (leaf.endswith("mask") or (leaf == "bias" and tensor.ndim >= 2)):
         return False
-    flat = tensor.reshape(-1)
-    sample = flat[:: max(1, flat.numel() // SAMPLE_SIZE)]
+    sample = _even_sample([tensor])
     if not bool(((sample == 0) | (sample == 1)).all()):
         return False
-    return bool(((flat == 0) | (flat == 1)).all()) and bool((flat == 1).any())
+    return bool(((tensor == 0) | (tensor == 1)).all()) and bool((tensor == 1).any())
+
+
+def _even_sample(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """About ``SAMPLE_SIZE`` elements spread evenly over the tensors (one stride for all)."""
+    stride = max(1, sum(tensor.numel() for tensor in tensors) // SAMPLE_SIZE)
+    return torch.cat([tensor.reshape(-1)[::stride] for tensor in tensors])

@@ -181,19 +181,19 @@ def _rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None,
         layers = layers[layers["name"].isin(by_name.index)]
         return pd.DataFrame({"name": layers["name"].to_numpy(),
                              "value": [float(by_name[n]) for n in layers["name"]]})
+    changes = rule.condition.kind == "change"
+    if changes:
+        reference = baseline.layers.set_index("name")
+        base_values = reference[rule.metric] if rule.metric in reference.columns else pd.Series(dtype=float)
     if rule.metric in UNJUDGED_WHEN_NAN and rule.metric in layers.columns:
         layers = layers[layers[rule.metric].notna()]
-        if rule.condition.kind == "change":
-            reference = baseline.layers.set_index("name")
-            known = reference[rule.metric].dropna() if rule.metric in reference.columns else pd.Series(dtype=float)
-            layers = layers[layers["name"].isin(known.index)]
+        if changes:
+            layers = layers[layers["name"].isin(base_values.dropna().index)]
     if rule.metric not in layers.columns:
         values = pd.Series(math.nan, index=layers.index)
     else:
         values = layers[rule.metric]
-    if rule.condition.kind == "change":
-        reference = baseline.layers.set_index("name")
-        base_values = reference[rule.metric] if rule.metric in reference.columns else pd.Series(dtype=float)
+    if changes:
         values = pd.Series([_change(v, base_values.get(n, math.nan), rule.condition.relative)
                             for n, v in zip(layers["name"], values)], index=layers.index)
     return pd.DataFrame({"name": layers["name"].to_numpy(), "value": values.to_numpy(dtype=float)})

@@ -48,8 +48,7 @@ PAIR_METRICS = ("cosine_similarity", "relative_distance")
 # well-fitted layers (gate.fit_quality) unless they say ``fit: any``.
 FIT_METRICS = ("alpha", "alpha_weighted", "log_alpha_norm", "D", "xmin", "num_pl_spikes", "sigma")
 V2_LAYER_METRICS = ("random_like", "mp_ks", "mp_spike_mass", "mp_spikes", "value_levels", "coarse_grid",
-                    "cosine_similarity",
-                    "relative_distance")
+                    "cosine_similarity", "relative_distance")
 # Layer metrics with no verdict (NaN) on layers too small to judge (too few eigenvalues for the
 # random-like test, too few weights to tell a value grid): rules leave those layers out.
 UNJUDGED_WHEN_NAN = ("random_like", "value_levels", "coarse_grid")
