@@ -1,13 +1,17 @@
-"""Eigenvalues of a symmetric matrix through the LAPACK that scipy loaded, without holding the GIL.
+"""Eigenvalues of a symmetric matrix through an OpenBLAS already in the process, without holding the GIL.
 
 Why not scipy.linalg.eigvalsh: scipy's LAPACK wrappers keep the GIL during the call, so solves from
 two threads run one after the other, and OpenBLAS's own threads do not help a 384 x 384
 tridiagonal reduction (measured on 2 cores: 39 MiniLM-sized solves take 0.21 s either way). ctypes
 releases the GIL around a foreign call, so the very routine scipy's ``driver="evr"`` runs
-(``LAPACKE_?syevr`` of the same OpenBLAS, found with threadpoolctl) can run on every core at once,
-one solve per thread (gate.spectrum does that, with OpenBLAS held to one thread). Where no such
-library or symbol is loaded (another BLAS vendor, a scipy built against a system LAPACK), solves go
-through scipy, one at a time.
+(``LAPACKE_?syevr``), called through ctypes, can run on every core at once, one solve per thread
+(gate.spectrum does that, with OpenBLAS held to one thread).
+
+Which OpenBLAS: numpy's wheels ship one with the full LAPACKE (64-bit integers, symbols
+``scipy_LAPACKE_dsyevr64_``), loaded by ``import numpy``; using it spares every scan the 0.15-0.2 s
+of ``import scipy.linalg`` (issue 17's cold start). scipy's own (32-bit integers,
+``scipy_LAPACKE_dsyevr``) is used when numpy's lacks the routines; where no loaded library has
+them (another BLAS vendor, a build against a system LAPACK), solves go through scipy, one at a time.
 """
 
 from __future__ import annotations
@@ -17,24 +21,27 @@ import os
 from functools import lru_cache
 
 import numpy as np
-import scipy.linalg
 
 _COLUMN_MAJOR = 102  # LAPACK_COL_MAJOR; a symmetric matrix reads the same in either order
-_SYMBOL_PREFIXES = ("scipy_", "")  # scipy's wheels rename OpenBLAS's symbols with "scipy_"
+# (prefix, suffix, integer type) of the LAPACKE symbols of the OpenBLAS builds numpy and scipy ship.
+_SYMBOL_FORMS = (("scipy_", "64_", ctypes.c_int64), ("", "64_", ctypes.c_int64),
+                 ("scipy_", "", ctypes.c_int32), ("", "", ctypes.c_int32))
 
 
 class SyevrLibrary:
-    """``LAPACKE_dsyevr`` and ``LAPACKE_ssyevr`` (32-bit integers) of one loaded OpenBLAS."""
+    """``LAPACKE_dsyevr`` and ``LAPACKE_ssyevr`` of one loaded OpenBLAS, in one symbol form."""
 
-    def __init__(self, library: ctypes.CDLL) -> None:
+    def __init__(self, library: ctypes.CDLL, prefix: str, suffix: str, integer: type) -> None:
+        self._integer = integer
+        self._int_numpy = np.dtype(np.int64 if integer is ctypes.c_int64 else np.int32)
         self._routines = {}
         for dtype, name, real in ((np.float64, "dsyevr", ctypes.c_double), (np.float32, "ssyevr", ctypes.c_float)):
-            routine = _symbol(library, f"LAPACKE_{name}")
-            routine.restype = ctypes.c_int
+            routine = getattr(library, f"{prefix}LAPACKE_{name}{suffix}")
+            routine.restype = integer
             pointer = ctypes.c_void_p
-            routine.argtypes = [ctypes.c_int, ctypes.c_char, ctypes.c_char, ctypes.c_char, ctypes.c_int, pointer,
-                                ctypes.c_int, real, real, ctypes.c_int, ctypes.c_int, real,
-                                ctypes.POINTER(ctypes.c_int), pointer, pointer, ctypes.c_int, pointer]
+            routine.argtypes = [ctypes.c_int, ctypes.c_char, ctypes.c_char, ctypes.c_char, integer, pointer,
+                                integer, real, real, integer, integer, real,
+                                ctypes.POINTER(integer), pointer, pointer, integer, pointer]
             self._routines[np.dtype(dtype)] = routine
 
     def eigvalsh(self, matrix: np.ndarray) -> np.ndarray:
@@ -43,8 +50,8 @@ class SyevrLibrary:
         n = work.shape[0]
         values = np.empty(n, dtype=work.dtype)
         unused_vectors = np.empty(1, dtype=work.dtype)
-        support = np.empty(2 * n, dtype=np.int32)
-        found = ctypes.c_int(0)
+        support = np.empty(2 * n, dtype=self._int_numpy)
+        found = self._integer(0)
         status = self._routines[work.dtype](
             _COLUMN_MAJOR, b"N", b"A", b"L", n, work.ctypes.data, n, 0.0, 0.0, 0, 0, 0.0, ctypes.byref(found),
             values.ctypes.data, unused_vectors.ctypes.data, 1, support.ctypes.data)
@@ -55,29 +62,43 @@ class SyevrLibrary:
 
 @lru_cache(maxsize=1)
 def blas_controller():
-    """threadpoolctl's view of the BLAS/OpenMP libraries loaded now (numpy's and scipy's OpenBLAS,
-    torch's OpenMP), built once: enumerating them takes ~8 ms."""
+    """threadpoolctl's view of the BLAS/OpenMP libraries loaded now (numpy's OpenBLAS, torch's
+    OpenMP, and scipy's OpenBLAS when the solves need it), built once: enumerating takes ~8 ms.
+    scipy is imported first when no loaded OpenBLAS has the routines, so that the library the
+    solves use is among those a scan holds to one thread."""
     from threadpoolctl import ThreadpoolController
 
-    return ThreadpoolController()
+    controller = ThreadpoolController()
+    if _syevr_in(controller) is None:
+        import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS)
+
+        controller = ThreadpoolController()
+    return controller
 
 
 @lru_cache(maxsize=1)
 def find_syevr_library() -> SyevrLibrary | None:
-    """The OpenBLAS scipy.linalg uses, if it exports 32-bit-integer LAPACKE ``?syevr``; else None."""
-    for library in blas_controller().select(internal_api="openblas").lib_controllers:
-        handle = library.dynlib
-        if all(_symbol(handle, f"LAPACKE_{name}") is not None for name in ("dsyevr", "ssyevr")):
-            return SyevrLibrary(handle)
-    return None
+    """The first loaded OpenBLAS that exports LAPACKE ``?syevr`` (numpy's, else scipy's); else None."""
+    return _syevr_in(blas_controller())
 
 
 def eigvalsh(matrix: np.ndarray) -> np.ndarray:
     """Ascending eigenvalues of a symmetric matrix; releases the GIL where the library allows."""
     library = find_syevr_library()
     if library is None:
+        import scipy.linalg
+
         return scipy.linalg.eigvalsh(matrix, driver="evr", check_finite=False)
     return library.eigvalsh(matrix)
+
+
+def _syevr_in(controller) -> SyevrLibrary | None:
+    for library in controller.select(internal_api="openblas").lib_controllers:
+        handle = library.dynlib
+        for prefix, suffix, integer in _SYMBOL_FORMS:
+            if all(hasattr(handle, f"{prefix}LAPACKE_{name}{suffix}") for name in ("dsyevr", "ssyevr")):
+                return SyevrLibrary(handle, prefix, suffix, integer)
+    return None
 
 
 def usable_cores() -> int:
@@ -85,8 +106,3 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-def _symbol(library: ctypes.CDLL, name: str):
-    """The routine ``name`` under any of the known prefixes, or None."""
-    return next((getattr(library, p + name) for p in _SYMBOL_PREFIXES if hasattr(library, p + name)), None)

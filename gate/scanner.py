@@ -39,6 +39,7 @@ from gate.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_na
 from gate.random_like import random_like_fraction, random_like_statistics
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import TensorInfo, WeightSource, open_source
+from gate.lapack import usable_cores
 from gate.spectrum import SolveResult, SpectrumBatcher, cpu_threads_for_blas, resolve_device
 from gate.summary import summarize, tensor_counts
 from gate.value_grid import MASK_REASON, is_zero_one_mask, value_grid_columns
@@ -251,39 +252,46 @@ class TensorPass:
         tensor again, only for layers whose float32 solve left the tail unresolved (gate.precision)."""
         self._collect_digest()
         # Fits wait for the last solve: run between tasks, their Python code would hold the GIL
-        # that the pool's threads need to start each task (measured slower on 2 cores).
+        # that the pool's threads need to start each task (measured slower on 2 cores). After it,
+        # layers are fitted one per core: the O(n^2) KS scan is torch ops that release the GIL.
         results = self._batcher.flush()
         rows = self._partial.rows
-        analysable = [plan for plan in self._submitted if _add_spectral_row(rows[plan.index], results, plan, self._device)]
-        unresolved = [plan for plan in analysable
-                      if tail_unresolved(self._precision, _widest(results, plan), rows[plan.index]["eig_error_bound"],
-                                         rows[plan.index]["xmin"])]
-        if unresolved:
-            results.update(_solve_in_float64(reload, unresolved, self._device, self._batcher.strategy))
-            for plan in unresolved:
-                _add_spectral_row(rows[plan.index], results, plan, self._device)
-        for plan in analysable:
-            evals = _pooled(results, plan)
-            if self._options.keep_spectra:
-                self._partial.spectra[plan.name] = evals
-            row = rows[plan.index]
-            row.update(random_like_statistics(evals, plan.N, plan.M))
-            row.update(fit_quality(evals, row["alpha"], row["xmin"], row["D"], row["num_pl_spikes"],
-                                   likelihood_ratio=False))
-            if self._options.tail_estimators:
-                from gate.tail_estimators import alpha_hill
-
-                row["alpha_hill"] = alpha_hill(evals)
-            if self._options.mp_fit:
-                from gate.marchenko_pastur import mp_fit
-
-                row.update(mp_fit(evals, plan.N, plan.M))
-            if self._options.randomize:
-                from gate.marchenko_pastur import randomized_comparison
-
-                row.update(randomized_comparison(evals, _pooled(results, plan, randomized=True), plan.N, plan.M))
+        with ThreadPoolExecutor(usable_cores(), thread_name_prefix="weightgate-fit") as fitters:
+            solved = list(fitters.map(lambda plan: _add_spectral_row(rows[plan.index], results, plan, self._device),
+                                      self._submitted))
+            analysable = [plan for plan, ok in zip(self._submitted, solved) if ok]
+            unresolved = [plan for plan in analysable
+                          if tail_unresolved(self._precision, _widest(results, plan),
+                                             rows[plan.index]["eig_error_bound"], rows[plan.index]["xmin"])]
+            if unresolved:
+                results.update(_solve_in_float64(reload, unresolved, self._device, self._batcher.strategy))
+                list(fitters.map(lambda plan: _add_spectral_row(rows[plan.index], results, plan, self._device),
+                                 unresolved))
+            list(fitters.map(lambda plan: self._add_fit_rows(rows[plan.index], results, plan), analysable))
+        if self._options.keep_spectra:
+            self._partial.spectra.update((plan.name, _pooled(results, plan)) for plan in analysable)
         self._partial.eigensolve_seconds = self._batcher.eigensolve_seconds
         return self._partial
+
+    def _add_fit_rows(self, row: dict[str, Any], results: dict[SolveKey, SolveResult], plan: LayerPlan) -> None:
+        """The metrics of one analysable layer beyond its fit: MP comparison, fit quality and the
+        optional estimators (one layer per call, so layers run on several threads)."""
+        evals = _pooled(results, plan)
+        row.update(random_like_statistics(evals, plan.N, plan.M))
+        row.update(fit_quality(evals, row["alpha"], row["xmin"], row["D"], row["num_pl_spikes"],
+                               likelihood_ratio=False))
+        if self._options.tail_estimators:
+            from gate.tail_estimators import alpha_hill
+
+            row["alpha_hill"] = alpha_hill(evals)
+        if self._options.mp_fit:
+            from gate.marchenko_pastur import mp_fit
+
+            row.update(mp_fit(evals, plan.N, plan.M))
+        if self._options.randomize:
+            from gate.marchenko_pastur import randomized_comparison
+
+            row.update(randomized_comparison(evals, _pooled(results, plan, randomized=True), plan.N, plan.M))
 
     def _collect_digest(self) -> None:
         if self._pending_digest is not None:

@@ -12,8 +12,9 @@ import sys
 import torch
 from safetensors.torch import save_file
 
+# scipy.linalg: solves go through the OpenBLAS numpy's wheel already loaded (gate.lapack).
 HEAVY_FOR_A_SCAN = ("onnx", "mlflow", "great_expectations", "matplotlib", "transformers", "sklearn", "powerlaw",
-                    "scipy.stats", "jinja2", "ray")
+                    "scipy.stats", "scipy.linalg", "jinja2", "ray")
 
 
 def _imported(arguments: list[str]) -> set[str]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 import scipy.linalg
+from threadpoolctl import ThreadpoolController
 
-from gate.lapack import eigvalsh, find_syevr_library
+from gate.lapack import SyevrLibrary, eigvalsh, find_syevr_library
 
 
 def _symmetric(rng: np.random.Generator, n: int, dtype) -> np.ndarray:
@@ -14,9 +17,24 @@ def _symmetric(rng: np.random.Generator, n: int, dtype) -> np.ndarray:
     return (W.T @ W).astype(dtype)
 
 
-def test_scipys_openblas_is_found():
-    """The pip wheels of scipy ship OpenBLAS with LAPACKE: the GIL-free path is the one tests run."""
-    assert find_syevr_library() is not None
+def test_numpys_openblas_is_found():
+    """numpy's pip wheel ships OpenBLAS with LAPACKE (64-bit integers): the GIL-free path is the one
+    tests run, and scans need not import scipy.linalg for it."""
+    library = find_syevr_library()
+    assert library is not None and library._integer is ctypes.c_int64
+
+
+def test_scipys_openblas_32_bit_form_gives_the_same_eigenvalues():
+    """The fallback form (scipy's OpenBLAS, 32-bit integers) reads the same: one matrix solved
+    through both libraries and through scipy itself."""
+    scipys = [lib for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers
+              if "scipy" in lib.filepath and "numpy" not in lib.filepath]
+    assert scipys, "scipy's wheel ships its own OpenBLAS"
+    library = SyevrLibrary(scipys[0].dynlib, "scipy_", "", ctypes.c_int32)
+    matrix = _symmetric(np.random.default_rng(5), 120, np.float64)
+    expected = scipy.linalg.eigvalsh(matrix, driver="evr")
+    for got in (library.eigvalsh(matrix), find_syevr_library().eigvalsh(matrix)):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=32 * np.finfo(np.float64).eps * expected.max())
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
