@@ -16,6 +16,7 @@ import click
 
 from gate.errors import GateInputError
 from gate.rank import RANK_METRICS
+from gate.report.html import ESD_CAP
 
 EXIT_BLOCKED = 1
 EXIT_INPUT_ERROR = 2
@@ -215,9 +216,11 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
 @click.option("--baseline", default=None, help="the version to compare against")
 @click.option("--policy", "policy_file", default=None, help="policy YAML (default: the shipped policy)")
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu or cuda[:N]")
+@click.option("--esd-charts", type=click.IntRange(min=0), default=ESD_CAP, show_default=True,
+              help="ESD charts to draw: offending layers first, then the lowest and highest alpha")
 @_source_options
 @_input_errors_exit_2
-def report(source: str, out_dir: str, baseline: str | None, policy_file: str | None, device: str,
+def report(source: str, out_dir: str, baseline: str | None, policy_file: str | None, device: str, esd_charts: int,
            allow_pickle: bool, tracking_uri: str | None) -> None:
     """Write a self-contained HTML report with ESD plots, alpha/MLH by depth and Benford digits.
 
@@ -231,7 +234,7 @@ def report(source: str, out_dir: str, baseline: str | None, policy_file: str | N
     result = run_check(source, policy=policy_file, baseline=baseline, device=device, allow_pickle=allow_pickle,
                        tracking_uri=tracking_uri, keep_spectra=True)
     write_outputs(result, out_dir)
-    files = write_report(out_dir, result.scan, result.decision, result.baseline_scan)
+    files = write_report(out_dir, result.scan, result.decision, result.baseline_scan, esd_charts=esd_charts)
     click.echo(f"decision {result.decision.decision}; wrote {len(files) + 2} files, open {out_dir}/report.html")
     sys.exit(EXIT_BLOCKED if result.decision.decision == BLOCK else 0)
 

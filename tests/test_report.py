@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gate.check import check
-from gate.report.html import ESD_CAP, write_report
+from gate.report.html import ESD_CAP, esd_layers, write_report
+from gate.report.plots import chart_style, report_charts
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -49,21 +50,53 @@ def test_report_is_self_contained_and_decision_first(tmp_path, minilm_dir):
     assert "[2, 4]" in depth and "baseline" in depth
 
 
-def test_fit_line_is_clipped_to_the_axes():
-    from gate.report.plots import digits_svg, esd_svg
+def _ids(svg: str) -> set[str]:
+    return {g.get("id") for g in ET.fromstring(svg).iter(f"{SVG}g")}
 
+
+def test_fit_line_is_clipped_to_the_axes():
     rng = np.random.default_rng(0)
     evals = np.sort(rng.pareto(2.0, 400) + 1.0)
-    # a fit whose line would leave the frame (steep alpha from a small xmin)
-    svg = esd_svg("layer <b>&", evals, {"alpha": 6.0, "xmin": 1.0, "bulk_max": 3.0})
+    charts = report_charts()
+    with charts.lock, chart_style():
+        # a fit whose line would leave the frame (steep alpha from a small xmin)
+        svg = charts.esd.svg("layer <b>&", evals, {"alpha": 6.0, "xmin": 1.0, "bulk_max": 3.0})
+        digits = charts.digits.svg([30, 18, 12, 10, 8, 7, 6, 5, 4])
     assert "layer &lt;b&gt;&amp;" in svg  # titles escaped
     for gid in ("powerlaw-fit", "xmin", "mp-bulk-edge"):
         paths = list(_group(svg, gid).iter(f"{SVG}path"))
         assert paths and all(p.get("clip-path", "").startswith("url(#") for p in paths), gid
     clip_ids = {c.get("id") for c in ET.fromstring(svg).iter(f"{SVG}clipPath")}
     assert len(clip_ids) == 1  # one clip rectangle: the axes
-    digits = digits_svg([30, 18, 12, 10, 8, 7, 6, 5, 4])
+    assert "α = 6.00 from xmin = 1" in svg
     assert _group(digits, "benford") is not None and _group(digits, "digits") is not None
+
+
+def test_charts_redrawn_for_the_next_report_keep_nothing_of_the_last():
+    """The figures are reused across reports: a chart drawn after one with a baseline, offending
+    layers, a band and a fit shows none of them when its own data has none."""
+    layers = pd.DataFrame({"name": [f"l{i}" for i in range(5)], "status": ["ok"] * 5,
+                           "alpha": [2.5, 3.0, 9.0, 3.5, 4.0], "mlh": [0.9, 0.95, 0.5, 0.92, 0.91]})
+    evals = np.sort(np.random.default_rng(1).pareto(2.0, 300) + 1.0)
+    charts = report_charts()
+    with charts.lock, chart_style():
+        first = charts.depth.svg(layers, "alpha", layers, band=(2.0, 4.0), offending={"l2"})
+        second = charts.depth.svg(layers, "mlh")
+        fitted = charts.esd.svg("a", evals, {"alpha": 3.0, "xmin": 2.0, "bulk_max": 1.5})
+        unfitted = charts.esd.svg("b", evals, {"alpha": float("nan"), "xmin": float("nan")})
+    assert {"current", "baseline", "offending", "band"} <= _ids(first) and ">l2<" in first
+    assert "current" in _ids(second) and not {"baseline", "offending", "band"} & _ids(second)
+    assert ">l2<" not in second and "[2, 4]" not in second
+    assert {"powerlaw-fit", "xmin", "mp-bulk-edge"} <= _ids(fitted)
+    assert not {"powerlaw-fit", "xmin", "mp-bulk-edge"} & _ids(unfitted) and "no power-law fit" in unfitted
+
+
+def test_esd_charts_go_to_offending_layers_then_the_extreme_alphas():
+    names = ["a", "b", "c", "d", "e", "f"]
+    alphas = pd.Series({"a": 3.0, "b": 1.5, "c": float("nan"), "d": 7.0, "e": 2.5, "f": 4.0})
+    # offending first (model order), then lowest, highest, second lowest, second highest..., no fit last
+    assert esd_layers(names, alphas, {"f", "a"}) == ["a", "f", "b", "d", "e", "c"]
+    assert esd_layers(names, None, set()) == names
 
 
 def test_layer_names_are_escaped_in_the_report(tmp_path):
@@ -85,11 +118,13 @@ def test_esd_charts_are_capped_for_large_models(tmp_path):
 
 
 def test_report_command(tmp_path, minilm_dir):
-    proc = subprocess.run([sys.executable, "-m", "gate", "report", str(minilm_dir), "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "gate", "report", str(minilm_dir), "--out", str(tmp_path / "r"),
+                           "--esd-charts", "5"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "decision approve" in proc.stdout
     assert (tmp_path / "r" / "report.html").is_file() and (tmp_path / "r" / "decision.json").is_file()
+    assert len(list((tmp_path / "r" / "esd").glob("*.svg"))) == 5
+    assert "showing 5 of 39" in (tmp_path / "r" / "report.html").read_text()
 
 
 def test_report_of_a_model_with_no_analysed_layer(tmp_path):
