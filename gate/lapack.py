@@ -93,9 +93,11 @@ def eigvalsh(matrix: np.ndarray) -> np.ndarray:
 
 
 def _syevr_in(controller) -> SyevrLibrary | None:
-    for library in controller.select(internal_api="openblas").lib_controllers:
-        handle = library.dynlib
-        for prefix, suffix, integer in _SYMBOL_FORMS:
+    """The routines in the first symbol form any loaded OpenBLAS exports (numpy's before scipy's,
+    whatever order threadpoolctl lists the libraries in)."""
+    libraries = [library.dynlib for library in controller.select(internal_api="openblas").lib_controllers]
+    for prefix, suffix, integer in _SYMBOL_FORMS:
+        for handle in libraries:
             if all(hasattr(handle, f"{prefix}LAPACKE_{name}{suffix}") for name in ("dsyevr", "ssyevr")):
                 return SyevrLibrary(handle, prefix, suffix, integer)
     return None
