@@ -123,7 +123,7 @@ def scan(source: str, output_format: str, device: str, precision: str, mp_fit: b
         from gate.scanner import scan as run_scan
 
         if base is not None:
-            from gate.lora import open_merged
+            from gate.sources import open_merged
 
             source = open_merged(source, base, allow_pickle, tracking_uri)
         result = run_scan(source, progress=not quiet, **options)
@@ -193,7 +193,7 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
         if ray_address is not None:
             raise GateInputError("--base and --ray cannot be combined: merge the adapter into the base model first, "
                                  "or check without --ray")
-        from gate.lora import open_merged
+        from gate.sources import open_merged
 
         source = open_merged(source, base, allow_pickle, tracking_uri)  # check() closes it
     started = time.perf_counter()

@@ -202,23 +202,5 @@ class MergedSource(WeightSource):
         self._adapter.close()
 
 
-def open_merged(adapter: object, base: object, allow_pickle: bool = False, tracking_uri: str | None = None) -> MergedSource:
-    """``base`` with ``adapter`` merged into it; both are any source ``open_source`` accepts."""
-    from gate.sources import open_source
-
-    adapter_source = open_source(adapter, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
-    try:
-        base_source = open_source(base, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
-    except BaseException:
-        adapter_source.close()
-        raise
-    try:
-        return MergedSource(base_source, adapter_source)
-    except BaseException:
-        base_source.close()
-        adapter_source.close()
-        raise
-
-
 def is_adapter_dir(path: Path) -> bool:
     return path.is_dir() and (path / ADAPTER_CONFIG).is_file()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,7 +15,10 @@ from gate.sources.mlflow_uri import is_mlflow_uri, open_mlflow_uri
 from gate.sources.module import ModuleSource
 from gate.sources.torch_files import StateDictSource
 
-__all__ = ["TensorInfo", "WeightSource", "open_source"]
+if TYPE_CHECKING:
+    from gate.lora import MergedSource
+
+__all__ = ["TensorInfo", "WeightSource", "open_merged", "open_source"]
 
 
 def open_source(source: Any, allow_pickle: bool = False, tracking_uri: str | None = None) -> WeightSource:
@@ -37,3 +40,21 @@ def open_source(source: Any, allow_pickle: bool = False, tracking_uri: str | Non
         f"cannot scan an object of type {type(source).__name__}; pass a path, an MLflow URI, "
         "a torch.nn.Module or a state dict"
     )
+
+
+def open_merged(adapter: object, base: object, allow_pickle: bool = False, tracking_uri: str | None = None) -> MergedSource:
+    """``base`` with ``adapter`` merged into it; both are any source ``open_source`` accepts."""
+    from gate.lora import MergedSource  # late, as in local_files: gate.lora imports gate.sources.base
+
+    adapter_source = open_source(adapter, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
+    try:
+        base_source = open_source(base, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
+    except BaseException:
+        adapter_source.close()
+        raise
+    try:
+        return MergedSource(base_source, adapter_source)
+    except BaseException:
+        base_source.close()
+        adapter_source.close()
+        raise

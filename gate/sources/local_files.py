@@ -97,7 +97,9 @@ def _open_bin_index(index_path: Path, allow_pickle: bool) -> WeightSource:
 
 
 def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
-    from gate.lora import ADAPTER_CONFIG, LoraSource  # gate.lora builds on gate.sources: imported late
+    # Late: gate.lora imports gate.sources.base, which runs this package's __init__ first; imported at
+    # the top, this module would find gate.lora half-initialised whenever gate.lora is imported first.
+    from gate.lora import ADAPTER_CONFIG, LoraSource
 
     if (directory / ADAPTER_CONFIG).is_file():  # a PEFT adapter: its updates, not its factors
         return LoraSource(directory, _open_adapter_weights(directory, allow_pickle))
