@@ -33,7 +33,6 @@ class SyevrLibrary:
 
     def __init__(self, library: ctypes.CDLL, prefix: str, suffix: str, integer: type) -> None:
         self._integer = integer
-        self._int_numpy = np.dtype(np.int64 if integer is ctypes.c_int64 else np.int32)
         self._routines = {}
         for dtype, name, real in ((np.float64, "dsyevr", ctypes.c_double), (np.float32, "ssyevr", ctypes.c_float)):
             routine = getattr(library, f"{prefix}LAPACKE_{name}{suffix}")
@@ -50,7 +49,7 @@ class SyevrLibrary:
         n = work.shape[0]
         values = np.empty(n, dtype=work.dtype)
         unused_vectors = np.empty(1, dtype=work.dtype)
-        support = np.empty(2 * n, dtype=self._int_numpy)
+        support = np.empty(2 * n, dtype=self._integer)  # numpy reads a ctypes integer type as its width
         found = self._integer(0)
         status = self._routines[work.dtype](
             _COLUMN_MAJOR, b"N", b"A", b"L", n, work.ctypes.data, n, 0.0, 0.0, 0, 0, 0.0, ctypes.byref(found),

@@ -34,12 +34,12 @@ from gate.errors import GateInputError
 from gate.fingerprint import combine, tensor_digest
 from gate.layer_metrics import add_peer_ratios, spectral_metrics
 from gate.fit_quality import fit_quality
+from gate.lapack import usable_cores
 from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
 from gate.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_name, tail_unresolved
 from gate.random_like import random_like_fraction, random_like_statistics
 from gate.result import LEADING_COLUMNS, ScanResult
 from gate.sources import TensorInfo, WeightSource, open_source
-from gate.lapack import usable_cores
 from gate.spectrum import SolveResult, SpectrumBatcher, cpu_threads_for_blas, resolve_device
 from gate.summary import summarize, tensor_counts
 from gate.value_grid import MASK_REASON, is_zero_one_mask, value_grid_columns
@@ -267,15 +267,16 @@ class TensorPass:
                 results.update(_solve_in_float64(reload, unresolved, self._device, self._batcher.strategy))
                 list(fitters.map(lambda plan: _add_spectral_row(rows[plan.index], results, plan, self._device),
                                  unresolved))
-            list(fitters.map(lambda plan: self._add_fit_rows(rows[plan.index], results, plan), analysable))
-        if self._options.keep_spectra:
-            self._partial.spectra.update((plan.name, _pooled(results, plan)) for plan in analysable)
+            pooled = list(fitters.map(lambda plan: self._add_fit_rows(rows[plan.index], results, plan), analysable))
+        if self._options.keep_spectra:  # in model order, whichever thread finished first
+            self._partial.spectra.update((plan.name, evals) for plan, evals in zip(analysable, pooled))
         self._partial.eigensolve_seconds = self._batcher.eigensolve_seconds
         return self._partial
 
-    def _add_fit_rows(self, row: dict[str, Any], results: dict[SolveKey, SolveResult], plan: LayerPlan) -> None:
+    def _add_fit_rows(self, row: dict[str, Any], results: dict[SolveKey, SolveResult], plan: LayerPlan) -> np.ndarray:
         """The metrics of one analysable layer beyond its fit: MP comparison, fit quality and the
-        optional estimators (one layer per call, so layers run on several threads)."""
+        optional estimators (one layer per call, so layers run on several threads); returns the
+        layer's pooled eigenvalues."""
         evals = _pooled(results, plan)
         row.update(random_like_statistics(evals, plan.N, plan.M))
         row.update(fit_quality(evals, row["alpha"], row["xmin"], row["D"], row["num_pl_spikes"],
@@ -292,6 +293,7 @@ class TensorPass:
             from gate.marchenko_pastur import randomized_comparison
 
             row.update(randomized_comparison(evals, _pooled(results, plan, randomized=True), plan.N, plan.M))
+        return evals
 
     def _collect_digest(self) -> None:
         if self._pending_digest is not None:

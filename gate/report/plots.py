@@ -159,7 +159,6 @@ class DigitsChart:
         self._bars = axes.bar(digits, np.zeros(9), color="#aac7e8", gid="digits")
         axes.plot(digits, BENFORD, color=_FIT, marker="o", markersize=3.5, gid="benford")
         axes.set_xticks(digits)
-        axes.set_ylim(0, 0.5)  # Benford's largest frequency is 0.30; a weight digit above 0.5 is off the law anyway
         axes.yaxis.set_major_locator(MaxNLocator(5))
         axes.set(title="first significant digits: weights (bars), Benford log10(1 + 1/d) (line)", xlabel="digit",
                  ylabel="frequency")
@@ -170,6 +169,7 @@ class DigitsChart:
         frequencies = [c / total for c in counts]
         for bar, frequency in zip(self._bars, frequencies):
             bar.set_height(frequency)
+        # Benford's largest frequency is 0.30: the axis stays at 0.5 unless a digit is off the law above it
         self._axes.set_ylim(0, max(0.5, max(frequencies) * 1.05))
         return _svg(self._figure)
 
