@@ -1,6 +1,7 @@
 """CPU benchmark, side by side in one process: weightgate vs WeightWatcher 0.7.7 on all-MiniLM-L6-v2.
 
-(a) the same metrics: WeightWatcher analyze() vs gate.scan(benford=False), and gate alone on a
+(a) the same metrics: WeightWatcher analyze() vs gate.scan(benford=False, fingerprint=False) (WeightWatcher
+computes neither Benford digits nor a hash of the weights; the same scan with the hash is timed too), and gate alone on a
 float16 copy (precision auto, i.e. float32 solves, against float64 solves); (b) full set:
 analyze(mp_fit=True, randomize=True) vs gate.scan(mp_fit=True, randomize=True); (c) gate's own
 default scan (spectra + Benford) and `compare` of MiniLM against a perturbed copy (issue 3's 2 s).
@@ -66,8 +67,11 @@ def main() -> None:
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "ww_default_s": best_of(5, lambda: watcher.analyze()),
-        "gate_same_metrics_file_s": best_of(10, lambda: gate.scan(model_dir, device="cpu", benford=False)),
-        "gate_same_metrics_module_s": best_of(10, lambda: gate.scan(module, device="cpu", benford=False)),
+        "gate_same_metrics_file_s": best_of(10, lambda: gate.scan(model_dir, device="cpu", benford=False,
+                                                                  fingerprint=False)),
+        "gate_same_metrics_module_s": best_of(10, lambda: gate.scan(module, device="cpu", benford=False,
+                                                                    fingerprint=False)),
+        "gate_same_metrics_with_fingerprint_s": best_of(10, lambda: gate.scan(model_dir, device="cpu", benford=False)),
         "gate_default_with_benford_s": best_of(5, lambda: gate.scan(model_dir, device="cpu")),
         "gate_fp16_auto_s": best_of(5, lambda: gate.scan(half, device="cpu", benford=False)),
         "gate_fp16_float64_s": best_of(5, lambda: gate.scan(half, device="cpu", benford=False, precision="float64")),

@@ -86,6 +86,9 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the --randomize shuffle")
 @click.option("--benford/--no-benford", default=True, show_default=True,
               help="first-digit counts and MLH per layer and for the model")
+@click.option("--fingerprint/--no-fingerprint", default=True, show_default=True,
+              help="the weights' sha256 (weights_sha256), what decisions are recorded against; "
+                   "--no-fingerprint saves hashing every byte when none is recorded")
 @click.option("--min-evals", type=click.IntRange(min=1), default=8, show_default=True,
               help="skip layers with fewer eigenvalues (M*rf)")
 @click.option("--max-evals", type=click.IntRange(min=1), default=None, help="skip layers with more eigenvalues")
@@ -101,7 +104,7 @@ def main() -> None:
 @_ray_option
 @_input_errors_exit_2
 def scan(source: str, output_format: str, device: str, precision: str, mp_fit: bool, randomize: bool, seed: int,
-         benford: bool, min_evals: int, max_evals: int | None, conv2d_method: str, allow_pickle: bool, tracking_uri: str | None,
+         benford: bool, fingerprint: bool, min_evals: int, max_evals: int | None, conv2d_method: str, allow_pickle: bool, tracking_uri: str | None,
          train_accuracy: float | None, tail_estimators: bool, quiet: bool, base: str | None,
          ray_address: str | None) -> None:
     """Compute weight-only quality metrics of every layer of SOURCE.
@@ -110,7 +113,7 @@ def scan(source: str, output_format: str, device: str, precision: str, mp_fit: b
     an MLflow URI (models:/name/1, models:/name@alias, models:/m-<id>, runs:/<id>/path).
     """
     options = dict(device=device, precision=precision, mp_fit=mp_fit, randomize=randomize, seed=seed, benford=benford,
-                   min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
+                   fingerprint=fingerprint, min_evals=min_evals, max_evals=max_evals, conv2d_method=conv2d_method, allow_pickle=allow_pickle,
                    tracking_uri=tracking_uri, train_accuracy=train_accuracy, tail_estimators=tail_estimators)
     if ray_address is not None:
         from gate.distributed.executor import scan_on_ray

@@ -87,7 +87,9 @@ def rank(sources: list[Any], by: str = "alpha_weighted", *, device: str = "auto"
     objects = [s for s in sources if not isinstance(s, str)]
     rows = []
     for source in names + objects:
-        summary = scan(source, device=device, allow_pickle=allow_pickle, tracking_uri=tracking_uri).summary
+        # Only the summary is ranked: no weights hash (nothing is recorded against it).
+        summary = scan(source, device=device, allow_pickle=allow_pickle, tracking_uri=tracking_uri,
+                       fingerprint=False).summary
         row: dict[str, Any] = {"source": source if isinstance(source, str) else f"<{type(source).__name__}>"}
         row.update({metric: float(summary.get(metric, math.nan)) for metric in RANK_METRICS})
         row["num_analysed"] = int(summary.get("num_analysed", 0))

@@ -60,6 +60,10 @@ class ScanOptions:
     randomize: bool = False
     seed: int = 0
     benford: bool = True
+    # The weights' sha256 (gate.fingerprint), from the same read: what a decision is recorded against.
+    # Callers that record no decision (the training tracker, rank) turn it off: hashing is ~10% of a
+    # CPU scan's work, and ~8 s per measurement of a 7B model.
+    fingerprint: bool = True
     tail_estimators: bool = False  # also alpha_hill and alpha_farms (gate.tail_estimators), optional metrics
     keep_spectra: bool = False  # keep each layer's eigenvalues in ScanResult.spectra (for ESD plots)
     train_accuracy: float | None = None  # enables EIC (training accuracy as a fraction in [0, 1])
@@ -99,12 +103,14 @@ class PartialScan:
     """What one pass over a subset of a model's tensors found; picklable, merged by :func:`merge_partials`.
 
     ``rows``: layer rows by plan index (peer ratios not yet added); ``digits``: model-level Benford
-    counts of these tensors; ``tensor_digests``: fingerprint parts by tensor name; ``spectra``:
+    counts of these tensors; ``tensors``: the names of the tensors read; ``tensor_digests``:
+    fingerprint parts by tensor name (with ``fingerprint``); ``spectra``:
     eigenvalues by layer name (with ``keep_spectra``); ``eigensolve_seconds``: time in eigen-solves.
     """
 
     rows: dict[int, dict[str, Any]] = field(default_factory=dict)
     digits: ModelDigits = field(default_factory=ModelDigits)
+    tensors: set[str] = field(default_factory=set)
     tensor_digests: dict[str, bytes] = field(default_factory=dict)
     spectra: dict[str, np.ndarray] = field(default_factory=dict)
     eigensolve_seconds: float = 0.0
@@ -151,7 +157,7 @@ def analyse_tensors(weights: WeightSource, plans: list[LayerPlan], tensor_names:
 def merge_partials(partials: list[PartialScan], description: str, infos: list[TensorInfo], options: ScanOptions,
                    device: torch.device, seconds: float) -> ScanResult:
     """The scan result of a model from partial scans of disjoint tensor subsets covering it."""
-    covered = set().union(*(part.tensor_digests for part in partials))
+    covered = set().union(*(part.tensors for part in partials))
     missing = [info.name for info in infos if info.name not in covered]
     if missing:
         raise ValueError(f"partial scans do not cover tensors {missing[:5]} ({len(missing)} in all)")
@@ -170,7 +176,8 @@ def merge_partials(partials: list[PartialScan], description: str, infos: list[Te
     summary["eigensolve_seconds"] = sum(part.eigensolve_seconds for part in partials)
     spectra = {name: evals for part in partials for name, evals in part.spectra.items()}
     digests = {name: digest for part in partials for name, digest in part.tensor_digests.items()}
-    return ScanResult(description, layers, summary, asdict(options), spectra, weights_sha256=combine(digests))
+    fingerprint = combine(digests) if options.fingerprint else None
+    return ScanResult(description, layers, summary, asdict(options), spectra, weights_sha256=fingerprint)
 
 
 class TensorPass:
@@ -208,10 +215,12 @@ class TensorPass:
     def feed(self, name: str, tensor: torch.Tensor) -> None:
         """Digest, digit counts and Gram matrices of one tensor, as loaded (on the CPU)."""
         self._collect_digest()
-        self._pending_digest = (name, self._hasher.submit(tensor_digest, name, tensor))
+        self._partial.tensors.add(name)
+        if self._options.fingerprint:
+            self._pending_digest = (name, self._hasher.submit(tensor_digest, name, tensor))
         group = self._plans.get(name)
         if not group:
-            return  # a vector or a non-float buffer: part of the fingerprint only
+            return  # a vector or a non-float buffer: only hashed, for the fingerprint
         if group[0].unreadable:  # e.g. a quantized weight without its scale: a skipped row, no values
             self._partial.rows[group[0].index] = {**_base_row(group[0]), "status": "skipped",
                                                   "reason": group[0].skip_reason}

@@ -138,3 +138,32 @@ def test_partial_scans_of_disjoint_tensor_groups_merge_to_the_whole_scan(model_f
         assert merged.summary[key] == whole.summary[key], key
     with pytest.raises(ValueError, match="do not cover"):
         merge_partials(parts[:2], source.description, infos, options, device, 0.0)
+
+
+def test_scan_without_fingerprint_hashes_nothing_and_reports_the_same_layers(model_files, monkeypatch):
+    """``fingerprint=False`` (the training tracker, rank) skips the hash and nothing else: the
+    digest function is counted where the scanner calls it."""
+    import json
+
+    from click.testing import CliRunner
+
+    import gate.scanner
+    from gate.cli import main
+
+    digested: list[str] = []
+    real_digest = gate.scanner.tensor_digest
+    monkeypatch.setattr(gate.scanner, "tensor_digest", lambda name, tensor: digested.append(name) or
+                        real_digest(name, tensor))
+    source = _counting(model_files["a"])
+    whole = gate.scan(model_files["a"], device="cpu")
+    assert sorted(digested) == sorted(info.name for info in source.tensor_infos())
+    digested.clear()
+    unhashed = gate.scan(source, device="cpu", fingerprint=False)
+    assert digested == [] and unhashed.weights_sha256 is None
+    assert source.bytes_read == source.stored_bytes  # every tensor still read, once
+    columns = [c for c in whole.layers.columns if c != "reason"]
+    pd.testing.assert_frame_equal(unhashed.layers[columns], whole.layers[columns])
+    assert unhashed.summary["mlh"] == whole.summary["mlh"]
+    printed = CliRunner().invoke(main, ["scan", str(model_files["a"]), "--no-fingerprint", "--format", "json"])
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.output)["weights_sha256"] is None and digested == []

@@ -109,7 +109,7 @@ class WeightMetricsTracker:
         """Measure now, whatever the step; returns the metrics (without the ``weights.`` prefix)."""
         metrics = {"mlh": model_mlh(self.model, self._parameters)}
         if self.spectral_every and len(self.history) % self.spectral_every == 0:
-            summary = self._scan(benford=False).summary
+            summary = self._scan(full=False).summary
             metrics.update({name: float(summary[name]) for name in SPECTRAL_METRICS if name in summary})
         self.history.append({"step": global_step, **metrics})
         self._log(metrics, global_step)
@@ -117,17 +117,19 @@ class WeightMetricsTracker:
 
     def finish(self, global_step: int) -> "ScanResult":
         """Scan the final weights fully; log the summary's numbers as ``weights.final.*``."""
-        result = self._scan(benford=True)
+        result = self._scan(full=True)
         final = {f"final.{key}": float(value) for key, value in result.summary.items()
                  if isinstance(value, (int, float)) and not isinstance(value, bool)}
         self._log(final, global_step)
         return result
 
-    def _scan(self, benford: bool) -> "ScanResult":
+    def _scan(self, full: bool) -> "ScanResult":
+        """The periodic spectral measurement needs neither Benford digits (``model_mlh`` counts them)
+        nor the weights' hash; the final scan has both, like ``gate.scan``'s default."""
         from gate.scanner import scan
 
         with torch.no_grad():
-            return scan(self.model, device=self.device, benford=benford)
+            return scan(self.model, device=self.device, benford=full, fingerprint=full)
 
     def _log(self, metrics: dict[str, Any], step: int) -> None:
         # MLflow refuses NaN in some stores, and a NaN is no measurement: leave it out of the log
