@@ -18,6 +18,7 @@ form, fed tensors that the caller loads (gate.compare feeds two models in step).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -186,7 +187,9 @@ class TensorPass:
 
     The fingerprint digest of a tensor is computed on a thread of its own while the next tensor
     is read and solved (hashlib releases the GIL); at most one digest is pending, so at most one
-    extra tensor is held.
+    extra tensor is held. A layer is fitted as soon as its last matrix is solved, on the thread that
+    solved it (the batcher's ``on_result``): fits overlap the solves still running (the solves
+    release the GIL that a fit's Python needs) instead of all waiting for the last one.
     """
 
     def __init__(self, plans: list[LayerPlan], options: ScanOptions, device: torch.device) -> None:
@@ -196,13 +199,20 @@ class TensorPass:
         self._plans: dict[str, list[LayerPlan]] = {}
         for plan in plans:
             self._plans.setdefault(plan.tensor_name, []).append(plan)
+        self._plan_at = {plan.index: plan for plan in plans}
         self._shuffle = _shuffler(options.seed) if options.randomize else None
         self._submitted: list[LayerPlan] = []
         self._partial = PartialScan()
         self._pending_digest: tuple[str, Future] | None = None
+        # Per submitted layer: how many solves it awaits, those done so far, then its fit.
+        self._lock = threading.Lock()
+        self._expected: dict[int, int] = {}
+        self._solved: dict[int, dict[SolveKey, SolveResult]] = {}
+        self._pooled: dict[int, np.ndarray] = {}  # each fitted layer's pooled eigenvalues
+        self._unresolved: list[LayerPlan] = []  # float32 solves whose tail needs a float64 solve
         self._stack = ExitStack()
         strategy = None if options.strategy == "auto" else options.strategy
-        self._batcher = SpectrumBatcher(device, self._precision, strategy=strategy)
+        self._batcher = SpectrumBatcher(device, self._precision, strategy=strategy, on_result=self._on_solved)
 
     def __enter__(self) -> TensorPass:
         self._stack.enter_context(self._batcher)
@@ -249,38 +259,52 @@ class TensorPass:
             # Dequantized weights carry the rounding of their 4-8-bit storage: solved as 16-bit weights are.
             quantized = plan.quantization not in (None, "none")
             dtype = self._batcher.solve_dtype(torch.float8_e4m3fn) if quantized else None
+            self._expected[plan.index] = len(matrices) * (2 if options.randomize else 1)  # before any can finish
+            self._submitted.append(plan)
             for k, matrix in enumerate(matrices):
                 self._batcher.submit(SolveKey(plan.index, k), matrix, dtype)
                 if options.randomize:
                     self._batcher.submit(SolveKey(plan.index, k, randomized=True), matrix, RANDOMIZED_SOLVE_DTYPE,
                                          transform=self._shuffle)
-            self._submitted.append(plan)
 
     def finish(self, reload: Callable[[str], torch.Tensor]) -> PartialScan:
-        """Solve what is queued, fit every layer, and return the partial result. ``reload`` reads a
-        tensor again, only for layers whose float32 solve left the tail unresolved (gate.precision)."""
+        """Solve what is queued (each layer is fitted as its last solve completes), solve again in
+        float64 the layers whose float32 solve left the tail unresolved (gate.precision; ``reload``
+        reads their tensors once more), and return the partial result."""
         self._collect_digest()
-        # Fits wait for the last solve: run between tasks, their Python code would hold the GIL
-        # that the pool's threads need to start each task (measured slower on 2 cores). After it,
-        # layers are fitted one per core: the O(n^2) KS scan is torch ops that release the GIL.
         results = self._batcher.flush()
-        rows = self._partial.rows
-        with ThreadPoolExecutor(usable_cores(), thread_name_prefix="weightgate-fit") as fitters:
-            solved = list(fitters.map(lambda plan: _add_spectral_row(rows[plan.index], results, plan, self._device),
-                                      self._submitted))
-            analysable = [plan for plan, ok in zip(self._submitted, solved) if ok]
-            unresolved = [plan for plan in analysable
-                          if tail_unresolved(self._precision, _widest(results, plan),
-                                             rows[plan.index]["eig_error_bound"], rows[plan.index]["xmin"])]
-            if unresolved:
-                results.update(_solve_in_float64(reload, unresolved, self._device, self._batcher.strategy))
-                list(fitters.map(lambda plan: _add_spectral_row(rows[plan.index], results, plan, self._device),
-                                 unresolved))
-            pooled = list(fitters.map(lambda plan: self._add_fit_rows(rows[plan.index], results, plan), analysable))
-        if self._options.keep_spectra:  # in model order, whichever thread finished first
-            self._partial.spectra.update((plan.name, evals) for plan, evals in zip(analysable, pooled))
+        if self._unresolved:
+            unresolved = sorted(self._unresolved, key=lambda plan: plan.index)
+            results.update(_solve_in_float64(reload, unresolved, self._device, self._batcher.strategy))
+            with ThreadPoolExecutor(usable_cores(), thread_name_prefix="weightgate-fit") as fitters:
+                list(fitters.map(lambda plan: self._fit(plan, results, final=True), unresolved))
+        if self._options.keep_spectra:  # in model order, whichever thread fitted first
+            self._partial.spectra.update((plan.name, self._pooled[plan.index]) for plan in self._submitted
+                                         if plan.index in self._pooled)
         self._partial.eigensolve_seconds = self._batcher.eigensolve_seconds
         return self._partial
+
+    def _on_solved(self, key: SolveKey, result: SolveResult) -> None:
+        """The batcher's ``on_result``: fits the layer once all of its solves are in."""
+        with self._lock:
+            solved = self._solved.setdefault(key.layer, {})
+            solved[key] = result
+            if len(solved) < self._expected[key.layer]:
+                return
+            del self._solved[key.layer]
+        self._fit(self._plan_at[key.layer], solved, final=False)
+
+    def _fit(self, plan: LayerPlan, results: dict[SolveKey, SolveResult], final: bool) -> None:
+        """The layer's ESD metrics and fit. Unless ``final``, a float32 solve whose tail is
+        unresolved is set aside for the float64 solve instead of being fitted further."""
+        row = self._partial.rows[plan.index]
+        if not _add_spectral_row(row, results, plan, self._device):
+            return  # non-finite or all-zero weights: the row says which
+        if not final and tail_unresolved(self._precision, _widest(results, plan), row["eig_error_bound"], row["xmin"]):
+            with self._lock:
+                self._unresolved.append(plan)
+            return
+        self._pooled[plan.index] = self._add_fit_rows(row, results, plan)
 
     def _add_fit_rows(self, row: dict[str, Any], results: dict[SolveKey, SolveResult], plan: LayerPlan) -> np.ndarray:
         """The metrics of one analysable layer beyond its fit: MP comparison, fit quality and the

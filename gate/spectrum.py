@@ -140,10 +140,16 @@ class SpectrumBatcher:
     budget (1 GiB by default) bounds memory: queued Gram matrices (batched), or the tasks in flight
     with their inputs, Gram matrices and LAPACK's copies (pool), so memory does not grow with the
     model. Use it as a context manager so that an error stops the pool; :meth:`flush` also stops it.
+
+    ``on_result`` is called with each key and its result as soon as it is solved, on the thread that
+    solved it (a pool worker, or the caller's thread for ``batched``), before :meth:`flush` returns:
+    the caller can fit a layer while other matrices are still being solved. It must be thread-safe;
+    an error it raises fails the scan like an error of the solve.
     """
 
     def __init__(self, device: torch.device, precision: str | Precision = "float64", budget_bytes: int | None = None,
-                 strategy: str | None = None) -> None:
+                 strategy: str | None = None,
+                 on_result: Callable[[SolveKey, SolveResult], None] | None = None) -> None:
         self.device = device
         self.precision = Precision.parse(precision)
         self.strategy = strategy or ("pool" if device.type == "cpu" else "batched")
@@ -159,6 +165,7 @@ class SpectrumBatcher:
         self._running: dict[Future, tuple[SolveKey, int]] = {}
         self._running_bytes = 0
         self._results: dict[SolveKey, SolveResult] = {}
+        self._on_result = on_result
         self._seconds_lock = threading.Lock()
         self.eigensolve_seconds = 0.0  # in eigvalsh calls (pool: summed over threads)
 
@@ -184,7 +191,7 @@ class SpectrumBatcher:
             return
         formed = self._form(transform(matrix) if transform else matrix, dtype)
         if formed.nonfinite_weights is not None:
-            self._results[key] = formed.result(None)
+            self._record(key, formed.result(None))
             return
         self._queued[(formed.gram.shape[0], formed.gram.dtype)].append((key, formed))
         self._queued_bytes += formed.gram.numel() * formed.gram.element_size()
@@ -217,7 +224,7 @@ class SpectrumBatcher:
             evals = torch.linalg.eigvalsh(torch.stack([formed.gram for _, formed in items])).to("cpu", torch.float64)
             self.eigensolve_seconds += time.perf_counter() - started
             for (key, formed), row in zip(items, evals.numpy()):
-                self._results[key] = formed.result(row)
+                self._record(key, formed.result(row))
         self._queued.clear()
         self._queued_bytes = 0
 
@@ -234,25 +241,35 @@ class SpectrumBatcher:
             self._harvest(wait(self._running, return_when=FIRST_COMPLETED).done)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="weightgate-solve")
-        self._running[self._pool.submit(self._task, matrix, dtype, transform)] = (key, size)
+        self._running[self._pool.submit(self._task, key, matrix, dtype, transform)] = (key, size)
         self._running_bytes += size
 
-    def _task(self, matrix: torch.Tensor, dtype: torch.dtype,
+    def _task(self, key: SolveKey, matrix: torch.Tensor, dtype: torch.dtype,
               transform: Callable[[torch.Tensor], torch.Tensor] | None) -> SolveResult:
         formed = self._form(transform(matrix) if transform else matrix, dtype)
-        if formed.nonfinite_weights is not None:
-            return formed.result(None)
-        started = time.perf_counter()
-        eigenvalues = eigvalsh(formed.gram.numpy())
-        with self._seconds_lock:
-            self.eigensolve_seconds += time.perf_counter() - started
-        return formed.result(eigenvalues)
+        if formed.nonfinite_weights is None:
+            started = time.perf_counter()
+            eigenvalues = eigvalsh(formed.gram.numpy())
+            with self._seconds_lock:
+                self.eigensolve_seconds += time.perf_counter() - started
+            result = formed.result(eigenvalues)
+        else:
+            result = formed.result(None)
+        if self._on_result is not None:
+            self._on_result(key, result)
+        return result
 
     def _harvest(self, done: set[Future]) -> None:
         for future in done:
             key, size = self._running.pop(future)
             self._running_bytes -= size
             self._results[key] = future.result()
+
+    def _record(self, key: SolveKey, result: SolveResult) -> None:
+        """A result solved on the caller's thread (batched strategy, or a non-finite Gram matrix)."""
+        self._results[key] = result
+        if self._on_result is not None:
+            self._on_result(key, result)
 
     def _stop_pool(self, cancel: bool) -> None:
         if self._pool is not None:
