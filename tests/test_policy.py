@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -150,13 +151,16 @@ def test_value_levels_count_distinct_values_of_an_even_sample():
     ternary = torch.randint(-1, 2, (64, 64), generator=generator).float()
     tiny = torch.randn(10, 20, generator=generator)  # 200 weights: no verdict
     stored_bf16 = torch.randn(64, 64, generator=generator).bfloat16()  # a dtype numpy lacks
-    layers = scan({"a.weight": trained, "b.weight": ternary, "c.weight": tiny, "d.weight": stored_bf16},
-                  device="cpu").layers.set_index("name")
+    with_nans = torch.randn(64, 64, generator=generator).half().float()
+    with_nans[:3] = math.nan  # 192 NaNs, each a distinct value to torch.unique
+    layers = scan({"a.weight": trained, "b.weight": ternary, "c.weight": tiny, "d.weight": stored_bf16,
+                   "e.weight": with_nans}, device="cpu").layers.set_index("name")
     expected = np.unique(trained.double().numpy()).size  # float16 values: some coincide
     assert layers.loc["a", "value_levels"] == expected < 4096 and layers.loc["a", "coarse_grid"] == 0.0
     assert layers.loc["b", "value_levels"] == 3 and layers.loc["b", "coarse_grid"] == 1.0
     assert np.isnan(layers.loc["c", "value_levels"]) and np.isnan(layers.loc["c", "coarse_grid"])
     assert layers.loc["d", "value_levels"] == np.unique(stored_bf16.double().numpy()).size < 4096
+    assert layers.loc["e", "value_levels"] == torch.unique(with_nans).numel()
 
 
 def test_default_policy_blocks_nan(variants):
