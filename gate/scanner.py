@@ -204,9 +204,8 @@ class TensorPass:
         self._submitted: list[LayerPlan] = []
         self._partial = PartialScan()
         self._pending_digest: tuple[str, Future] | None = None
-        # Per submitted layer: how many solves it awaits, those done so far, then its fit.
+        # Per submitted layer: the solves done so far (one per slice, twice with randomize), then its fit.
         self._lock = threading.Lock()
-        self._expected: dict[int, int] = {}
         self._solved: dict[int, dict[SolveKey, SolveResult]] = {}
         self._pooled: dict[int, np.ndarray] = {}  # each fitted layer's pooled eigenvalues
         self._unresolved: list[LayerPlan] = []  # float32 solves whose tail needs a float64 solve
@@ -259,13 +258,12 @@ class TensorPass:
             # Dequantized weights carry the rounding of their 4-8-bit storage: solved as 16-bit weights are.
             quantized = plan.quantization not in (None, "none")
             dtype = self._batcher.solve_dtype(torch.float8_e4m3fn) if quantized else None
-            self._expected[plan.index] = len(matrices) * (2 if options.randomize else 1)  # before any can finish
-            self._submitted.append(plan)
             for k, matrix in enumerate(matrices):
                 self._batcher.submit(SolveKey(plan.index, k), matrix, dtype)
                 if options.randomize:
                     self._batcher.submit(SolveKey(plan.index, k, randomized=True), matrix, RANDOMIZED_SOLVE_DTYPE,
                                          transform=self._shuffle)
+            self._submitted.append(plan)
 
     def finish(self, reload: Callable[[str], torch.Tensor]) -> PartialScan:
         """Solve what is queued (each layer is fitted as its last solve completes), solve again in
@@ -285,14 +283,16 @@ class TensorPass:
         return self._partial
 
     def _on_solved(self, key: SolveKey, result: SolveResult) -> None:
-        """The batcher's ``on_result``: fits the layer once all of its solves are in."""
+        """The batcher's ``on_result``: fits the layer once all of its solves are in (one per slice,
+        as gate.layers.layer_matrices gives, and a shuffled copy of each with randomize)."""
+        plan = self._plan_at[key.layer]
         with self._lock:
             solved = self._solved.setdefault(key.layer, {})
             solved[key] = result
-            if len(solved) < self._expected[key.layer]:
+            if len(solved) < len(plan.slices) * (2 if self._options.randomize else 1):
                 return
             del self._solved[key.layer]
-        self._fit(self._plan_at[key.layer], solved, final=False)
+        self._fit(plan, solved, final=False)
 
     def _fit(self, plan: LayerPlan, results: dict[SolveKey, SolveResult], final: bool) -> None:
         """The layer's ESD metrics and fit. Unless ``final``, a float32 solve whose tail is
