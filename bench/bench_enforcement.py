@@ -18,7 +18,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from mlflow_plugin.local_server import mlflow_server
+from deploy.local.mlflow_server import mlflow_server
 
 ENV = {"WEIGHTGATE_WORKER_TOKEN": "bench-token", "MLFLOW_DISABLE_TELEMETRY": "true"}
 REQUESTS = 300

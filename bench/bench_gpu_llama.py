@@ -93,13 +93,14 @@ def main() -> None:
 
 
 def _cpu_recheck(index: Path, layers_file: Path, names: tuple[str, ...]) -> dict:
-    """The chosen tensors scanned again through the CPU path (gate.scanner.analyse_tensors on a
+    """The chosen tensors scanned again through the CPU path (gate.scanning.pipeline.analyse_tensors on a
     subset: the same seam a distributed scan uses), and the largest relative difference per metric."""
     import pandas as pd
     import torch
 
-    from gate.layers import plan_layers
-    from gate.scanner import analyse_tensors, scan_options
+    from gate.layers.planner import plan_layers
+    from gate.options import scan_options
+    from gate.scanning.pipeline import analyse_tensors
     from gate.sources import open_source
 
     started = time.perf_counter()

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from gate.scanner import scan
+from gate.scanning.pipeline import scan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_checkpoint import generate  # noqa: E402

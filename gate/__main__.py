@@ -1,5 +1,5 @@
 """``python -m gate`` is the ``weightgate`` command."""
 
-from gate.cli import main
+from gate.cli.main import main
 
 main(prog_name="weightgate")

@@ -10,13 +10,14 @@ from typing import Any
 import pandas as pd
 
 from gate.compare import DISTANCE_COLUMNS, layer_distances, one_pass
+from gate.options import scan_options
 from gate.policy.decision import Decision, decide, now_utc, weightgate_version
 from gate.policy.evaluate import evaluate
 from gate.policy.schema import load_policy
-from gate.result import ScanResult
-from gate.scanner import scan, scan_options
+from gate.scanning.pipeline import scan
+from gate.scanning.result import ScanResult
+from gate.solver.spectrum import resolve_device
 from gate.sources import open_source
-from gate.spectrum import resolve_device
 
 SUMMARY_KEYS = ("num_analysed", "num_skipped", "num_nonfinite", "num_degenerate", "alpha", "alpha_weighted",
                 "log_spectral_norm", "stable_rank", "mlh", "random_like_fraction")

@@ -17,11 +17,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from gate.layers import LayerPlan, PlanOptions, layer_matrices, plan_layers
-from gate.result import LayerTableExport, plain_json_value
-from gate.scanner import ScanOptions, TensorPass, merge_partials, scan_options
+from gate.layers.plan import LayerPlan, PlanOptions, layer_matrices
+from gate.layers.planner import plan_layers
+from gate.options import ScanOptions, scan_options
+from gate.scanning.pipeline import merge_partials
+from gate.scanning.result import LayerTableExport, plain_json_value
+from gate.scanning.tensor_pass import TensorPass
+from gate.solver.spectrum import cpu_threads_for_blas, resolve_device
 from gate.sources import WeightSource, open_source
-from gate.spectrum import cpu_threads_for_blas, resolve_device
 
 DELTA_METRICS = ("alpha", "log_spectral_norm", "stable_rank", "mlh")
 REINIT_COSINE = 0.1  # |cosine| below this: the layer no longer resembles its reference

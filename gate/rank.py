@@ -35,7 +35,7 @@ class RankResult:
     table: "pd.DataFrame"
 
     def to_dict(self) -> dict[str, Any]:
-        from gate.result import plain_json_value
+        from gate.scanning.result import plain_json_value
 
         rows = [{key: plain_json_value(value) for key, value in row.items()}
                 for row in self.table.to_dict(orient="records")]
@@ -81,7 +81,7 @@ def rank(sources: list[Any], by: str = "alpha_weighted", *, device: str = "auto"
         raise GateInputError("give at least one model to rank")
     import pandas as pd
 
-    from gate.scanner import scan
+    from gate.scanning.pipeline import scan
 
     names = expand_sources([s for s in sources if isinstance(s, str)], tracking_uri)
     objects = [s for s in sources if not isinstance(s, str)]

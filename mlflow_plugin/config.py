@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from mlflow_plugin.vocabulary import APPROVED, OVERRIDDEN, WARNED
+from gate.vocabulary import APPROVED, OVERRIDDEN, WARNED
 
 
 class GateConfigError(RuntimeError):

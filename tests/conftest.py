@@ -49,7 +49,7 @@ def small_net() -> SmallNet:
 @pytest.fixture(scope="session")
 def mlflow_tracking_uri(tmp_path_factory):
     """URL of a real ``mlflow server`` subprocess (sqlite, local proxied artifacts) for the session."""
-    from mlflow_plugin.local_server import mlflow_server
+    from deploy.local.mlflow_server import mlflow_server
 
     workdir = tmp_path_factory.mktemp("mlflow-server")
     with mlflow_server(workdir) as url:
@@ -59,8 +59,8 @@ def mlflow_tracking_uri(tmp_path_factory):
 @pytest.fixture(scope="session")
 def postgres_uri_prefix():
     """A PostgreSQL server (Debian's packages) on loopback for the whole session."""
-    from mlflow_plugin.local_server import free_port
-    from mlflow_plugin.local_postgres import postgres_server
+    from deploy.local.mlflow_server import free_port
+    from deploy.local.postgres import postgres_server
 
     with postgres_server(free_port()) as prefix:
         yield prefix
@@ -73,7 +73,7 @@ def backend_store(request, tmp_path_factory):
         return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mlflow.db'}"
     import uuid
 
-    from mlflow_plugin.local_postgres import create_database
+    from deploy.local.postgres import create_database
 
     prefix = request.getfixturevalue("postgres_uri_prefix")
     return create_database(prefix, f"mlflow_{uuid.uuid4().hex[:10]}")

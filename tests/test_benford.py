@@ -11,7 +11,7 @@ import scipy.stats
 import torch
 
 import gate
-from gate.benford import BENFORD, DigitCounts, digit_counts, eic
+from gate.metrics.benford import BENFORD, DigitCounts, digit_counts, eic
 
 
 def reference_counts(values: torch.Tensor) -> tuple[np.ndarray, int, int]:
@@ -75,9 +75,9 @@ def test_digits_exact_on_random_data(dtype):
 def test_counts_in_chunks_are_exact(monkeypatch, dtype):
     """Large tensors are counted in chunks (bounded temporaries); a chunk size that splits a 2-D
     tensor mid-row, with NaN, Inf and zeros on both sides of a boundary, still counts exactly."""
-    import gate.benford
+    import gate.metrics.benford
 
-    monkeypatch.setattr(gate.benford, "_CHUNK_ELEMENTS", 777)
+    monkeypatch.setattr(gate.metrics.benford, "_CHUNK_ELEMENTS", 777)
     generator = torch.Generator().manual_seed(2)
     values = (torch.randn(40, 101, generator=generator, dtype=torch.float64)
               * torch.exp(torch.randn(40, 101, generator=generator, dtype=torch.float64) * 3)).to(dtype)
@@ -147,7 +147,7 @@ def test_counts_add_up():
 
 def test_torch_backend_agrees_with_numpy_backend():
     """GPU tensors take the torch code path; run it on the CPU against the numpy one."""
-    from gate.benford import _count, _Tables
+    from gate.metrics.benford import _count, _Tables
 
     generator = torch.Generator().manual_seed(4)
     for dtype in (torch.float32, torch.float64):

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import save_file
 
-from mlflow_plugin.local_server import mlflow_server
+from deploy.local.mlflow_server import mlflow_server
+
 from registry_helpers import register_file
 
 CHROMIUM = "/usr/bin/chromium"

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from mlflow_plugin.local_server import free_port
+from deploy.local.mlflow_server import free_port
+
 from registry_helpers import register_file
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

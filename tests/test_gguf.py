@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 
-from gate.cli import main
-from gate.scanner import scan
+from gate.cli.main import main
+from gate.scanning.pipeline import scan
 
 RNG = np.random.default_rng(11)
 QK_K = 256

@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 from threadpoolctl import ThreadpoolController
 
-from gate.lapack import SyevrLibrary, eigvalsh, find_syevr_library
+from gate.solver.lapack import SyevrLibrary, eigvalsh, find_syevr_library
 
 
 def _symmetric(rng: np.random.Generator, n: int, dtype) -> np.ndarray:

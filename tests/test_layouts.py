@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 import gate
 from gate.check import check
 from gate.compare import compare
-from gate.layers import NON_MATRIX_KINDS
+from gate.layers.kinds import NON_MATRIX_KINDS
 
 
 def _top_eval(matrix) -> float:
@@ -240,7 +240,7 @@ def test_quantized_weight_without_scale_and_other_tensors_are_accounted_for(tmp_
     layers = result.layers.set_index("name")
     assert layers.loc["fp8", "status"] == "skipped"
     assert "fp8.weight (float8_e4m3fn)" in layers.loc["fp8", "reason"] and "scale" in layers.loc["fp8", "reason"]
-    # int8 with a per-channel scale is dequantized (gate.quantization) and analysed
+    # int8 with a per-channel scale is dequantized (gate.sources.quantization) and analysed
     assert (layers.loc["int8", "status"], layers.loc["int8", "quantization"]) == ("ok", "int8/per_channel")
     assert layers.loc["dense", "status"] == "ok"
     summary = result.summary
@@ -250,10 +250,10 @@ def test_quantized_weight_without_scale_and_other_tensors_are_accounted_for(tmp_
 
 
 def test_policy_expert_filter(tmp_path):
+    import pandas as pd
+
     from gate.policy.evaluate import _select_layers
     from gate.policy.schema import PolicyError, parse_policy
-
-    import pandas as pd
 
     def policy(experts) -> str:
         return ("schema_version: 1\nrules:\n  - {id: r, description: d, metric: alpha, scope: layer, "

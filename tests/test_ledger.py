@@ -21,8 +21,9 @@ import sqlalchemy as sa
 import torch
 from safetensors.torch import save_file
 
-from mlflow_plugin.ledger import GENESIS, Entry, Ledger, LedgerError
-from mlflow_plugin.local_server import mlflow_server
+from deploy.local.mlflow_server import mlflow_server
+from mlflow_plugin.server.ledger import GENESIS, Entry, Ledger, LedgerError
+
 from registry_helpers import register_file
 
 ADMIN = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "weightgate-admin-pw1"}
@@ -34,7 +35,7 @@ ENV = {"WEIGHTGATE_WORKER_TOKEN": "ledger-worker", "MLFLOW_AUTH_ADMIN_PASSWORD":
 def database_uri(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
-    from mlflow_plugin.local_postgres import create_database
+    from deploy.local.postgres import create_database
 
     return create_database(request.getfixturevalue("postgres_uri_prefix"), f"ledger_{uuid.uuid4().hex[:10]}")
 
@@ -133,7 +134,7 @@ def _weightgate(*args: str) -> subprocess.CompletedProcess:
 def test_server_records_promotions_behind_basic_auth(tmp_path, monkeypatch, postgres_uri_prefix):
     """On PostgreSQL (tests/test_browser.py runs the gate on sqlite): the plugin creates the ledger at
     startup."""
-    from mlflow_plugin.local_postgres import create_database
+    from deploy.local.postgres import create_database
 
     backend_store = create_database(postgres_uri_prefix, f"mlflow_{uuid.uuid4().hex[:10]}")
     from mlflow import MlflowClient

@@ -15,9 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gate.cli import main
+from gate.cli.main import main
 from gate.compare import compare
-from gate.scanner import scan
+from gate.scanning.pipeline import scan
 
 TARGETS = ["q_proj", "v_proj", "up_proj", "embed_tokens"]
 

@@ -13,7 +13,8 @@ import urllib.request
 import torch
 from safetensors.torch import save_file
 
-from mlflow_plugin.local_server import mlflow_server
+from deploy.local.mlflow_server import mlflow_server
+
 from registry_helpers import register_file
 
 ADMIN = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "weightgate-admin-pw1"}

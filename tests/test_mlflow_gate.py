@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mlflow_plugin.local_server import free_port, mlflow_server
+from deploy.local.mlflow_server import free_port, mlflow_server
+
 from registry_helpers import register_file, two_minilm_matrices
 
 GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret",

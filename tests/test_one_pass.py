@@ -69,7 +69,7 @@ def _counting(path) -> CountingSource:
 
 
 def test_scan_reads_each_tensor_once_and_fingerprints_it(model_files):
-    from gate.fingerprint import weights_sha256
+    from gate.scanning.fingerprint import weights_sha256
 
     source = _counting(model_files["a"])
     result = gate.scan(source, device="cpu", mp_fit=True, randomize=True)
@@ -119,8 +119,9 @@ def test_compare_reads_each_side_once(model_files):
 def test_partial_scans_of_disjoint_tensor_groups_merge_to_the_whole_scan(model_files):
     """The seam for distributed scans: any split of the tensors, analysed separately and merged
     (in any order), gives the same layer table, Benford summary and fingerprint as one scan."""
-    from gate.layers import plan_layers
-    from gate.scanner import analyse_tensors, merge_partials, scan_options
+    from gate.layers.planner import plan_layers
+    from gate.options import scan_options
+    from gate.scanning.pipeline import analyse_tensors, merge_partials
 
     whole = gate.scan(model_files["a"], device="cpu")
     options = scan_options(device="cpu")
@@ -147,12 +148,12 @@ def test_scan_without_fingerprint_hashes_nothing_and_reports_the_same_layers(mod
 
     from click.testing import CliRunner
 
-    import gate.scanner
-    from gate.cli import main
+    import gate.scanning.tensor_pass
+    from gate.cli.main import main
 
     digested: list[str] = []
-    real_digest = gate.scanner.tensor_digest
-    monkeypatch.setattr(gate.scanner, "tensor_digest", lambda name, tensor: digested.append(name) or
+    real_digest = gate.scanning.tensor_pass.tensor_digest
+    monkeypatch.setattr(gate.scanning.tensor_pass, "tensor_digest", lambda name, tensor: digested.append(name) or
                         real_digest(name, tensor))
     source = _counting(model_files["a"])
     whole = gate.scan(model_files["a"], device="cpu")

@@ -144,7 +144,7 @@ def test_default_policy_approves_a_bfloat16_copy_and_blocks_an_int4_round_trip(v
 
 
 def test_value_levels_count_distinct_values_of_an_even_sample():
-    from gate.scanner import scan
+    from gate.scanning.pipeline import scan
 
     generator = torch.Generator().manual_seed(3)
     trained = torch.randn(64, 64, generator=generator).half().float()  # 4096 weights: all sampled
@@ -203,7 +203,7 @@ def test_identical_inputs_give_identical_decisions(variants, minilm_file):
 
 
 def test_same_weights_in_another_format_hash_alike(tmp_path, minilm_file):
-    from gate.fingerprint import weights_sha256
+    from gate.scanning.fingerprint import weights_sha256
     from gate.sources import open_source
 
     state = load_file(str(minilm_file))
@@ -315,7 +315,7 @@ def test_commands_without_a_policy_do_not_import_great_expectations(minilm_file,
     """Great Expectations takes seconds to import: scan and compare must not pay for it."""
     code = textwrap.dedent(f"""
         import sys
-        from gate.cli import main
+        from gate.cli.main import main
         for args in (["scan", {str(minilm_file)!r}, "--format", "json"],
                      ["compare", {str(minilm_file)!r}, {str(minilm_file)!r}, "--format", "json"]):
             try:

@@ -1,6 +1,6 @@
 """Quantized checkpoints (FP8, INT8, GPTQ, AWQ) in their on-disk layouts, dequantized and analysed.
 
-Every reference here is independent of gate.quantization: FP8 bytes are decoded bit by bit, GPTQ and
+Every reference here is independent of gate.sources.quantization: FP8 bytes are decoded bit by bit, GPTQ and
 AWQ words are packed by loops written from those projects' documented layouts, the dequantized
 matrices are formed in numpy float64, and their spectra come from numpy's eigvalsh.
 """
@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gate.scanner import scan
+from gate.scanning.pipeline import scan
 from gate.sources import open_source
 
 RNG = np.random.default_rng(7)

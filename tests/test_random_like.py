@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from gate.fit_quality import fit_quality
-from gate.random_like import mp_cdf, random_like_statistics
-from gate.powerlaw_fit import fit_power_law
+from gate.metrics.fit_quality import fit_quality
+from gate.metrics.random_like import mp_cdf, random_like_statistics
+from gate.solver.powerlaw_fit import fit_power_law
 
 
 @pytest.mark.parametrize("N, M", [(300, 300), (1000, 100), (64, 10)])

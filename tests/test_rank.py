@@ -14,8 +14,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from gate.benford import BENFORD
-from gate.cli import main
+from gate.cli.main import main
+from gate.metrics.benford import BENFORD
+
 from registry_helpers import register_file
 
 SCALES = (4.0, 1.0, 2.0)  # the order given on the command line

@@ -20,13 +20,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from gate.cli import main
+from deploy.local.ray_cluster import local_ray_cluster
+from gate.cli.main import main
 from gate.distributed.executor import TASK_OVERHEAD_BYTES, scan_on_ray
-from gate.distributed.local_cluster import local_ray_cluster
 from gate.distributed.part import analyse_part
 from gate.distributed.plan import plan_scan
-from gate.fingerprint import weights_sha256
-from gate.scanner import scan
+from gate.scanning.fingerprint import weights_sha256
+from gate.scanning.pipeline import scan
 from gate.sources import open_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -211,7 +211,7 @@ def test_device_cuda_on_a_cluster_without_gpus_is_refused(cluster, checkpoint):
 
 
 def test_plain_scan_does_not_import_ray(checkpoint):
-    code = ("import sys; from click.testing import CliRunner; from gate.cli import main; "
+    code = ("import sys; from click.testing import CliRunner; from gate.cli.main import main; "
             f"r = CliRunner().invoke(main, ['scan', {str(checkpoint)!r}, '--device', 'cpu', '--format', 'json']); "
             "assert r.exit_code == 0, r.output; print('ray' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=DEADLINE)
@@ -223,7 +223,7 @@ def test_registry_worker_with_ray_executor_decides_a_registered_version(cluster,
                                                                          tmp_path_factory):
     from mlflow import MlflowClient
 
-    from mlflow_plugin.local_server import mlflow_server
+    from deploy.local.mlflow_server import mlflow_server
 
     workdir = tmp_path_factory.mktemp("ray-gate-server")
     with mlflow_server(workdir, ("--app-name", "weightgate"), env=GATE_ENV) as url:

@@ -3,7 +3,7 @@ test on PostgreSQL), real ``weightgate worker`` processes, real SIGKILLs, server
 restarts, a locked sqlite database, an unwritable artifact store and broken model versions.
 
 Every wait is on an event: a marker file written by the worker at a named checkpoint
-(``mlflow_plugin.checkpoints``), a line in its JSON log, a status tag; deadlines are minutes wide
+(``mlflow_plugin.service.checkpoints``), a line in its JSON log, a status tag; deadlines are minutes wide
 and only bound a hang. Every test ends by checking that each version was decided exactly once: one
 FINISHED decision run, the one its ``gate.decision_run`` names.
 """
@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from mlflow_plugin.local_server import free_port, start_server, stop_server
+from deploy.local.mlflow_server import free_port, start_server, stop_server
+
 from registry_helpers import register_file, two_minilm_matrices
 
 TOKENS = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret",
@@ -313,7 +314,7 @@ def test_postgresql_restart_while_recording(tmp_path, model_file):
     directory, same port): the version ends approved with one decision."""
     from mlflow import MlflowClient
 
-    from mlflow_plugin.local_postgres import create_database, start_postgres, stop_postgres
+    from deploy.local.postgres import create_database, start_postgres, stop_postgres
 
     root, port = tempfile.mkdtemp(prefix="weightgate-pg-"), free_port()  # the postgres user must reach it
     prefix = start_postgres(root, port)

@@ -9,7 +9,7 @@ import requests
 from mlflow.exceptions import MlflowException, RestException
 
 from gate.errors import GateInputError, UnsafePickleError
-from mlflow_plugin.retry import RetriesExhausted, RetryPolicy, is_transient, with_retries
+from mlflow_plugin.service.retry import RetriesExhausted, RetryPolicy, is_transient, with_retries
 
 
 def _wrapped(inner: BaseException, outer: BaseException) -> BaseException:

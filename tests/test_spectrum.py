@@ -14,8 +14,8 @@ import scipy.linalg
 import torch
 from safetensors import safe_open
 
-from gate.precision import SolveKey
-from gate.spectrum import STRATEGIES, SpectrumBatcher, resolve_device
+from gate.solver.precision import SolveKey
+from gate.solver.spectrum import STRATEGIES, SpectrumBatcher, resolve_device
 
 CPU = torch.device("cpu")
 # Both strategies run on the CPU: "batched" is the GPU code path (torch Gram, stacked eigvalsh).
@@ -111,8 +111,9 @@ def test_auto_precision_follows_the_stored_dtype():
 @pytest.fixture(scope="module")
 def float16_minilm(minilm_dir, tmp_path_factory):
     """MiniLM rounded to float16 on disk, and its scan with float64 solves (the reference)."""
-    import gate
     from safetensors.torch import load_file, save_file
+
+    import gate
 
     state = load_file(str(minilm_dir / "model.safetensors"))
     path = tmp_path_factory.mktemp("fp16") / "minilm-fp16.safetensors"
@@ -149,8 +150,8 @@ def test_tf32_settings_make_torch_float32_grams_accumulate_in_float64():
     either of torch's switches set, the batched strategy's float32 Gram is the float64 product
     rounded once (bit for bit), and without them it is a float32 product. The setting is visible
     and honoured on the CPU, so this runs without a GPU; the settings are restored."""
-    from gate.precision import ieee_float32_matmul
-    from gate.spectrum import gram
+    from gate.solver.precision import ieee_float32_matmul
+    from gate.solver.spectrum import gram
 
     torch.manual_seed(2)
     W = torch.randn(4000, 64) * torch.logspace(0, 3, 64)  # wide dynamic range: float32 sums round visibly
@@ -215,7 +216,7 @@ def test_a_failing_task_stops_the_pool_and_raises():
 
 
 def test_shuffles_from_several_threads_equal_a_serial_shuffle():
-    from gate.marchenko_pastur import Shuffler
+    from gate.metrics.marchenko_pastur import Shuffler
 
     torch.manual_seed(1)
     matrices = [torch.randn(300, 200), torch.randn(60, 50), torch.randn(300, 200), torch.randn(60, 50)] * 4

@@ -1,4 +1,4 @@
-"""Optional tail estimators (gate.tail_estimators) on synthetic data with known tail exponents."""
+"""Optional tail estimators (gate.metrics.tail_estimators) on synthetic data with known tail exponents."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import gate
-from gate.powerlaw_fit import fit_power_law
-from gate.tail_estimators import alpha_farms, alpha_hill, farms_eigenvalues, farms_windows
+from gate.metrics.tail_estimators import alpha_farms, alpha_hill, farms_eigenvalues, farms_windows
+from gate.solver.powerlaw_fit import fit_power_law
 
 
 @pytest.mark.parametrize("alpha", [2.5, 4.0])

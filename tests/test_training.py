@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from gate.benford import BENFORD
+from gate.metrics.benford import BENFORD
 from gate.training import MLHEarlyStopping, WeightMetricsTracker
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 import time
 
-from mlflow_plugin import vocabulary as words
+from gate import vocabulary as words
 
 
 def test_timestamps_share_one_utc_format():

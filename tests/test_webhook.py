@@ -4,7 +4,6 @@ protected alias on an unapproved version is removed after the fact, forged deliv
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mlflow_plugin.local_server import free_port, mlflow_server
-from mlflow_plugin.webhook import verify_signature
+from deploy.local.mlflow_server import free_port, mlflow_server
+from mlflow_plugin.service.webhook import verify_signature
+
 from registry_helpers import register_file, two_minilm_matrices
 
 SECRET = "webhook-signing-secret"
@@ -108,8 +108,8 @@ def test_receiver_isolates_events_and_refuses_what_it_cannot_take(tmp_path, monk
     and a repeated delivery of a decided version is not scanned twice."""
     from mlflow import MlflowClient
 
-    from mlflow_plugin.webhook import WebhookGate, create_receiver
-    from mlflow_plugin.worker import WorkerSettings
+    from mlflow_plugin.service.webhook import WebhookGate, create_receiver
+    from mlflow_plugin.service.worker import WorkerSettings
 
     save_file(two_minilm_matrices(minilm_dir), tmp_path / "model.safetensors")
     monkeypatch.setenv("WEIGHTGATE_PAUSE_AT", "scanning")

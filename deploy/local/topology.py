@@ -22,8 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlflow_plugin.local_postgres import create_database, start_postgres, stop_postgres
-from mlflow_plugin.local_server import free_port, start_server
+from deploy.local.mlflow_server import free_port, start_server
+from deploy.local.postgres import create_database, start_postgres, stop_postgres
 
 
 def credentials(state: Path) -> dict[str, str]:

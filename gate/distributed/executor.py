@@ -17,11 +17,11 @@ from typing import Any
 from gate.distributed.part import analyse_part
 from gate.distributed.plan import DEFAULT_PART_BYTES, Part, ScanPlan, plan_scan
 from gate.errors import GateInputError
-from gate.result import ScanResult
+from gate.scanning.result import ScanResult
 
 DEFAULT_MAX_RETRIES = 3
 # Held by a task besides the bytes it reads: the spectrum batcher's budget for Gram matrices in
-# flight (1 GiB, gate.spectrum) and a worker process with torch loaded.
+# flight (1 GiB, gate.solver.spectrum) and a worker process with torch loaded.
 TASK_OVERHEAD_BYTES = 1536 * 2**20
 INSTALL_HINT = "pip install 'weightgate[ray]'"
 
@@ -33,13 +33,13 @@ def scan_on_ray(source: str, *, address: str | None = None, tracking_uri: str | 
     """Scan ``source`` (a path every node sees, or an MLflow URI) on the Ray cluster at ``address``
     (``None``/``"auto"``: RAY_ADDRESS or the cluster started on this machine).
 
-    The result, fingerprint included, equals :func:`gate.scanner.scan`'s but for timing.
+    The result, fingerprint included, equals :func:`gate.scanning.pipeline.scan`'s but for timing.
     ``analyse`` runs each part (tests wrap it to stop a task midway).
     """
     import torch
 
     from gate.distributed.merge import merge_parts
-    from gate.scanner import scan_options
+    from gate.options import scan_options
 
     if not isinstance(source, (str, Path)):
         raise GateInputError(f"a Ray scan reads a path or an MLflow URI that every node can open, not a "

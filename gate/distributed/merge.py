@@ -3,7 +3,7 @@
 Tasks number layers within their own file; the merge plans the whole model again from the tensor
 descriptions the tasks returned (in the order a safetensors source lists them: natural name
 order), moves each part's rows to the global layer ids, and hands the partial scans to
-:func:`gate.scanner.merge_partials`, which computes peer ratios, the summary and the fingerprint
+:func:`gate.scanning.pipeline.merge_partials`, which computes peer ratios, the summary and the fingerprint
 over the whole model. The result therefore does not depend on how the model was split.
 """
 
@@ -18,9 +18,12 @@ import torch
 from gate.distributed.part import PartResult
 from gate.distributed.plan import ScanPlan
 from gate.errors import GateInputError
-from gate.layers import LayerPlan, plan_layers
-from gate.result import ScanResult
-from gate.scanner import PartialScan, ScanOptions, merge_partials
+from gate.layers.plan import LayerPlan
+from gate.layers.planner import plan_layers
+from gate.options import ScanOptions
+from gate.scanning.pipeline import merge_partials
+from gate.scanning.result import ScanResult
+from gate.scanning.tensor_pass import PartialScan
 from gate.sources.base import TensorInfo, natural_key
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from gate.distributed.plan import SAFETENSORS, Part
 from gate.errors import GateInputError
-from gate.layers import LayerPlan, plan_layers
-from gate.scanner import PartialScan
+from gate.layers.plan import LayerPlan
+from gate.layers.planner import plan_layers
+from gate.scanning.tensor_pass import PartialScan
 from gate.sources.base import TensorInfo, WeightSource
 
 
@@ -35,9 +36,10 @@ class PartResult:
 
 def analyse_part(part: Part, options: dict[str, Any], *, tracking_uri: str | None = None,
                  allow_pickle: bool = False) -> PartResult:
-    """One pass over the part's tensors (``options``: :class:`gate.scanner.ScanOptions` fields)."""
-    from gate.scanner import analyse_tensors, scan_options
-    from gate.spectrum import resolve_device
+    """One pass over the part's tensors (``options``: :class:`gate.options.ScanOptions` fields)."""
+    from gate.options import scan_options
+    from gate.scanning.pipeline import analyse_tensors
+    from gate.solver.spectrum import resolve_device
 
     parsed = scan_options(**options)
     with open_part(part, tracking_uri, allow_pickle) as weights:

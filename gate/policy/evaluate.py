@@ -1,7 +1,7 @@
 """Evaluate a policy's rules on a scan (and a baseline scan) with Great Expectations.
 
 Schema 2 adds how sure a verdict is: a rule on power-law metrics counts only well-fitted layers
-(gate.fit_quality; the likelihood-ratio part of the verdict runs here, only on layers that would
+(gate.metrics.fit_quality; the likelihood-ratio part of the verdict runs here, only on layers that would
 otherwise count against the model) and is ``inconclusive`` when too few layers are well fitted;
 rules on the baseline's weights (cosine similarity, relative distance) read a table of layer pairs;
 ``lineage: descendant`` rules apply only to a model that descends from its baseline.
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gate.fit_quality import fit_quality
+from gate.metrics.fit_quality import fit_quality
 from gate.policy.schema import HEAD_PATTERN, PAIR_METRICS, UNJUDGED_WHEN_NAN, Policy, PolicyError, Rule
-from gate.result import ScanResult
+from gate.scanning.result import ScanResult
 
 MODEL_ROW = "<model>"
 # A model descends from its baseline (fine-tune, quantisation, new head) when the median |cosine|

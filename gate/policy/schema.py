@@ -31,13 +31,13 @@ LAYER_METRICS = {
     "stable_rank_peer_ratio": None, "spectral_norm_peer_ratio": None,
     "num_spikes": "mp_fit", "mp_softrank": "mp_fit", "sigma_mp": "mp_fit",
     "num_traps": "randomize", "rand_distance": "randomize",
-    # schema_version 2: the Marchenko-Pastur random-like test, the value grid (gate.value_grid) and the
+    # schema_version 2: the Marchenko-Pastur random-like test, the value grid (gate.metrics.value_grid) and the
     # baseline weights (see PAIR_METRICS)
     "random_like": None, "mp_ks": None, "mp_spike_mass": None, "mp_spikes": None, "value_levels": None,
     "coarse_grid": None,
     "cosine_similarity": "baseline_weights", "relative_distance": "baseline_weights",
 }
-# Columns of LoRA adapter rows (gate.lora), for policies on adapters or --base merges.
+# Columns of LoRA adapter rows (gate.sources.lora), for policies on adapters or --base merges.
 LAYER_METRICS.update({"lora_rank": None, "lora_scale": None, "lora_norm": None, "lora_stable_rank": None,
                       "lora_stable_rank_ratio": None})
 
@@ -45,7 +45,7 @@ LAYER_METRICS.update({"lora_rank": None, "lora_scale": None, "lora_norm": None, 
 # rules on them need a baseline, like change conditions, and compare the value itself.
 PAIR_METRICS = ("cosine_similarity", "relative_distance")
 # Layer metrics read from the power-law fit: in schema_version 2, rules on them count only
-# well-fitted layers (gate.fit_quality) unless they say ``fit: any``.
+# well-fitted layers (gate.metrics.fit_quality) unless they say ``fit: any``.
 FIT_METRICS = ("alpha", "alpha_weighted", "log_alpha_norm", "D", "xmin", "num_pl_spikes", "sigma")
 V2_LAYER_METRICS = ("random_like", "mp_ks", "mp_spike_mass", "mp_spikes", "value_levels", "coarse_grid",
                     "cosine_similarity", "relative_distance")

@@ -27,7 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # a bare Figure renders through the SVG backend; pyplot is never used
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
-from gate.benford import BENFORD
+from gate.metrics.benford import BENFORD
 
 _OK, _BAD, _BASE, _FIT, _XMIN, _MP = "#2e86c1", "#c0392b", "#444444", "#d35400", "#8e44ad", "#16a085"
 _SIZE = (5.2, 3.3)

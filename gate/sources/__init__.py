@@ -16,7 +16,7 @@ from gate.sources.module import ModuleSource
 from gate.sources.torch_files import StateDictSource
 
 if TYPE_CHECKING:
-    from gate.lora import MergedSource
+    from gate.sources.lora import MergedSource
 
 __all__ = ["TensorInfo", "WeightSource", "open_merged", "open_source"]
 
@@ -44,7 +44,7 @@ def open_source(source: Any, allow_pickle: bool = False, tracking_uri: str | Non
 
 def open_merged(adapter: object, base: object, allow_pickle: bool = False, tracking_uri: str | None = None) -> MergedSource:
     """``base`` with ``adapter`` merged into it; both are any source ``open_source`` accepts."""
-    from gate.lora import MergedSource  # late, as in local_files: gate.lora imports gate.sources.base
+    from gate.sources.lora import MergedSource  # late, as in local_files: gate.sources.lora imports gate.sources.base
 
     adapter_source = open_source(adapter, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
     try:

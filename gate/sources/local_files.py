@@ -9,11 +9,11 @@ from pathlib import Path
 import yaml
 
 from gate.errors import GateInputError
-from gate.quantization.config import read_quantization_config
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
 from gate.sources.gguf_file import GgufSource
 from gate.sources.pt2_archive import Pt2ArchiveSource
+from gate.sources.quantization.config import read_quantization_config
 from gate.sources.quantized import dequantizing
 from gate.sources.safetensors_files import SafetensorsSource
 from gate.sources.torch_files import open_torch_file
@@ -97,9 +97,9 @@ def _open_bin_index(index_path: Path, allow_pickle: bool) -> WeightSource:
 
 
 def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
-    # Late: gate.lora imports gate.sources.base, which runs this package's __init__ first; imported at
-    # the top, this module would find gate.lora half-initialised whenever gate.lora is imported first.
-    from gate.lora import ADAPTER_CONFIG, LoraSource
+    # Late: gate.sources.lora imports gate.sources.base, which runs this package's __init__ first; imported at
+    # the top, this module would find gate.sources.lora half-initialised whenever gate.sources.lora is imported first.
+    from gate.sources.lora import ADAPTER_CONFIG, LoraSource
 
     if (directory / ADAPTER_CONFIG).is_file():  # a PEFT adapter: its updates, not its factors
         return LoraSource(directory, _open_adapter_weights(directory, allow_pickle))
@@ -148,7 +148,7 @@ def _weights_dir(directory: Path) -> Path:
 
 
 def _open_adapter_weights(directory: Path, allow_pickle: bool) -> WeightSource:
-    from gate.lora import ADAPTER_CONFIG
+    from gate.sources.lora import ADAPTER_CONFIG
 
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         if (directory / name).is_file():

@@ -12,15 +12,15 @@ import dataclasses
 
 import torch
 
-from gate.quantization import QuantizedTensor, find_quantized
-from gate.quantization.config import QuantizationConfig
 from gate.sources.base import TensorInfo, WeightSource
+from gate.sources.quantization import QuantizedTensor, find_quantized
+from gate.sources.quantization.config import QuantizationConfig
 
 NOT_QUANTIZED = "none"
 
 
 class QuantizedSource(WeightSource):
-    """``inner`` with its quantized families (:func:`gate.quantization.find_quantized`) dequantized."""
+    """``inner`` with its quantized families (:func:`gate.sources.quantization.find_quantized`) dequantized."""
 
     def __init__(self, inner: WeightSource, families: list[QuantizedTensor]) -> None:
         self.description = inner.description

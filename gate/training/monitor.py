@@ -12,7 +12,7 @@ from gate.training.early_stopping import MLHEarlyStopping
 from gate.training.tracker import MetricSink, WeightMetricsTracker
 
 if TYPE_CHECKING:
-    from gate.result import ScanResult
+    from gate.scanning.result import ScanResult
 
 
 class TrainingMonitor:

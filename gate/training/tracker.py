@@ -1,6 +1,6 @@
 """Measure a live model's weights during training and log the numbers to MLflow.
 
-MLH (Benford closeness of the weights' first digits, gate.benford) costs one pass of digit
+MLH (Benford closeness of the weights' first digits, gate.metrics.benford) costs one pass of digit
 counting over the weight matrices, so it can run every epoch; the spectral metrics need an
 eigensolve per layer (a full gate.scan) and run only every ``spectral_every`` measurements.
 """
@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gate.benford import ModelDigits
 from gate.errors import GateInputError
-from gate.layers import plan_layers
+from gate.layers.planner import plan_layers
+from gate.metrics.benford import ModelDigits
 from gate.sources.module import ModuleSource
 
 if TYPE_CHECKING:
-    from gate.result import ScanResult
+    from gate.scanning.result import ScanResult
 
 MetricSink = Callable[[dict[str, float], int], None]
 SPECTRAL_METRICS = ("alpha", "alpha_weighted", "log_alpha_norm", "stable_rank")
@@ -126,7 +126,7 @@ class WeightMetricsTracker:
     def _scan(self, full: bool) -> "ScanResult":
         """The periodic spectral measurement needs neither Benford digits (``model_mlh`` counts them)
         nor the weights' hash; the final scan has both, like ``gate.scan``'s default."""
-        from gate.scanner import scan
+        from gate.scanning.pipeline import scan
 
         with torch.no_grad():
             return scan(self.model, device=self.device, benford=full, fingerprint=full)

@@ -1,0 +1,1 @@
+"""Running weightgate for real (containers, Kubernetes, Ray) and locally (``deploy.local``)."""

@@ -1,0 +1,1 @@
+"""The ``weightgate`` command line, one module per command group."""

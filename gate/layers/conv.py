@@ -1,0 +1,63 @@
+"""Convolution kernels [out, in, k...] (and ConvTranspose [in, out, k...]): the kernel slices of one
+layer, pooled into one ESD as WeightWatcher does, or one row per slice."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+
+from gate.layers.plan import CONV1D, CONV2D, CONV3D, LayerPlan, PlanOptions
+from gate.sources.base import TensorInfo
+
+_CONV_TYPES = {1: CONV1D, 2: CONV2D, 3: CONV3D}  # by number of kernel dimensions
+
+
+CONV2D_SCALE = math.sqrt(0.5)  # WeightWatcher's conv2d_norm: pooled slice eigenvalues x 0.5
+
+
+# A file's 3-D tensor that no module, name or config explains is a Conv1d kernel only when its last
+# dimension is this small: speech and sequence models use kernels of 2-10 (Whisper 3, wav2vec2's
+# feature encoder 2-10, Mamba 4); stacks such as ONNX recurrent weights or fused experts end in a
+# model width instead. Larger kernels need a module type or "conv" in the name.
+CONV1D_MAX_KERNEL = 16
+
+
+_CONV_NAME = re.compile(r"conv", re.IGNORECASE)
+
+
+_CONV_MODULES = {"Conv", "ConvTranspose", "Conv1d", "Conv2d", "Conv3d",
+                 "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+
+
+def is_convolution(info: TensorInfo) -> bool:
+    """Modules and ONNX operators that say so; a file's bare 3-D tensor only by name or a small kernel."""
+    if info.module_type is not None:
+        return info.module_type in _CONV_MODULES
+    if len(info.shape) != 3:
+        return True  # 4-D and 5-D tensors of files: convolution kernels (WeightWatcher's reading too)
+    return bool(_CONV_NAME.search(info.name)) or info.shape[-1] <= CONV1D_MAX_KERNEL
+
+
+def conv_plans(info: TensorInfo, base: str, options: PlanOptions, start: int):
+    """Kernel slices W[:, :, k...]: [out, in/groups] for Conv, [in, out/groups] for ConvTranspose;
+    either way N x M after orientation, so one convention serves both."""
+    rows, cols, *kernel = info.shape
+    N, M = max(rows, cols), min(rows, cols)
+    layer_type = _CONV_TYPES[len(kernel)]
+    positions = list(itertools.product(*(range(k) for k in kernel)))
+    if layer_type == CONV1D:  # WeightWatcher pools conv1d slices without the sqrt(1/2) factor
+        slices = tuple((slice(None), slice(None), *pos) for pos in positions)
+        yield LayerPlan(start, base, info.name, CONV1D, info.shape, N, M, len(positions), slices=slices,
+                        module_type=info.module_type)
+        return
+    if options.conv2d_method == "pooled":
+        scale = CONV2D_SCALE  # WeightWatcher 0.7.7 halves 1x1 kernels too
+        slices = tuple((slice(None), slice(None), *pos) for pos in positions)
+        yield LayerPlan(start, base, info.name, layer_type, info.shape, N, M, len(positions), slices=slices,
+                        scale=scale, module_type=info.module_type)
+        return
+    for offset, pos in enumerate(positions):
+        label = ",".join(map(str, pos))
+        yield LayerPlan(start + offset, f"{base}[{label}]", info.name, layer_type, info.shape, N, M, 1,
+                        slices=((slice(None), slice(None), *pos),), module_type=info.module_type)

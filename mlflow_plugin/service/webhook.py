@@ -1,0 +1,205 @@
+"""``weightgate webhook-receiver``: the gate for MLflow servers that cannot load a plugin.
+
+MLflow delivers signed webhooks (``X-MLflow-Signature: v1,<base64 HMAC-SHA256 of
+"delivery_id.timestamp.payload">``). On ``model_version.created`` (and on ``gate.status`` set back
+to ``pending`` by ``weightgate rescan``) the receiver scans the version and records the decision as
+tags; on ``model_version_alias.created`` for a protected alias on a version that is not approved it
+deletes the alias again and records the violation. Each event is handled in isolation with the
+worker's retries and error status; a delivery the receiver cannot queue gets 503, so MLflow
+delivers it again.
+
+This is enforcement after the fact: the alias exists between its creation and the webhook's
+delivery, and without the plugin any client can write ``gate.*`` tags. Use the server plugin
+where you can.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from flask import Flask, jsonify, request
+from mlflow.entities.model_registry import ModelVersion
+
+from gate import vocabulary as words
+from gate.vocabulary import PENDING, STATUS
+from mlflow_plugin.service.retry import with_retries
+from mlflow_plugin.service.worker import Worker, WorkerSettings
+
+_logger = logging.getLogger(__name__)
+MAX_AGE_SECONDS = 300  # older deliveries are replays
+
+
+def verify_signature(secret: str, delivery_id: str, timestamp: str, body: bytes, signature: str) -> bool:
+    """MLflow's webhook signature, checked in constant time; stale timestamps are rejected."""
+    try:
+        if abs(time.time() - int(timestamp)) > MAX_AGE_SECONDS:
+            return False
+    except ValueError:
+        return False
+    digest = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    expected = "v1," + base64.b64encode(digest).decode()
+    return hmac.compare_digest(expected, signature)
+
+
+class WebhookGate(Worker):
+    """The worker's scan and logging, recording tags directly (there is no plugin to claim with)."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self._connect(settings)
+
+    def claim(self, version: ModelVersion) -> bool:
+        return True  # one receiver process, events handled one at a time from its queue
+
+    def record(self, version: ModelVersion, tags: dict[str, str]) -> None:
+        # The status goes last: a decision cut off half-way still reads pending.
+        for key, value in sorted(tags.items(), key=lambda item: item[0] == STATUS):
+            self.client.set_model_version_tag(version.name, version.version, key, words.fit_tag_value(value))
+
+    def scan_if_pending(self, name: str, version: str) -> None:
+        """Scan a version unless it has a decision already (a delivery repeated by MLflow)."""
+        current, _ = with_retries(f"reading models:/{name}/{version}", lambda: self.client.get_model_version(name, version),
+                                  self.settings.retry)
+        if (current.tags or {}).get(STATUS, PENDING) == PENDING:
+            self.process(current)
+
+    def on_alias(self, name: str, alias: str, version: str) -> None:
+        if not self.config.is_protected(alias):
+            return
+        tags = self.client.get_model_version(name, version).tags or {}
+        if tags.get(STATUS) in self.config.approving_statuses():
+            return
+        self.client.delete_registered_model_alias(name, alias)
+        when = words.utc_timestamp()
+        note = (f"protected alias '{alias}' was set on this version ({tags.get(STATUS, words.NO_STATUS)}) and removed "
+                f"by weightgate at {when}")
+        self.client.set_model_version_tag(name, version, words.VIOLATION, note)
+        _logger.warning("weightgate webhook: %s version %s: %s", name, version, note,
+                        extra={"fields": {"event": "alias_removed", "model": name, "version": version, "alias": alias}})
+
+    def handle(self, event: "Event") -> None:
+        """One event, retried on transient errors; a failure is logged and recorded, never fatal."""
+        if event.kind == ("model_version", "created"):
+            self.scan_if_pending(event.data["name"], event.data["version"])
+        elif event.kind == ("model_version_tag", "set"):
+            if event.data["key"] == STATUS and event.data["value"] == PENDING:  # `weightgate rescan`
+                self.scan_if_pending(event.data["name"], event.data["version"])
+        elif event.kind == ("model_version_alias", "created"):
+            with_retries(f"checking alias {event.data['alias']} of models:/{event.data['name']}/{event.data['version']}",
+                         lambda: self.on_alias(event.data["name"], event.data["alias"], event.data["version"]),
+                         self.settings.retry)
+
+
+# The payload fields each handled event needs (mlflow.webhooks.types); other events are acknowledged.
+REQUIRED_FIELDS = {
+    ("model_version", "created"): ("name", "version"),
+    ("model_version_tag", "set"): ("name", "version", "key", "value"),
+    ("model_version_alias", "created"): ("name", "alias", "version"),
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    delivery_id: str
+    kind: tuple[str, str]
+    data: dict
+
+
+def parse_event(delivery_id: str, body: bytes) -> Event | None:
+    """The event in a delivery, or None when it is not one the gate handles; ValueError when malformed."""
+    payload = json.loads(body)
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+        raise ValueError("the body must be a JSON object with entity, action and data")
+    kind = (str(payload.get("entity")), str(payload.get("action")))
+    if kind not in REQUIRED_FIELDS:
+        return None
+    missing = [key for key in REQUIRED_FIELDS[kind] if payload["data"].get(key) in (None, "")]
+    if missing:
+        raise ValueError(f"{kind[0]}.{kind[1]} without {', '.join(missing)}")
+    return Event(delivery_id, kind, {key: str(value) for key, value in payload["data"].items()})
+
+
+class EventLoop:
+    """One thread handling accepted events in order; each event is isolated from the next."""
+
+    def __init__(self, gate: WebhookGate, capacity: int = 1000) -> None:
+        self.gate = gate
+        self.events: queue.Queue[Event] = queue.Queue(maxsize=capacity)
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="weightgate-events")
+        self.thread.start()
+
+    def accept(self, event: Event) -> bool:
+        """Queue ``event``; False when it cannot be taken now (the caller answers 503, MLflow retries)."""
+        if not self.thread.is_alive():
+            return False
+        try:
+            self.events.put_nowait(event)
+        except queue.Full:
+            return False
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            event = self.events.get()
+            started = time.monotonic()
+            outcome = "handled"
+            try:
+                self.gate.handle(event)
+            except Exception:  # one event's failure is logged with its delivery; the loop goes on
+                outcome = "failed"
+                _logger.exception("weightgate webhook: event %s.%s (delivery %s) failed", *event.kind,
+                                  event.delivery_id)
+            _logger.info("weightgate webhook: %s.%s %s", *event.kind, outcome, extra={"fields": {
+                "event": "webhook_event", "kind": ".".join(event.kind), "delivery": event.delivery_id,
+                "model": event.data.get("name"), "version": event.data.get("version"), "outcome": outcome,
+                "duration_s": round(time.monotonic() - started, 3)}})
+
+
+def create_receiver(gate: WebhookGate, secret: str, capacity: int = 1000) -> Flask:
+    """The receiver as a Flask app: POST / takes signed deliveries, GET /healthz reports liveness.
+
+    Answers: 200 accepted (or ignored: an event the gate does not handle), 400 malformed, 401 bad
+    or stale signature, 503 when the event cannot be queued (MLflow then delivers it again).
+    """
+    app = Flask("weightgate-webhook")
+    loop = EventLoop(gate, capacity)
+
+    @app.post("/")
+    def deliver():
+        body = request.get_data()
+        delivery_id = request.headers.get("X-MLflow-Delivery-Id", "")
+        if not verify_signature(secret, delivery_id, request.headers.get("X-MLflow-Timestamp", ""), body,
+                                request.headers.get("X-MLflow-Signature", "")):
+            return jsonify({"error": "invalid or stale signature"}), 401
+        try:
+            event = parse_event(delivery_id, body)
+        except ValueError as err:
+            return jsonify({"error": f"malformed delivery: {err}"}), 400
+        if event is None:
+            return jsonify({"accepted": False, "reason": "not an event weightgate handles"}), 200
+        if not loop.accept(event):
+            return jsonify({"error": "cannot queue the event now; deliver it again"}), 503
+        return jsonify({"accepted": True}), 200
+
+    @app.get("/healthz")
+    def health():
+        alive = loop.thread.is_alive()
+        return jsonify({"events_thread": alive, "queued": loop.events.qsize()}), 200 if alive else 503
+
+    return app
+
+
+def pending_on_start(gate: WebhookGate) -> int:
+    """Versions created while the receiver was down have no decision yet: scan them now."""
+    count = 0
+    for version in gate.pending_versions():
+        gate.process(version)
+        count += 1
+    return count
