@@ -25,6 +25,7 @@ from gate.scanning.result import LayerTableExport, plain_json_value
 from gate.scanning.tensor_pass import TensorPass
 from gate.solver.spectrum import cpu_threads_for_blas, resolve_device
 from gate.sources import WeightSource, open_source
+from gate.vocabulary import LayerStatus
 
 DELTA_METRICS = ("alpha", "log_spectral_norm", "stable_rank", "mlh")
 REINIT_COSINE = 0.1  # |cosine| below this: the layer no longer resembles its reference
@@ -196,7 +197,7 @@ def _pair_row(plan: LayerPlan, other: LayerPlan, tensor_a: torch.Tensor, tensor_
     return {
         "name": plan.name,
         "shape": list(plan.shape),
-        "status": "ok" if finite else "nonfinite",
+        "status": LayerStatus.OK if finite else LayerStatus.NONFINITE,
         "euclidean_distance": distance,
         "relative_distance": distance / math.sqrt(norm_b_sq) if finite and norm_b_sq > 0 else math.nan,
         "cosine_similarity": dot / math.sqrt(norm_a_sq * norm_b_sq) if finite and norm_a_sq * norm_b_sq > 0 else math.nan,
@@ -206,7 +207,7 @@ def _pair_row(plan: LayerPlan, other: LayerPlan, tensor_a: torch.Tensor, tensor_
 
 def _summary(layers: pd.DataFrame, unmatched: dict[str, list[str]], changed_threshold: float,
              summary_a: dict[str, Any], summary_b: dict[str, Any]) -> dict[str, Any]:
-    ok = layers[layers["status"] == "ok"]
+    ok = layers[layers["status"] == LayerStatus.OK]
     diff_sq, dot = ok["_diff_sq"].sum(), ok["_dot"].sum()
     norm_a_sq, norm_b_sq = ok["_norm_a_sq"].sum(), ok["_norm_b_sq"].sum()
     layers.drop(columns=["_diff_sq", "_dot", "_norm_a_sq", "_norm_b_sq"], inplace=True)
@@ -222,7 +223,7 @@ def _summary(layers: pd.DataFrame, unmatched: dict[str, list[str]], changed_thre
         "identical": bool(no_unmatched and len(ok) == len(layers) and diff_sq == 0.0),
         "changed_layers": changed,
         "reinitialized_layers": reinitialized["name"].tolist(),
-        "nonfinite_layers": layers[layers["status"] != "ok"]["name"].tolist(),
+        "nonfinite_layers": layers[layers["status"] != LayerStatus.OK]["name"].tolist(),
         **unmatched,
     }
     if "init_distance" in layers.columns:

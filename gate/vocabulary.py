@@ -1,24 +1,112 @@
-"""The words weightgate writes into MLflow: ``gate.*`` tag keys, statuses, decision words, the
-timestamp format and the tag-length rule.
+"""Every word weightgate writes: layer and rule statuses, decision words, version statuses, ledger
+actions, ``gate.*`` tag keys, the timestamp format and the tag-length rule.
 
-One module owns them so the server (which enforces), the worker and the webhook receiver (which
-record), and the CLI (which reads) cannot drift apart. Other modules add their keys here, never as
-string literals of their own. Importing it has no side effects.
-
-The decision words (approve/warn/block) are re-exported from :mod:`gate.policy.decision`.
+One module owns them so the engine (which computes), the server (which enforces), the worker and the
+webhook receiver (which record), and the CLI and pages (which read) cannot drift apart. Other modules
+use these names, never string literals of their own (tests/test_vocabulary.py looks for literals).
+Importing it has no side effects.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from datetime import datetime, timezone
 
-from gate.policy.decision import APPROVE, BLOCK, WARN  # noqa: F401 - re-exported
+
+class Word(str, enum.Enum):
+    """A word weightgate writes into tables, tags and JSON. It equals its text (``LayerStatus.OK ==
+    "ok"``) and prints as it, so layer tables, CSV, JSON and MLflow tags hold plain words."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class LayerStatus(Word):
+    """A layer table row's ``status``."""
+
+    OK = "ok"                  # analysed
+    SKIPPED = "skipped"        # not analysed, with the reason (too small, unknown kind, unreadable, mask)
+    NONFINITE = "nonfinite"    # NaN/Inf weights
+    DEGENERATE = "degenerate"  # all-zero weights, or no power-law fit
+
+
+class RuleStatus(Word):
+    """A policy rule's outcome."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"                  # could not be evaluated: fails closed
+    SKIPPED = "skipped"              # does not apply (no baseline, not a descendant, no layer in scope)
+    INCONCLUSIVE = "inconclusive"    # too little trustworthy evidence for a verdict
+
+
+class Verdict(Word):
+    """A decision (``Decision.decision``), and the severity of a rule (what its failure does)."""
+
+    APPROVE = "approve"
+    WARN = "warn"
+    BLOCK = "block"
+
+
+class WhenNoBaseline(Word):
+    """What a policy rule that compares against a baseline does when there is none."""
+
+    ERROR = "error"  # an input error: the check needs --baseline
+    SKIP = "skip"    # the rule is skipped and says so
+
+
+class VersionStatus(Word):
+    """The value of the ``gate.status`` tag of a model version."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    WARNED = "warned"
+    BLOCKED = "blocked"
+    ERROR = "error"
+    OVERRIDDEN = "overridden"
+
+
+NO_STATUS = "none"  # how reports show a version that has no gate.status at all (registered before the gate)
+STATUS_OF_DECISION = {Verdict.APPROVE: VersionStatus.APPROVED, Verdict.WARN: VersionStatus.WARNED,
+                      Verdict.BLOCK: VersionStatus.BLOCKED}
+
+
+class LedgerAction(Word):
+    """What a promotion-ledger row records."""
+
+    REGISTERED = "registered"
+    ALIAS_SET = "alias-set"
+    ALIAS_DELETE = "alias-delete"
+    STAGE_TRANSITION = "stage-transition"
+    DECISION = "decision"
+    OVERRIDE = "override"
+    RESCAN = "rescan"
+
+
+class LedgerOutcome(Word):
+    """How the registry answered the request a ledger row records."""
+
+    ALLOWED = "allowed"    # the registry did it
+    REFUSED = "refused"    # the gate or basic-auth said no (401/403)
+    FAILED = "failed"      # another error
+    RECORDED = "recorded"  # the gate's own writes (registration, decision, override, rescan)
+
+
+class EventOutcome(Word):
+    """How the webhook receiver's handling of one delivered event ended (its log's ``outcome``)."""
+
+    HANDLED = "handled"
+    FAILED = "failed"
+
 
 TAG_PREFIX = "gate."
 
 # -- version tag keys -----------------------------------------------------------------------
-STATUS = "gate.status"                    # one of STATUSES
+STATUS = "gate.status"                    # a VersionStatus
 REASON = "gate.reason"                    # one line: failed rules, or the error that stopped the scan
 DECISION_RUN = "gate.decision_run"        # the MLflow run holding metrics and artifacts
 POLICY = "gate.policy"                    # the policy's name
@@ -38,14 +126,6 @@ OVERRIDE_REASON = "gate.override_reason"
 OVERRIDE_PREVIOUS_STATUS = "gate.override_previous_status"
 SUMMARY = "gate.summary"                  # one human line built from the decision (gate.report.verdict)
 PAGE = "gate.page"                        # link to the version's row on the gate page (/weightgate/)
-
-# -- statuses (the value of gate.status) ----------------------------------------------------
-PENDING, APPROVED, WARNED, BLOCKED, ERROR, OVERRIDDEN = "pending", "approved", "warned", "blocked", "error", "overridden"
-STATUSES = (PENDING, APPROVED, WARNED, BLOCKED, ERROR, OVERRIDDEN)
-NO_STATUS = "none"  # how reports show a version that has no gate.status at all (registered before the gate)
-
-# -- decision words (Decision.decision; gate.policy.decision owns them) and their statuses ----
-STATUS_OF_DECISION = {APPROVE: APPROVED, WARN: WARNED, BLOCK: BLOCKED}
 
 # -- run tags of the decision run (experiment "weightgate") ----------------------------------
 EXPERIMENT = "weightgate"

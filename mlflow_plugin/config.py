@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from gate.vocabulary import APPROVED, OVERRIDDEN, WARNED
+from gate.vocabulary import VersionStatus
 
 
 class GateConfigError(RuntimeError):
@@ -39,4 +39,4 @@ class GateConfig:
         return alias.lower() in {a.lower() for a in self.protected_aliases}
 
     def approving_statuses(self) -> frozenset[str]:
-        return frozenset({APPROVED, OVERRIDDEN} | ({WARNED} if self.allow_warned else set()))
+        return frozenset({VersionStatus.APPROVED, VersionStatus.OVERRIDDEN} | ({VersionStatus.WARNED} if self.allow_warned else set()))

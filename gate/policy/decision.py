@@ -13,13 +13,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from gate.policy.evaluate import RuleOutcome
-
-APPROVE, WARN, BLOCK = "approve", "warn", "block"
+from gate.vocabulary import RuleStatus, Verdict
 
 
 @dataclass
 class Decision:
-    decision: str
+    decision: Verdict
     source: str
     baseline: str | None
     policy: dict[str, str]
@@ -36,7 +35,7 @@ class Decision:
 
     @property
     def inconclusive_rules(self) -> list[RuleOutcome]:
-        return [rule for rule in self.rules if rule.status == "inconclusive"]
+        return [rule for rule in self.rules if rule.status == RuleStatus.INCONCLUSIVE]
 
     def reason(self) -> str:
         """One line: why the model is blocked or warned, or that all rules passed; inconclusive
@@ -59,13 +58,13 @@ class Decision:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
 
 
-def decide(outcomes: list[RuleOutcome]) -> str:
+def decide(outcomes: list[RuleOutcome]) -> Verdict:
     """Block on any failed or erroring block rule and on any evaluation error; warn on failed warn rules."""
-    if any(o.status == "error" or (o.status == "failed" and o.severity == "block") for o in outcomes):
-        return BLOCK
-    if any(o.status == "failed" for o in outcomes):
-        return WARN
-    return APPROVE
+    if any(o.status == RuleStatus.ERROR or (o.status == RuleStatus.FAILED and o.severity == Verdict.BLOCK) for o in outcomes):
+        return Verdict.BLOCK
+    if any(o.status == RuleStatus.FAILED for o in outcomes):
+        return Verdict.WARN
+    return Verdict.APPROVE
 
 
 def now_utc() -> str:

@@ -26,6 +26,7 @@ import pandas as pd
 from gate.metrics.fit_quality import fit_quality
 from gate.policy.schema import HEAD_PATTERN, PAIR_METRICS, UNJUDGED_WHEN_NAN, Policy, PolicyError, Rule
 from gate.scanning.result import ScanResult
+from gate.vocabulary import LayerStatus, RuleStatus, Verdict, WhenNoBaseline
 
 MODEL_ROW = "<model>"
 # A model descends from its baseline (fine-tune, quantisation, new head) when the median |cosine|
@@ -43,10 +44,10 @@ class RuleOutcome:
     inconclusive (too little trustworthy evidence: recorded and shown, not a violation)."""
 
     rule_id: str
-    severity: str
+    severity: Verdict
     scope: str
     metric: str
-    status: str
+    status: RuleStatus
     observed: float | None
     threshold: dict[str, Any]
     offending_layers: list[dict[str, Any]] = field(default_factory=list)
@@ -55,7 +56,7 @@ class RuleOutcome:
 
     @property
     def passed(self) -> bool:
-        return self.status in ("passed", "skipped", "inconclusive")
+        return self.status in (RuleStatus.PASSED, RuleStatus.SKIPPED, RuleStatus.INCONCLUSIVE)
 
 
 def evaluate(policy: Policy, scan: ScanResult, baseline: ScanResult | None = None,
@@ -64,7 +65,7 @@ def evaluate(policy: Policy, scan: ScanResult, baseline: ScanResult | None = Non
     unless the rule says ``when_no_baseline: skip``. ``pairs``: per-layer cosine similarity and
     relative distance of the model's weights against the baseline's (gate.compare.layer_distances),
     needed when the policy has rules on them."""
-    missing = [r.id for r in policy.rules if r.needs_baseline and baseline is None and r.when_no_baseline == "error"]
+    missing = [r.id for r in policy.rules if r.needs_baseline and baseline is None and r.when_no_baseline == WhenNoBaseline.ERROR]
     if missing:
         raise PolicyError(f"{policy.path}: rules {', '.join(missing)} compare against a baseline, but none was given; "
                           "pass --baseline SOURCE (or mark the rules 'when_no_baseline: skip')")
@@ -76,21 +77,21 @@ def evaluate(policy: Policy, scan: ScanResult, baseline: ScanResult | None = Non
 
 def lineage_cosine(pairs: pd.DataFrame) -> float:
     """Median |cosine| between matched finite layers of a model and its baseline (NaN if none)."""
-    ok = pairs[pairs["status"] == "ok"]["cosine_similarity"].abs().dropna()
+    ok = pairs[pairs["status"] == LayerStatus.OK]["cosine_similarity"].abs().dropna()
     return float(ok.median()) if len(ok) else math.nan
 
 
 def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pairs: pd.DataFrame | None,
                    validator: "_Validator") -> RuleOutcome:
-    outcome = RuleOutcome(rule.id, rule.severity, rule.scope, rule.metric, "passed", None, _threshold(rule),
+    outcome = RuleOutcome(rule.id, rule.severity, rule.scope, rule.metric, RuleStatus.PASSED, None, _threshold(rule),
                           description=rule.description)
     if rule.needs_baseline and baseline is None:
-        outcome.status, outcome.reason = "skipped", "no baseline given"
+        outcome.status, outcome.reason = RuleStatus.SKIPPED, "no baseline given"
         return outcome
     if rule.lineage == "descendant":
         median = lineage_cosine(pairs)
         if not median >= LINEAGE_COSINE:
-            outcome.status = "skipped"
+            outcome.status = RuleStatus.SKIPPED
             outcome.reason = (f"the model does not descend from its baseline (median layer |cosine| {_fmt(median)} "
                               f"< {LINEAGE_COSINE:g}): a retrain from scratch has no per-layer lineage to judge")
             return outcome
@@ -98,15 +99,15 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
     if frame.empty and rule.scoped:
         # schema 2: a rule scoped to layers a model does not have (dense M >= 128 in a small CNN) does
         # not apply to it; schema 1 kept failing closed, and still does
-        outcome.status, outcome.reason = "skipped", "no layer in the rule's scope"
+        outcome.status, outcome.reason = RuleStatus.SKIPPED, "no layer in the rule's scope"
         return outcome
     if frame.empty:
-        outcome.status, outcome.reason = "error", "no layer matches the rule's filters, so there is no evidence"
+        outcome.status, outcome.reason = RuleStatus.ERROR, "no layer matches the rule's filters, so there is no evidence"
         return outcome
     if rule.fit == "well_fitted":
         frame, inconclusive = _well_fitted(rule, frame, scan)
         if inconclusive:
-            outcome.status, outcome.reason = "inconclusive", inconclusive
+            outcome.status, outcome.reason = RuleStatus.INCONCLUSIVE, inconclusive
             return outcome
     values = frame["value"].astype(float)
     low, high = rule.condition.low, rule.condition.high
@@ -117,7 +118,7 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
     raised = exception.get("raised_exception") or any(
         isinstance(v, dict) and v.get("raised_exception") for v in exception.values())
     if raised:
-        outcome.status, outcome.reason = "error", f"evaluation error: {_exception_message(exception)}"
+        outcome.status, outcome.reason = RuleStatus.ERROR, f"evaluation error: {_exception_message(exception)}"
         return outcome
     unexpected = {row["name"] for row in result.result.get("unexpected_index_list") or []}
     offending = [{"name": name, "value": _json_number(value)}
@@ -128,7 +129,7 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
     else:
         outcome.observed = 1.0 - len(unexpected) / len(frame)  # share of layers within bounds
     if not result.success:
-        outcome.status = "failed"
+        outcome.status = RuleStatus.FAILED
         outcome.reason = _failure_reason(rule, outcome, len(frame))
     return outcome
 
@@ -201,7 +202,7 @@ def _rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None,
 
 def _select_layers(rule: Rule, layers: pd.DataFrame) -> pd.DataFrame:
     """Layers a rule looks at: not skipped (too small by design), then the rule's filters."""
-    selected = layers[layers["status"] != "skipped"]
+    selected = layers[layers["status"] != LayerStatus.SKIPPED]
     filters = rule.layers
     if filters.exclude_first_last and len(selected) > 2:
         selected = selected.iloc[1:-1]
@@ -218,7 +219,7 @@ def _select_layers(rule: Rule, layers: pd.DataFrame) -> pd.DataFrame:
     if filters.min_M:
         selected = selected[selected["M"] >= filters.min_M]
     if filters.exclude_heads and len(selected):
-        last = layers.loc[layers["status"] != "skipped", "name"].iloc[-1] if (layers["status"] != "skipped").any() else None
+        last = layers.loc[layers["status"] != LayerStatus.SKIPPED, "name"].iloc[-1] if (layers["status"] != LayerStatus.SKIPPED).any() else None
         selected = selected[(selected["name"] != last)
                             & selected["name"].map(lambda n: re.search(HEAD_PATTERN, n) is None)]
     return selected

@@ -11,8 +11,10 @@ from gate.errors import GateInputError
 from gate.policy.decision import Decision
 from gate.policy.evaluate import LINEAGE_COSINE
 from gate.policy.schema import Policy
+from gate.vocabulary import RuleStatus, WhenNoBaseline
 
-_MARK = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP", "inconclusive": "INCONCLUSIVE"}
+_MARK = {RuleStatus.PASSED: "PASS", RuleStatus.FAILED: "FAIL", RuleStatus.ERROR: "ERROR", RuleStatus.SKIPPED: "SKIP",
+         RuleStatus.INCONCLUSIVE: "INCONCLUSIVE"}
 
 
 def render_decision(decision: Decision) -> str:
@@ -25,7 +27,7 @@ def render_decision(decision: Decision) -> str:
     ]
     for rule in decision.rules:
         head = f"{_MARK[rule.status]:5s} {rule.rule_id} [{rule.severity}]"
-        if rule.status == "inconclusive":
+        if rule.status == RuleStatus.INCONCLUSIVE:
             continue  # listed apart below: no verdict is not a pass
         lines.append(head + (f": {rule.reason}" if rule.reason else ""))
     inconclusive = decision.inconclusive_rules
@@ -70,7 +72,7 @@ def _scope_notes(rule) -> str:
     if rule.lineage == "descendant":
         notes.append(f"models that descend from their baseline (median layer |cosine| >= {LINEAGE_COSINE:g})")
     if rule.needs_baseline:
-        notes.append("needs a baseline" + (" (skipped without one)" if rule.when_no_baseline == "skip" else ""))
+        notes.append("needs a baseline" + (" (skipped without one)" if rule.when_no_baseline == WhenNoBaseline.SKIP else ""))
     return "; ".join(notes)
 
 

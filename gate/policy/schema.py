@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from gate.errors import GateInputError
+from gate.vocabulary import Verdict, WhenNoBaseline
 
 SCHEMA_VERSION = 2  # what the shipped policy uses; SCHEMA_VERSIONS lists what loads
 SCHEMA_VERSIONS = (1, 2)
@@ -117,11 +118,11 @@ class Rule:
     description: str
     metric: str
     scope: str
-    severity: str
+    severity: Verdict
     condition: Condition
     mostly: float = 1.0
     layers: LayerFilter = field(default_factory=LayerFilter)
-    when_no_baseline: str = "error"
+    when_no_baseline: WhenNoBaseline = WhenNoBaseline.ERROR
     fit: str = "any"  # "well_fitted": count only layers whose power-law fit is good (schema 2)
     min_well_fitted: float = 0.5  # below this share of well-fitted layers the rule is inconclusive
     lineage: str = "any"  # "descendant": apply only when the model descends from its baseline (schema 2)
@@ -278,7 +279,7 @@ class _Checker:
             self.fail(path + ("metric",), f"unknown {scope} metric {item['metric']!r}; known: {', '.join(sorted(catalogue))}")
         if item["metric"] in (V2_LAYER_METRICS if scope == "layer" else V2_MODEL_METRICS):
             self.require_v2(path + ("metric",), [item["metric"]], "metric")
-        if item["severity"] not in ("block", "warn"):
+        if item["severity"] not in (Verdict.BLOCK, Verdict.WARN):
             self.fail(path + ("severity",), f"must be 'block' or 'warn', not {item['severity']!r}")
         condition = self.condition(item["condition"], path + ("condition",))
         mostly = item.get("mostly", 1.0)
@@ -289,11 +290,11 @@ class _Checker:
         if "layers" in item and scope != "layer":
             self.fail(path + ("layers",), "only layer rules have layer filters")
         layers = self.layer_filter(item.get("layers", {}), path + ("layers",))
-        when_no_baseline = item.get("when_no_baseline", "error")
+        when_no_baseline = item.get("when_no_baseline", WhenNoBaseline.ERROR)
         uses_baseline = condition.kind == "change" or item["metric"] in PAIR_METRICS or item.get("lineage") == "descendant"
         if "when_no_baseline" in item and not uses_baseline:
             self.fail(path + ("when_no_baseline",), "only rules that compare against a baseline use it")
-        if when_no_baseline not in ("error", "skip"):
+        if when_no_baseline not in tuple(WhenNoBaseline):
             self.fail(path + ("when_no_baseline",), f"must be 'error' or 'skip', not {when_no_baseline!r}")
         if item["metric"] in PAIR_METRICS and condition.kind == "change":
             self.fail(path + ("condition",), f"{item['metric']} already compares with the baseline: use min/max/between")
@@ -312,8 +313,8 @@ class _Checker:
         evidence = item.get("evidence", "")
         if not isinstance(evidence, str):
             self.fail(path + ("evidence",), "must be a text")
-        return Rule(rule_id, item["description"].strip(), item["metric"], scope, item["severity"], condition,
-                    float(mostly), layers, when_no_baseline, fit, float(min_well_fitted), lineage,
+        return Rule(rule_id, item["description"].strip(), item["metric"], scope, Verdict(item["severity"]), condition,
+                    float(mostly), layers, WhenNoBaseline(when_no_baseline), fit, float(min_well_fitted), lineage,
                     " ".join(evidence.split()), self.version)
 
     def require_v2(self, path: tuple, names: list[str], what: str) -> None:

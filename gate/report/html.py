@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gate.vocabulary import LayerStatus
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -79,7 +81,7 @@ def render_html(scan, decision, baseline_scan, charts: list[str], esd: list[str]
             before = base["alpha"].get(row["name"], math.nan) if "alpha" in base.columns else math.nan
             cells += [_fmt(before), _fmt(row.get("alpha", math.nan) - before)]
         table.append({"cells": cells,
-                      "bad": row["name"] in offending or row.get("status") in ("nonfinite", "degenerate")})
+                      "bad": row["name"] in offending or row.get("status") in (LayerStatus.NONFINITE, LayerStatus.DEGENERATE)})
     scan_summary = ", ".join(f"{k}={_fmt(v)}" for k, v in scan.summary.items() if not isinstance(v, list))
     return _template().render(
         source=scan.source, decision=decision, summary=summary, charts=charts, esd=esd, columns=columns,

@@ -11,15 +11,16 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from gate.policy.decision import Decision
+from gate.vocabulary import RuleStatus
 
 OFFENDING_SHOWN = 50
 
 
 def to_junit(decision: Decision, elapsed_seconds: float = 0.0) -> str:
     """The XML document (UTF-8 declaration included)."""
-    failures = sum(1 for rule in decision.rules if rule.status == "failed")
-    errors = sum(1 for rule in decision.rules if rule.status == "error")
-    skipped = sum(1 for rule in decision.rules if rule.status == "skipped")
+    failures = sum(1 for rule in decision.rules if rule.status == RuleStatus.FAILED)
+    errors = sum(1 for rule in decision.rules if rule.status == RuleStatus.ERROR)
+    skipped = sum(1 for rule in decision.rules if rule.status == RuleStatus.SKIPPED)
     counts = {"tests": str(len(decision.rules)), "failures": str(failures), "errors": str(errors),
               "skipped": str(skipped), "time": f"{elapsed_seconds:.3f}"}
     suite_name = f"weightgate {decision.policy['name']}: {decision.source}"
@@ -33,13 +34,13 @@ def to_junit(decision: Decision, elapsed_seconds: float = 0.0) -> str:
     for rule in decision.rules:
         case = ET.SubElement(suite, "testcase", {"classname": f"weightgate.{decision.policy['name']}",
                                                  "name": rule.rule_id, "time": "0"})
-        if rule.status == "failed":
+        if rule.status == RuleStatus.FAILED:
             failure = ET.SubElement(case, "failure", {"message": rule.reason, "type": rule.severity})
             failure.text = _details(rule)
-        elif rule.status == "error":
+        elif rule.status == RuleStatus.ERROR:
             error = ET.SubElement(case, "error", {"message": rule.reason, "type": "evaluation-error"})
             error.text = _details(rule)
-        elif rule.status == "skipped":
+        elif rule.status == RuleStatus.SKIPPED:
             ET.SubElement(case, "skipped", {"message": rule.reason})
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=False).join(

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure  # a bare Figure renders through the SVG ba
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from gate.metrics.benford import BENFORD
+from gate.vocabulary import LayerStatus
 
 _OK, _BAD, _BASE, _FIT, _XMIN, _MP = "#2e86c1", "#c0392b", "#444444", "#d35400", "#8e44ad", "#16a085"
 _SIZE = (5.2, 3.3)
@@ -117,7 +118,7 @@ class DepthChart:
         for artist in self._per_chart:
             artist.remove()
         self._per_chart = []
-        ok = layers[(layers["status"] == "ok") & layers[metric].notna()] if metric in layers.columns else layers.iloc[:0]
+        ok = layers[(layers["status"] == LayerStatus.OK) & layers[metric].notna()] if metric in layers.columns else layers.iloc[:0]
         depth = np.arange(len(ok))
         values = ok[metric].to_numpy(dtype=float) if len(ok) else np.array([])  # no analysed layer: empty axes
         self._current.set_data(depth, values)

@@ -11,15 +11,15 @@ import math
 import re
 
 from gate.policy.decision import Decision
+from gate.vocabulary import STATUS_OF_DECISION, RuleStatus, Verdict
 
-_STATUS_WORD = {"approve": "approved", "warn": "warned", "block": "blocked"}
 MAX_SUMMARY = 300
 
 
 def summary_line(decision: Decision) -> str:
     """``<status>: <phrase>; <phrase>; ...`` (at most :data:`MAX_SUMMARY` characters)."""
-    word = _STATUS_WORD[decision.decision]
-    failed = sorted(decision.failed_rules, key=lambda rule: rule.severity != "block")
+    word = STATUS_OF_DECISION[decision.decision]
+    failed = sorted(decision.failed_rules, key=lambda rule: rule.severity != Verdict.BLOCK)
     if not failed:
         return f"{word}: all {len(decision.rules)} rules passed"
     phrases = [phrase for rule in failed if (phrase := _phrase(rule, decision.baseline))]
@@ -28,7 +28,7 @@ def summary_line(decision: Decision) -> str:
 
 
 def _phrase(rule, baseline: str | None) -> str | None:
-    if rule.status == "error":
+    if rule.status == RuleStatus.ERROR:
         return f"{rule.rule_id} could not be evaluated ({rule.reason})"
     if rule.metric == "num_nonfinite" and rule.observed is not None:
         count = int(rule.observed)

@@ -8,23 +8,23 @@ import pandas as pd
 
 from gate.layers.kinds import NON_MATRIX_KINDS, tensor_kind
 from gate.sources.base import TensorInfo
+from gate.vocabulary import LayerStatus
 
 # The means WeightWatcher 0.7.7's get_summary() reports, over analysed layers.
 WW_SUMMARY_METRICS = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm",
                       "stable_rank", "mp_softrank")
-STATUSES = ("ok", "skipped", "nonfinite", "degenerate")
 
 
 def summarize(layers: pd.DataFrame) -> dict[str, Any]:
     """Means over layers with status ``ok`` and counts of every status and warning."""
-    analysed = layers[layers["status"] == "ok"] if len(layers) else layers
+    analysed = layers[layers["status"] == LayerStatus.OK] if len(layers) else layers
     summary: dict[str, Any] = {}
     for metric in WW_SUMMARY_METRICS:
         if metric in analysed.columns:
             summary[metric] = float(analysed[metric].mean()) if len(analysed) else float("nan")
     summary["num_layers"] = int(len(layers))
-    for status in STATUSES:
-        key = "num_analysed" if status == "ok" else f"num_{status}"
+    for status in LayerStatus:
+        key = "num_analysed" if status == LayerStatus.OK else f"num_{status}"
         summary[key] = int((layers["status"] == status).sum()) if len(layers) else 0
     if "warning" in analysed.columns:
         summary["num_over_trained"] = int((analysed["warning"] == "over-trained").sum())

@@ -27,6 +27,7 @@ from gate.scanning.fingerprint import tensor_digest
 from gate.solver.lapack import usable_cores
 from gate.solver.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_name, tail_unresolved
 from gate.solver.spectrum import SolveResult, SpectrumBatcher
+from gate.vocabulary import LayerStatus
 
 
 @dataclass
@@ -97,7 +98,7 @@ class TensorPass:
         if not group:
             return  # a vector or a non-float buffer: only hashed, for the fingerprint
         if group[0].unreadable:  # e.g. a quantized weight without its scale: a skipped row, no values
-            self._partial.rows[group[0].index] = {**_base_row(group[0]), "status": "skipped",
+            self._partial.rows[group[0].index] = {**_base_row(group[0]), "status": LayerStatus.SKIPPED,
                                                   "reason": group[0].skip_reason}
             return
         tensor = tensor.to(self._device)
@@ -105,7 +106,7 @@ class TensorPass:
             if self._options.benford:
                 self._partial.digits.leave_out(name)
             for plan in group:
-                self._partial.rows[plan.index] = {**_base_row(plan), "status": "skipped", "reason": MASK_REASON}
+                self._partial.rows[plan.index] = {**_base_row(plan), "status": LayerStatus.SKIPPED, "reason": MASK_REASON}
             return
         options = self._options
         tensor_digits = self._partial.digits.add(name, tensor) if options.benford else None
@@ -117,7 +118,7 @@ class TensorPass:
                 row["mlh"] = digits.mlh()
             row.update(value_grid_columns(matrices))
             if plan.skip_reason:
-                row.update(status="skipped", reason=plan.skip_reason)
+                row.update(status=LayerStatus.SKIPPED, reason=plan.skip_reason)
                 continue
             if options.tail_estimators:
                 row["alpha_farms"] = _alpha_farms(matrices, plan.scale)
@@ -255,7 +256,7 @@ def _add_spectral_row(row: dict[str, Any], results: dict[SolveKey, SolveResult],
     if not np.isfinite(row["alpha"]):
         # e.g. a rank-r LoRA update has only r non-zero eigenvalues: too few for a tail of 8
         above = int(np.count_nonzero(evals > 1e-5))
-        row.update(status="degenerate", reason=f"no power-law fit: {above} eigenvalues above 1e-5 "
+        row.update(status=LayerStatus.DEGENERATE, reason=f"no power-law fit: {above} eigenvalues above 1e-5 "
                                                "(a fit needs 2 distinct ones, and a tail of 8 below 20)")
     return True
 
@@ -275,10 +276,10 @@ def _weight_problem(solves: list[SolveResult], plan: LayerPlan) -> dict[str, str
         bad = sum(solve.nonfinite_weights or 0 for solve in solves)
         total = len(solves) * plan.N * plan.M
         if bad:
-            return {"status": "nonfinite", "reason": f"{bad} of {total} weights are NaN or infinite"}
-        return {"status": "nonfinite", "reason": "weights overflow when squared (|w| too large for the Gram matrix)"}
+            return {"status": LayerStatus.NONFINITE, "reason": f"{bad} of {total} weights are NaN or infinite"}
+        return {"status": LayerStatus.NONFINITE, "reason": "weights overflow when squared (|w| too large for the Gram matrix)"}
     if all(solve.is_zero for solve in solves):
-        return {"status": "degenerate", "reason": "all weights are zero"}
+        return {"status": LayerStatus.DEGENERATE, "reason": "all weights are zero"}
     return None
 
 
@@ -289,7 +290,7 @@ def _base_row(plan: LayerPlan) -> dict[str, Any]:
         "layer_type": plan.layer_type,
         "tensor": plan.tensor_name,
         "shape": list(plan.shape),
-        "status": "ok",
+        "status": LayerStatus.OK,
         "reason": "",
         "N": plan.N,
         "M": plan.M,

@@ -30,12 +30,13 @@ from flask import Flask, Response, g, jsonify, make_response, request
 from gate import vocabulary as words
 from gate.vocabulary import (
     ACTOR_HEADER,
-    OVERRIDDEN,
     OVERRIDE_TOKEN_HEADER,
-    PENDING,
     STATUS,
     TAG_PREFIX,
     WORKER_TOKEN_HEADER,
+    LedgerAction,
+    LedgerOutcome,
+    VersionStatus,
 )
 from mlflow_plugin.config import GateConfig, GateConfigError
 from mlflow_plugin.server.ledger import Entry, Ledger
@@ -125,8 +126,8 @@ class _Gate:
         if route == ("/mlflow/model-versions/create", "POST") and response.status_code == 200:
             version = (response.get_json(silent=True) or {}).get("model_version", {})
             if version.get("name") and version.get("version"):
-                self._set_tags(version["name"], version["version"], {STATUS: PENDING})
-                self.log(version["name"], version["version"], "registered", "", "recorded")
+                self._set_tags(version["name"], version["version"], {STATUS: VersionStatus.PENDING})
+                self.log(version["name"], version["version"], LedgerAction.REGISTERED, "", LedgerOutcome.RECORDED)
         elif route[0] in _LEDGER_ROUTES:
             self.log_attempt(route, _request_params(), response)
         return response
@@ -141,20 +142,20 @@ class _Gate:
             alias = str(params.get("alias", ""))
             if not self.config.is_protected(alias):
                 return
-            action, target = ("alias-set" if method == "POST" else "alias-delete"), alias
+            action, target = (LedgerAction.ALIAS_SET if method == "POST" else LedgerAction.ALIAS_DELETE), alias
             version = version or getattr(g, "weightgate_alias_version", "")
         elif path == "/mlflow/model-versions/transition-stage":
-            action, target = "stage-transition", str(params.get("stage", ""))
+            action, target = LedgerAction.STAGE_TRANSITION, str(params.get("stage", ""))
         elif str(params.get("key", "")) == STATUS:
-            action = "decision"
+            action = LedgerAction.DECISION
             target = str(params.get("value", "")) if method == "POST" else "(tag deleted)"
         else:
             return
         if response.status_code == 200:
-            outcome, detail = "allowed", ""
+            outcome, detail = LedgerOutcome.ALLOWED, ""
         else:
             body = response.get_json(silent=True) or {}
-            outcome = "refused" if response.status_code in (401, 403) else "failed"
+            outcome = LedgerOutcome.REFUSED if response.status_code in (401, 403) else LedgerOutcome.FAILED
             detail = f"HTTP {response.status_code}: {body.get('message') or response.status}"
         self.log(name, version, action, target, outcome, detail)
 
@@ -234,11 +235,11 @@ class _Gate:
         label = f"{name} version {version}"
         if status is None:
             return f"{label} has no weightgate decision"
-        if status == PENDING:
+        if status == VersionStatus.PENDING:
             return f"{label} is waiting for its weightgate scan"
         if status not in self.config.approving_statuses():
             return f"{label} is {status} by weightgate: {tags.get(words.REASON, 'no reason recorded')}"
-        if status == OVERRIDDEN:
+        if status == VersionStatus.OVERRIDDEN:
             return None
         if tags.get(words.POLICY_SHA256) != self.policy_sha256:
             return (f"{label} was judged under another policy (sha256 {tags.get(words.POLICY_SHA256, 'none')[:12]}, "
@@ -273,7 +274,7 @@ class _Gate:
         # The status goes last: a decision cut off half-way still reads pending and is taken over.
         self._set_tags(name, version, dict(sorted(tags.items(), key=lambda item: item[0] == STATUS)))
         self.claims().finish(name, version, worker)
-        self.log(name, version, "decision", tags.get(STATUS, ""), "recorded", tags.get(words.REASON, ""),
+        self.log(name, version, LedgerAction.DECISION, tags.get(STATUS, ""), LedgerOutcome.RECORDED, tags.get(words.REASON, ""),
                  user=f"worker:{worker}")
         return jsonify({"recorded": True})
 
@@ -293,9 +294,10 @@ class _Gate:
         when = words.utc_timestamp()
         self.claims().reset(name, int(version))
         self._set_tags(name, version, {words.REASON: f"rescan requested by {actor} at {when}",
-                                       words.RESCAN_REQUESTED: when, STATUS: PENDING})
+                                       words.RESCAN_REQUESTED: when, STATUS: VersionStatus.PENDING})
         _logger.warning("weightgate rescan: %s version %s queued again by %s", name, version, actor)
-        self.log(name, version, "rescan", PENDING, "recorded", f"queued again at {when}", user=actor)
+        self.log(name, version, LedgerAction.RESCAN, VersionStatus.PENDING, LedgerOutcome.RECORDED, f"queued again at {when}",
+                 user=actor)
         return jsonify({"queued": True, "by": actor, "at": when})
 
     def override(self) -> Response:
@@ -309,10 +311,11 @@ class _Gate:
                                           "message": "override needs name, version and a reason"}), 400)
         previous = dict(_registry_store().get_model_version(name, str(version)).tags or {}).get(STATUS, words.NO_STATUS)
         when = words.utc_timestamp()
-        self._set_tags(name, version, {STATUS: OVERRIDDEN, words.OVERRIDE_BY: actor, words.OVERRIDE_AT: when,
+        self._set_tags(name, version, {STATUS: VersionStatus.OVERRIDDEN, words.OVERRIDE_BY: actor, words.OVERRIDE_AT: when,
                                        words.OVERRIDE_REASON: reason, words.OVERRIDE_PREVIOUS_STATUS: previous})
         _logger.warning("weightgate override: %s version %s by %s at %s: %s", name, version, actor, when, reason)
-        self.log(name, version, "override", f"{previous} -> {OVERRIDDEN}", "recorded", reason, user=actor)
+        self.log(name, version, LedgerAction.OVERRIDE, f"{previous} -> {VersionStatus.OVERRIDDEN}", LedgerOutcome.RECORDED,
+                 reason, user=actor)
         return jsonify({"overridden": True, "by": actor, "at": when})
 
     # -- identity ----------------------------------------------------------------------------

@@ -27,10 +27,10 @@ from urllib.parse import quote, urlencode
 from flask import Flask, Response, jsonify, make_response, request
 
 from gate import vocabulary as words
-from gate.vocabulary import NO_STATUS, OVERRIDDEN, PENDING, STATUS
+from gate.vocabulary import NO_STATUS, STATUS, VersionStatus
 
 PAGE_PATHS = ("/weightgate/", "/weightgate/model", "/weightgate/api/ledger", "/weightgate/api/ledger/verify")
-BADGES = (*words.STATUSES, NO_STATUS)
+BADGES = (*VersionStatus, NO_STATUS)
 
 
 @dataclass
@@ -157,7 +157,7 @@ class GatePage:
             run_url = f"{root}#/experiments/{experiment_id}/runs/{run_id}"
             report_url = f"{run_url}/artifacts/weightgate/report.html"
         override = ""
-        if tags.get(STATUS) == OVERRIDDEN:
+        if tags.get(STATUS) == VersionStatus.OVERRIDDEN:
             override = (f"overridden by {tags.get(words.OVERRIDE_BY, '?')} at {tags.get(words.OVERRIDE_AT, '?')} "
                         f"(was {tags.get(words.OVERRIDE_PREVIOUS_STATUS, '?')}): {tags.get(words.OVERRIDE_REASON, '')}")
         return VersionView(
@@ -173,7 +173,7 @@ class GatePage:
 
         from mlflow_plugin.server.claims import CLAIMED, CLAIMS, RECORDING
 
-        waiting = [v for v in versions if v.status in (PENDING, NO_STATUS)]
+        waiting = [v for v in versions if v.status in (VersionStatus.PENDING, NO_STATUS)]
         if not waiting:
             return []
         store = _get_model_registry_store()
@@ -206,6 +206,7 @@ class GatePage:
             from jinja2 import Environment, PackageLoader
 
             self._templates = Environment(loader=PackageLoader("mlflow_plugin.server", "templates"), autoescape=True)
+            self._templates.globals["VersionStatus"] = VersionStatus  # templates compare statuses by name
         root = request.script_root
         return self._templates.get_template(template).render(
             badges=BADGES, request_root=root, model_page_path=lambda name, version=None: root + model_page_path(name, version),

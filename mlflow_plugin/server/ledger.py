@@ -48,11 +48,6 @@ META = sa.Table(
     sa.Column("value", sa.String(256), nullable=False),
 )
 
-# What a row records. ``outcome``: allowed / refused / failed (the registry answered an error) /
-# recorded (decisions and overrides).
-ACTIONS = ("registered", "alias-set", "alias-delete", "stage-transition", "decision", "override", "rescan")
-
-
 class LedgerError(RuntimeError):
     """The ledger in this database cannot be used by this version of weightgate."""
 

@@ -29,7 +29,7 @@ from flask import Flask, jsonify, request
 from mlflow.entities.model_registry import ModelVersion
 
 from gate import vocabulary as words
-from gate.vocabulary import PENDING, STATUS
+from gate.vocabulary import STATUS, EventOutcome, VersionStatus
 from mlflow_plugin.service.retry import with_retries
 from mlflow_plugin.service.worker import Worker, WorkerSettings
 
@@ -67,7 +67,7 @@ class WebhookGate(Worker):
         """Scan a version unless it has a decision already (a delivery repeated by MLflow)."""
         current, _ = with_retries(f"reading models:/{name}/{version}", lambda: self.client.get_model_version(name, version),
                                   self.settings.retry)
-        if (current.tags or {}).get(STATUS, PENDING) == PENDING:
+        if (current.tags or {}).get(STATUS, VersionStatus.PENDING) == VersionStatus.PENDING:
             self.process(current)
 
     def on_alias(self, name: str, alias: str, version: str) -> None:
@@ -89,7 +89,7 @@ class WebhookGate(Worker):
         if event.kind == ("model_version", "created"):
             self.scan_if_pending(event.data["name"], event.data["version"])
         elif event.kind == ("model_version_tag", "set"):
-            if event.data["key"] == STATUS and event.data["value"] == PENDING:  # `weightgate rescan`
+            if event.data["key"] == STATUS and event.data["value"] == VersionStatus.PENDING:  # `weightgate rescan`
                 self.scan_if_pending(event.data["name"], event.data["version"])
         elif event.kind == ("model_version_alias", "created"):
             with_retries(f"checking alias {event.data['alias']} of models:/{event.data['name']}/{event.data['version']}",
@@ -149,11 +149,11 @@ class EventLoop:
         while True:
             event = self.events.get()
             started = time.monotonic()
-            outcome = "handled"
+            outcome = EventOutcome.HANDLED
             try:
                 self.gate.handle(event)
             except Exception:  # one event's failure is logged with its delivery; the loop goes on
-                outcome = "failed"
+                outcome = EventOutcome.FAILED
                 _logger.exception("weightgate webhook: event %s.%s (delivery %s) failed", *event.kind,
                                   event.delivery_id)
             _logger.info("weightgate webhook: %s.%s %s", *event.kind, outcome, extra={"fields": {

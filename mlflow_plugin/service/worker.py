@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.rest_utils import http_request
 
 from gate import vocabulary as words
-from gate.vocabulary import ERROR, EXPERIMENT, PENDING, STATUS, STATUS_OF_DECISION
+from gate.vocabulary import EXPERIMENT, STATUS, STATUS_OF_DECISION, LayerStatus, VersionStatus
 from mlflow_plugin.config import GateConfig, GateConfigError
 from mlflow_plugin.server.gate_page import gate_page_tags
 from mlflow_plugin.service import checkpoints
@@ -39,7 +39,7 @@ from mlflow_plugin.service.retry import RetryPolicy, error_chain, with_retries
 
 _logger = logging.getLogger(__name__)
 LAYER_SERIES = ("alpha", "alpha_weighted", "log_spectral_norm", "stable_rank", "mlh")
-BASELINE_STATUSES = frozenset({words.APPROVED, words.OVERRIDDEN})  # fit to be a yardstick
+BASELINE_STATUSES = frozenset({VersionStatus.APPROVED, VersionStatus.OVERRIDDEN})  # fit to be a yardstick
 
 
 @dataclass
@@ -119,7 +119,7 @@ class Worker:
     def pending_versions(self) -> list[ModelVersion]:
         """Pending versions, oldest first per model, so a predecessor decided in the same pass can
         be its successor's baseline."""
-        pending = [v for v in all_model_versions(self.client) if (v.tags or {}).get(STATUS, PENDING) == PENDING]
+        pending = [v for v in all_model_versions(self.client) if (v.tags or {}).get(STATUS, VersionStatus.PENDING) == VersionStatus.PENDING]
         return sorted(pending, key=lambda v: (v.name, int(v.version)))
 
     def claim_or_skip(self, version: ModelVersion) -> bool:
@@ -177,7 +177,7 @@ class Worker:
         except Exception as err:  # any failure of this version is recorded as its error status
             _logger.exception("weightgate worker: %s failed while %s", uri, stage,
                               extra={"fields": {"event": "version_error", **_ids(version), "stage": stage}})
-            return {STATUS: ERROR, words.REASON: words.fit_tag_value(f"{stage} failed: {type(err).__name__}: {err}"),
+            return {STATUS: VersionStatus.ERROR, words.REASON: words.fit_tag_value(f"{stage} failed: {type(err).__name__}: {err}"),
                     words.SOURCE: version.source, words.DECIDED_AT: words.utc_timestamp(),
                     words.ATTEMPTS: str(getattr(err, "attempts", attempts))}
         decision = result.decision
@@ -298,7 +298,7 @@ class Worker:
         metrics = [Metric(f"model.{k}", float(v), now, 0) for k, v in result.scan.summary.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v)]
         layers = result.scan.layers
-        analysed = layers[layers["status"] == "ok"]
+        analysed = layers[layers["status"] == LayerStatus.OK]
         for column in LAYER_SERIES:
             if column in analysed.columns:
                 metrics += [Metric(f"layer.{column}", float(value), now, int(step))
