@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,6 +229,55 @@ rules:
     condition: {max: 6}
     severity: block
 """
+ADAPTER_POLICY = """\
+schema_version: 1
+name: adapter-rank-use
+description: LoRA updates must use their rank.
+rules:
+  - id: uses-its-rank
+    description: Every update's stable rank is at least a share of r.
+    metric: lora_stable_rank_ratio
+    scope: layer
+    condition: {min: 0.25}
+    severity: block
+"""
+EMPTY_FILTER_RULE = """\
+  - id: no-such-layers
+    description: filters that match nothing
+    metric: alpha
+    scope: layer
+    condition: {max: 100}
+    severity: warn
+    layers: {name_pattern: '^nothing-matches$'}
+"""
+
+
+def _experts_policy(experts: str) -> str:  # as tests/test_layouts.py writes it
+    return ("schema_version: 1\nrules:\n  - {id: r, description: d, metric: alpha, scope: layer, "
+            f"severity: warn, condition: {{max: 6}}, layers: {{experts: {experts}}}}}\n")
+
+
+def _readme_policy() -> str:
+    """The example policy of README.md's 'Check before deployment' section."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    return readme.split("A policy is YAML with", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+# Every policy the tests and the README load (None: the shipped default), by the name under which
+# tests/data/policies_before_pydantic.json holds what the hand-written parser before pydantic read from it.
+KNOWN_POLICIES = {
+    "default": None,
+    "good-v1": GOOD_RULE,
+    "good-v2": GOOD_RULE.replace("schema_version: 1", "schema_version: 2"),
+    "nan-and-empty-filter": GOOD_RULE.replace("{max: 6}", "{max: 100}") + EMPTY_FILTER_RULE,
+    "change-v1": GOOD_RULE.replace("condition: {max: 6}", "condition: {change: {max_decrease: 1}}"),
+    "adapter": ADAPTER_POLICY,
+    "experts-all": _experts_policy("all"),
+    "experts-only": _experts_policy("only"),
+    "experts-exclude": _experts_policy("exclude"),
+    "experts-list": _experts_policy("[0, 2]"),
+    "readme-example": _readme_policy(),
+}
 
 
 @pytest.mark.parametrize("body, message", [
