@@ -69,21 +69,22 @@ def _explain(details: ErrorDetails, root: type[DocumentModel], document: Any) ->
     loc, kind = tuple(details["loc"]), details["type"]
     if kind == _OWN:
         return loc, details["msg"]
-    if kind == "missing" and isinstance(loc[-1], str):  # (a missing item of a pair is the pair's problem)
-        return loc[:-1], f"missing required field {loc[-1]!r}"
+    last = loc[-1] if loc else None
+    if kind == "missing" and isinstance(last, str):  # (a missing item of a pair is the pair's problem)
+        return loc[:-1], f"missing required field {last!r}"
     depth, field, model = _resolve(root, loc)
     if kind == "extra_forbidden":
         allowed = ", ".join(sorted(f.alias or name for name, f in model.model_fields.items()))
         return loc, f"{model.unknown_key} (allowed: {allowed})"
-    if kind == "model_type" and isinstance(loc[-1], int):  # an item of a list of mappings
+    if kind == "model_type" and isinstance(last, int):  # an item of a list of mappings
         return loc, f"must be a mapping, not {_shown(details['input'])}"
+    if field is None or not field.description:
+        return loc, details["msg"]  # a field without a description: tests/test_policy.py keeps there being none
     path = loc[:depth]
-    choices = _choices(field.annotation) if field is not None else ""
+    choices = _choices(field.annotation)
     if kind in ("literal_error", "enum") and path == loc and choices:
         return path, f"must be {choices}, not {_shown(details['input'])}"
     value = details["input"] if path == loc else _value_at(document, path)
-    if field is None or not field.description:
-        return loc, details["msg"]
     return path, f"must be {field.description}, not {_shown(value)}"
 
 
