@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,6 +229,55 @@ rules:
     condition: {max: 6}
     severity: block
 """
+ADAPTER_POLICY = """\
+schema_version: 1
+name: adapter-rank-use
+description: LoRA updates must use their rank.
+rules:
+  - id: uses-its-rank
+    description: Every update's stable rank is at least a share of r.
+    metric: lora_stable_rank_ratio
+    scope: layer
+    condition: {min: 0.25}
+    severity: block
+"""
+EMPTY_FILTER_RULE = """\
+  - id: no-such-layers
+    description: filters that match nothing
+    metric: alpha
+    scope: layer
+    condition: {max: 100}
+    severity: warn
+    layers: {name_pattern: '^nothing-matches$'}
+"""
+
+
+def _experts_policy(experts: str) -> str:  # as tests/test_layouts.py writes it
+    return ("schema_version: 1\nrules:\n  - {id: r, description: d, metric: alpha, scope: layer, "
+            f"severity: warn, condition: {{max: 6}}, layers: {{experts: {experts}}}}}\n")
+
+
+def _readme_policy() -> str:
+    """The example policy of README.md's 'Check before deployment' section."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    return readme.split("A policy is YAML with", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+# Every policy the tests and the README load (None: the shipped default), by the name under which
+# tests/data/policies_before_pydantic.json holds what the hand-written parser before pydantic read from it.
+KNOWN_POLICIES = {
+    "default": None,
+    "good-v1": GOOD_RULE,
+    "good-v2": GOOD_RULE.replace("schema_version: 1", "schema_version: 2"),
+    "nan-and-empty-filter": GOOD_RULE.replace("{max: 6}", "{max: 100}") + EMPTY_FILTER_RULE,
+    "change-v1": GOOD_RULE.replace("condition: {max: 6}", "condition: {change: {max_decrease: 1}}"),
+    "adapter": ADAPTER_POLICY,
+    "experts-all": _experts_policy("all"),
+    "experts-only": _experts_policy("only"),
+    "experts-exclude": _experts_policy("exclude"),
+    "experts-list": _experts_policy("[0, 2]"),
+    "readme-example": _readme_policy(),
+}
 
 
 @pytest.mark.parametrize("body, message", [
@@ -252,6 +302,154 @@ def test_malformed_policies_are_rejected_with_line_and_field(tmp_path, body, mes
     with pytest.raises(PolicyError) as error:
         load_policy(path)
     assert str(path) in str(error.value) and message in str(error.value)
+
+
+FIVE_MISTAKES = """\
+schema_version: 2
+name: five-mistakes
+rules:
+  - id: alpha-band
+    description: alpha within the usual band
+    metric: alpah
+    scope: layer
+    condition: {between: [6, 2]}
+    severity: stop
+  - id: alpha-band
+    description: mean alpha of the model
+    metric: alpha
+    scope: model
+    mostly: 0.5
+    condition: {max: 6}
+    severity: warn
+"""
+
+
+def test_every_mistake_is_reported_at_once_with_its_line(tmp_path):
+    """Three mistakes in one rule and two in the next: each is found, none hides another."""
+    path = write_policy(tmp_path, FIVE_MISTAKES)
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    known = "D, alpha, alpha_weighted, coarse_grid, cosine_similarity, entropy"
+    assert [line.split(f"; known: {known}")[0] for line in error.value.problems] == [
+        f"{path}:6: rules[0].metric: unknown layer metric 'alpah'",
+        f"{path}:8: rules[0].condition.between: impossible range: low 6 is not below high 2",
+        f"{path}:9: rules[0].severity: must be 'block' or 'warn', not 'stop'",
+        f"{path}:10: rules[1].id: duplicate rule id 'alpha-band'",
+        f"{path}:14: rules[1].mostly: only layer rules have a 'mostly' share",
+    ]
+    assert str(error.value) == "\n".join([f"{path}: 5 problems", *error.value.problems])
+    from click.testing import CliRunner
+
+    from gate.cli.main import main
+
+    validated = CliRunner().invoke(main, ["policy", "validate", str(path)])
+    assert validated.exit_code == 2
+    assert all(problem in validated.output for problem in error.value.problems)
+
+
+def test_pydantic_wording_never_reaches_the_author(tmp_path):
+    """A value of the wrong kind in every field: each is reported in the product's words, with the value given."""
+    path = write_policy(tmp_path, """\
+        schema_version: 2
+        name: [not, a, text]
+        description: {not: text}
+        rules:
+          - id: 7
+            description: 7
+            metric: [alpha]
+            scope: everywhere
+            severity: true
+            condition: {between: [a, 2, 3]}
+            mostly: 100%
+            layers: {name_pattern: 1, exclude_pattern: '(', types: conv, exclude_types: [rnn], exclude_first_last: 0,
+                     experts: some, min_M: 1.5, exclude_heads: 'no'}
+            when_no_baseline: never
+            fit: maybe
+            min_well_fitted: -0.5
+            lineage: parent
+            evidence: 3
+          - 12
+          - id: second
+            description: a change bound below zero
+            metric: alpha
+            scope: layer
+            severity: warn
+            condition: {change: {max_increase: -1, relative: 1}}
+    """)
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    problems = [line.removeprefix(f"{path}:") for line in error.value.problems]
+    fields = [line.split(": ")[1] for line in problems]
+    assert fields == ["name", "description", "rules[0].id", "rules[0].description", "rules[0].metric",
+                      "rules[0].scope", "rules[0].severity", "rules[0].condition.between", "rules[0].mostly",
+                      "rules[0].layers.name_pattern", "rules[0].layers.exclude_pattern", "rules[0].layers.types",
+                      "rules[0].layers.exclude_types", "rules[0].layers.exclude_first_last", "rules[0].layers.experts",
+                      "rules[0].layers.min_M", "rules[0].layers.exclude_heads", "rules[0].when_no_baseline",
+                      "rules[0].fit", "rules[0].min_well_fitted", "rules[0].lineage", "rules[0].evidence", "rules[1]",
+                      "rules[2].condition.change.max_increase", "rules[2].condition.change.relative"]
+    assert all("Input should" not in line and "pydantic" not in line for line in problems)
+    assert [int(line.split(":")[0]) for line in problems] == sorted(int(line.split(":")[0]) for line in problems)
+    by_field = dict(zip(fields, problems))
+    assert by_field["rules[0].mostly"].endswith("rules[0].mostly: must be a share in (0, 1], not '100%'")
+    assert by_field["rules[0].layers.types"].endswith(
+        "must be a list of layer types from dense, embedding, conv1d, conv2d, conv3d, recurrent, not 'conv'")
+    assert by_field["rules[0].layers.exclude_pattern"].endswith("not a valid regular expression: "
+                                                                "missing ), unterminated subpattern at position 0")
+    assert by_field["rules[0].when_no_baseline"].endswith("must be 'error' or 'skip', not 'never'")
+    assert by_field["rules[0].severity"].endswith("must be 'block' or 'warn', not True")
+    assert by_field["rules[1]"].endswith("rules[1]: must be a mapping, not 12")
+
+
+def test_every_document_field_says_what_it_must_be():
+    """Messages on a field's value read 'must be <its description>': no field may lack one."""
+    from gate.policy.conditions import Change, Condition
+    from gate.policy.schema import LayerFilter, PolicyDocument, Rule
+
+    for model in (PolicyDocument, Rule, Condition, Change, LayerFilter):
+        assert all(info.description for info in model.model_fields.values()), model.__name__
+
+
+@pytest.mark.parametrize("name", list(KNOWN_POLICIES))
+def test_known_policies_load_as_the_parser_before_pydantic_read_them(name):
+    """Field by field against tests/data/policies_before_pydantic.json: what the hand-written parser
+    (before pydantic) read from the shipped default, every policy the tests load and the README example."""
+    from gate.policy.schema import parse_policy
+
+    expected = json.loads((Path(__file__).parent / "data" / "policies_before_pydantic.json").read_text())[name]
+    text = KNOWN_POLICIES[name]
+    policy = load_policy() if text is None else parse_policy(text, "policy.yaml")
+    assert (policy.path, policy.sha256, policy.name, policy.description, policy.schema_version) == (
+        expected["path"], expected["sha256"], expected["name"], expected["description"], expected["schema_version"])
+    assert (policy.scan_options(), policy.needs_baseline_weights(), policy.needs_train_accuracy()) == (
+        expected["scan_options"], expected["needs_baseline_weights"], expected["needs_train_accuracy"])
+    assert len(policy.rules) == len(expected["rules"])
+    for rule, frozen in zip(policy.rules, expected["rules"]):
+        condition, layers = rule.condition, rule.layers
+        read = {"id": rule.id, "description": rule.description, "metric": rule.metric, "scope": rule.scope,
+                "severity": rule.severity.value,
+                "condition": {"kind": condition.kind, "low": condition.low, "high": condition.high,
+                              "relative": condition.relative},
+                "mostly": rule.mostly,
+                "layers": {"name_pattern": layers.name_pattern, "exclude_pattern": layers.exclude_pattern,
+                           "types": list(layers.types), "exclude_types": list(layers.exclude_types),
+                           "exclude_first_last": layers.exclude_first_last,
+                           "experts": layers.experts if isinstance(layers.experts, str) else list(layers.experts),
+                           "min_M": layers.min_M, "exclude_heads": layers.exclude_heads},
+                "when_no_baseline": rule.when_no_baseline.value, "fit": rule.fit,
+                "min_well_fitted": rule.min_well_fitted, "lineage": rule.lineage, "evidence": rule.evidence,
+                "schema_version": rule.schema_version, "needs_baseline": rule.needs_baseline,
+                "needs_baseline_weights": rule.needs_baseline_weights, "scoped": rule.scoped}
+        for key, value in frozen.items():
+            assert read[key] == value and type(read[key]) is type(value), (rule.id, key, read[key], value)
+        assert set(read) == set(frozen)
+
+
+def test_a_model_rule_on_alpha_counts_every_layer_in_schema_2(tmp_path):
+    """Only layer rules judge fits: a schema-2 model rule on alpha loads with ``fit: any`` (the parser
+    before pydantic rejected it, naming a 'fit' field the file did not have)."""
+    path = write_policy(tmp_path, GOOD_RULE.replace("schema_version: 1", "schema_version: 2")
+                        .replace("scope: layer", "scope: model"))
+    assert load_policy(path).rules[0].fit == "any"
 
 
 def test_missing_baseline_for_a_baseline_rule_is_an_error(tmp_path, minilm_file):

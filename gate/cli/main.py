@@ -278,7 +278,7 @@ def policy() -> None:
 @click.argument("policy_file", type=click.Path(dir_okay=False))
 @_input_errors_exit_2
 def policy_validate(policy_file: str) -> None:
-    """Check a policy file; errors name the line and field."""
+    """Check a policy file; every problem is listed with its line and field."""
     from gate.policy.schema import load_policy
 
     loaded = load_policy(policy_file)

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from gate.metrics.fit_quality import fit_quality
-from gate.policy.schema import HEAD_PATTERN, PAIR_METRICS, UNJUDGED_WHEN_NAN, Policy, PolicyError, Rule
+from gate.policy.metrics import PAIR_METRICS, UNJUDGED_WHEN_NAN
+from gate.policy.schema import HEAD_PATTERN, Policy, PolicyError, Rule
 from gate.scanning.result import ScanResult
 from gate.vocabulary import LayerStatus, RuleStatus, Verdict, WhenNoBaseline
 
