@@ -437,7 +437,9 @@ def test_files_that_are_not_keras_models_get_clear_errors(tmp_path):
     with zipfile.ZipFile(tmp_path / "bad_config.keras", "w") as archive:
         archive.writestr("config.json", "{not json")
         archive.writestr("model.weights.h5", b"")
+    (tmp_path / "truncated.keras").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
     expected = {"data.h5": "not one Keras wrote", "truncated.h5": "not a readable HDF5 file",
+                "truncated.keras": "not a readable .keras archive",
                 "npz_weights.keras": "not a Keras .keras file with config.json and model.weights.h5",
                 "bad_config.keras": "config.json is not valid JSON"}
     for name, words in expected.items():

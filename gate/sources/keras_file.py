@@ -66,6 +66,9 @@ class KerasSource(WeightSource):
                 file, config = self._open_archive(path)
                 root = parse_model_config(config, f"{path}:{_KERAS_CONFIG}")
                 variables = keras3_variables(file, root)
+            elif path.suffix.lower() == ".keras":
+                raise GateInputError(f"{path}: not a readable .keras archive (a .keras file is a zip archive; "
+                                     "truncated or corrupt?)")
             else:
                 file = self._keep(_open_h5(path, path))
                 variables = _h5_variables(file, path)
