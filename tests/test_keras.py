@@ -446,3 +446,28 @@ def test_files_that_are_not_keras_models_get_clear_errors(tmp_path):
         with pytest.raises(GateInputError, match=words) as refused:
             gate.scan(tmp_path / name, device="cpu")
         assert str(refused.value).startswith(str(tmp_path / name))
+
+
+@pytest.mark.slow
+def test_weights_only_legacy_file_reads_what_names_tell(keras_dir, twin_scan, tmp_path):
+    """Keras 2's ``save_weights("x.h5")`` layout (``layer_names`` at the root, no config): a class comes
+    only from a default name (``gru``, ``forward_lstm``, ``simple_rnn_cell``), so those layers read as the
+    twin's, and a kernel of more than two dimensions whose class no name gives is skipped, not guessed."""
+    weights_only = tmp_path / "weights_only.h5"
+    with h5py.File(keras_dir / "model.h5") as source, h5py.File(weights_only, "w") as target:
+        model_weights = source["model_weights"]
+        for key, value in model_weights.attrs.items():
+            target.attrs[key] = value
+        for name in model_weights:
+            model_weights.copy(name, target)
+    result = gate.scan(weights_only, device="cpu")
+    ours = result.layers.set_index("name")
+    twin = twin_scan.layers.set_index("name")
+    recurrent = [name for name in twin.index if name.split(".")[0] in ("lstm", "bi", "rnn", "gru")]
+    assert len(recurrent) == 4 * 2 + 4 * 4 + 2 + 3 * 2
+    pd_columns = ["layer_type", "status", "alpha"]
+    assert ours.loc[recurrent, pd_columns].equals(twin.loc[recurrent, pd_columns])
+    for name in ("c1", "c2", "ct", "c3", "dw", "sep"):
+        rows = ours[ours["tensor"].str.startswith(f"{name}.")]
+        assert len(rows) and (rows["status"] == "skipped").all(), name
+        assert rows["reason"].str.contains("layout .* is unknown").all(), rows["reason"].tolist()

@@ -25,7 +25,7 @@ import torch
 from gate.errors import GateInputError
 from gate.sources.base import OPTIMIZER_STATE, TensorInfo, WeightSource
 from gate.sources.keras_config import LayerNode, container, inferred_node, parse_model_config
-from gate.sources.keras_layout import OPTIMIZER_GROUPS, KerasVariable, keras3_variables, legacy_variables
+from gate.sources.keras_layout import KerasVariable, keras3_variables, legacy_variables
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 KERAS_WEIGHTS = "model.weights.h5"
@@ -82,7 +82,7 @@ class KerasSource(WeightSource):
             info = _tensor_info(variable, file[variable.dataset])
             if info.name in self._variables:  # two layers mapped to one torch name: keep both, under file paths
                 variable = KerasVariable(variable.dataset.strip("/").replace("/", "."), variable.dataset,
-                                         variable.module_type, variable.transform, variable.accounted)
+                                         variable.module_type, variable.transform)
                 info = _tensor_info(variable, file[variable.dataset])
             self._variables[info.name] = variable
             self._infos.append(info)
@@ -169,16 +169,16 @@ def _open_h5(target, where: object) -> h5py.File:
 def _tensor_info(variable: KerasVariable, dataset: h5py.Dataset) -> TensorInfo:
     dtype = _dtype_name(dataset)
     shape = tuple(int(d) for d in variable.transform(torch.empty(dataset.shape, device="meta")).shape)
-    if variable.dataset.strip("/").split("/", 1)[0] in OPTIMIZER_GROUPS and not variable.module_type:
+    if variable.is_optimizer_state:
         return TensorInfo(variable.name, shape, dtype, OPTIMIZER_STATE)
     floating = dtype in ("float16", "bfloat16", "float32", "float64")
     reason = None
     if not floating and len(shape) >= 2:
         reason = (f"{dtype} variable of a Keras {variable.module_type or 'layer'}, not float weights (Keras's "
                   "quantized layers store int8/int4 kernels with separate scales, which weightgate does not apply)")
-    elif not variable.accounted and len(shape) >= 3:
-        reason = (f"Keras variable {variable.dataset} that the model config does not account for: its layout "
-                  "(which axes are inputs, outputs and kernel) is unknown")
+    elif variable.module_type is None and len(shape) >= 3:
+        reason = (f"Keras variable {variable.dataset} of a layer whose class neither the model config nor a "
+                  "default layer name gives: its layout (which axes are inputs, outputs and kernel) is unknown")
     return TensorInfo(variable.name, shape, dtype, variable.module_type, skip_reason=reason)
 
 

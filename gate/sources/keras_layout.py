@@ -34,14 +34,17 @@ OPTIMIZER_GROUPS = ("optimizer", "optimizer_weights")
 @dataclass(frozen=True)
 class KerasVariable:
     """One tensor a source lists: torch-style ``name``, the HDF5 ``dataset`` it is read from, the Keras
-    layer class (``module_type``; ``None`` for a dataset no layer accounts for) and the transform to
-    torch's orientation."""
+    layer class (``module_type``; ``None`` when no config entry or default name tells it: the layout
+    is then unknown) and the transform to torch's orientation."""
 
     name: str
     dataset: str
     module_type: str | None
     transform: Transform
-    accounted: bool = True
+
+    @property
+    def is_optimizer_state(self) -> bool:
+        return self.module_type is None and self.dataset.strip("/").split("/", 1)[0] in OPTIMIZER_GROUPS
 
 
 class _Collector:
@@ -63,11 +66,10 @@ class _Collector:
 
         def visit(name: str, obj: object) -> None:
             if isinstance(obj, h5py.Dataset) and obj.name not in self.claimed:
-                accounted = name.split("/", 1)[0] in OPTIMIZER_GROUPS
-                found.append(KerasVariable(name.replace("/", "."), obj.name, None, identity, accounted))
+                found.append(KerasVariable(name.replace("/", "."), obj.name, None, identity))
 
         file.visititems(visit)
-        return sorted(found, key=lambda v: (not v.accounted, natural_key(v.name)))
+        return sorted(found, key=lambda v: (not v.is_optimizer_state, natural_key(v.name)))
 
 
 def keras3_variables(file: h5py.File, root: LayerNode) -> list[KerasVariable]:
@@ -130,8 +132,12 @@ def legacy_variables(file: h5py.File, root: LayerNode | None) -> list[KerasVaria
 def _legacy_owner(layer_name: str, node: LayerNode | None, weight_name: str) -> tuple[str, str, str]:
     """The torch path, layer class and direction suffix of a legacy weight: the weight name's parts
     (``block/inner_a/kernel``, ``bidirectional/backward_lstm/lstm_cell/kernel:0``) are followed down
-    the config's nested models and wrappers."""
+    the config's nested models and wrappers; parts the config does not name (scopes of layers without
+    a config, e.g. ``bert/encoder/layer_._0``) stay in the path, a recurrent cell's or a direction's
+    scope does not."""
     parts = weight_name.split("/")[:-1]
+    if layer_name in parts:  # what comes before is the enclosing model's scope (Keras 3 prefixes a Sequential's name)
+        parts = parts[parts.index(layer_name) + 1:]
     path, owner, suffix = layer_name, node, ""
     for part in parts:
         if part.startswith("backward_"):
@@ -141,6 +147,8 @@ def _legacy_owner(layer_name: str, node: LayerNode | None, weight_name: str) -> 
             if owner.children is not None:
                 path = _join(path, child.name)
             owner = child
+        elif not _is_scope(part) and (owner is None or part != owner.name):
+            path = _join(path, part)
     while owner is not None and is_wrapper(owner) and owner.wrapped is not None:
         owner = owner.backward if suffix and owner.backward is not None else owner.wrapped
     if owner is not None and owner.cell is not None:
@@ -150,6 +158,11 @@ def _legacy_owner(layer_name: str, node: LayerNode | None, weight_name: str) -> 
         guesses = [class_from_name(part) for part in reversed([layer_name, *parts])]
         class_name = next((guess for guess in guesses if guess is not None and guess not in ("Bidirectional", "TimeDistributed")), class_name)
     return path, class_name, suffix
+
+
+def _is_scope(part: str) -> bool:
+    """A name scope Keras adds inside one layer: a recurrent cell's (``lstm_cell``) or a direction's."""
+    return part.startswith(("forward_", "backward_")) or (class_from_name(part) or "").endswith("Cell")
 
 
 def _names(attribute: object) -> list[str]:
