@@ -11,7 +11,8 @@ itself never imports Keras: ``python tests/keras_writer.py OUT_DIR``. OUT_DIR re
 - ``probes.npz``: inputs and Keras's outputs of single layers (``lstm/in``, ``lstm/out``), which show
   that the test's torch twin computes what Keras computes, so its hand conversions are right;
 - ``bf16.keras``, ``bf16.h5``: a small model with a bfloat16 Dense layer, and ``bf16_kernel.npy`` its
-  kernel as float32.
+  kernel as float32;
+- ``subclassed.keras``: a subclassed model, and ``subclassed.npz`` its kernels.
 
 The model has every layer kind the reader maps (Dense, Conv1D/2D/3D, Conv2DTranspose, DepthwiseConv2D,
 SeparableConv2D, LSTM, GRU, SimpleRNN, Bidirectional, TimeDistributed, Embedding, BatchNormalization,
@@ -83,6 +84,27 @@ def main(out_dir: Path) -> None:
     mixed.save(out_dir / "bf16.h5")
     low = mixed.get_layer("low").kernel
     np.save(out_dir / "bf16_kernel.npy", keras.ops.convert_to_numpy(keras.ops.cast(low.value, "float32")))
+    subclassed = Subclassed()
+    subclassed(np.ones((1, 9, 9, 3), "float32"))
+    subclassed.save(out_dir / "subclassed.keras")
+    np.savez(out_dir / "subclassed.npz", conv=keras.ops.convert_to_numpy(subclassed.conv.kernel.value),
+             **{f"block{k}": keras.ops.convert_to_numpy(layer.kernel.value) for k, layer in enumerate(subclassed.blocks)})
+
+
+class Subclassed(keras.Model):
+    """A subclassed model: its config lists no layers, its weights file names groups by attribute."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.conv = layers.Conv2D(8, 3)
+        self.blocks = [layers.Dense(16), layers.Dense(12)]
+        self.pool = layers.GlobalAveragePooling2D()
+
+    def call(self, x):
+        x = self.pool(self.conv(x))
+        for block in self.blocks:
+            x = block(x)
+        return x
 
 
 # Layer -> the shape of a probe input (batch first, channels last, as Keras takes them).

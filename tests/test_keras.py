@@ -471,3 +471,20 @@ def test_weights_only_legacy_file_reads_what_names_tell(keras_dir, twin_scan, tm
         rows = ours[ours["tensor"].str.startswith(f"{name}.")]
         assert len(rows) and (rows["status"] == "skipped").all(), name
         assert rows["reason"].str.contains("layout .* is unknown").all(), rows["reason"].tolist()
+
+
+@pytest.mark.slow
+def test_a_subclassed_models_layers_are_found_by_their_groups(keras_dir):
+    """A subclassed model's config lists no layers; its layers are the weights file's groups with
+    variables, named by attribute (``conv``, ``blocks/dense_1``), their classes from Keras's default names."""
+    with np.load(keras_dir / "subclassed.npz") as kernels:
+        expected = {"conv.weight": kernels["conv"].transpose(3, 2, 0, 1), "blocks.dense.weight": kernels["block0"].T,
+                    "blocks.dense_1.weight": kernels["block1"].T}
+    with gate.sources.open_source(keras_dir / "subclassed.keras") as source:
+        infos = {info.name: info for info in source.tensor_infos()}
+        assert set(infos) == {*expected, "conv.bias", "blocks.dense.bias", "blocks.dense_1.bias"}
+        for name, value in expected.items():
+            assert torch.equal(source.load(name), torch.from_numpy(np.ascontiguousarray(value))), name
+    layers = gate.scan(keras_dir / "subclassed.keras", device="cpu").layers
+    assert list(zip(layers["name"], layers["layer_type"], layers["status"])) == [
+        ("blocks.dense", "dense", "ok"), ("blocks.dense_1", "dense", "ok"), ("conv", "conv2d", "ok")]

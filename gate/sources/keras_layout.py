@@ -25,8 +25,8 @@ import h5py
 import numpy as np
 
 from gate.sources.base import natural_key
-from gate.sources.keras_config import LayerNode, class_from_name, container, is_wrapper
-from gate.sources.keras_roles import Transform, identity, positional_roles, role_from_name, torch_tensors
+from gate.sources.keras_config import LayerNode, class_from_name, container, inferred_node, is_wrapper
+from gate.sources.keras_roles import WRAPPERS, Transform, identity, positional_roles, role_from_name, torch_tensors
 
 OPTIMIZER_GROUPS = ("optimizer", "optimizer_weights")
 
@@ -74,10 +74,35 @@ class _Collector:
 
 def keras3_variables(file: h5py.File, root: LayerNode) -> list[KerasVariable]:
     """The variables of a Keras 3 weights file, walked along ``root`` (from the config, or inferred
-    from the file by :func:`gate.sources.keras_config.inferred_node`)."""
+    from the file by :func:`gate.sources.keras_config.inferred_node`), then those of layers the walk
+    did not reach (a subclassed model's attributes, whose config lists no layers)."""
     collector = _Collector()
     _walk_layer(collector, root, file, "")
+    _walk_unreached(collector, file)
     return collector.variables + collector.unclaimed(file)
+
+
+# Groups Keras adds between a layer and its variables: not part of the torch-style path.
+_PLUMBING = frozenset({"layers", "_layer_checkpoint_dependencies", "cell", "forward_layer", "backward_layer", "layer"})
+
+
+def _walk_unreached(collector: _Collector, file: h5py.File) -> None:
+    """Layers the config does not describe, found as groups with ``vars``: the class from the group's
+    name or its ``vars`` group's ``name`` attribute (both Keras defaults: ``conv2d_1``), in file order."""
+    groups: list[tuple[str, h5py.Group]] = []
+    file.visititems(lambda name, obj: groups.append((name, obj)) if isinstance(obj, h5py.Group) and "vars" in obj else None)
+    for name, group in groups:
+        parts = name.split("/")
+        variables = group["vars"]
+        if parts[0] in OPTIMIZER_GROUPS or not isinstance(variables, h5py.Group):
+            continue
+        if not any(isinstance(v, h5py.Dataset) and v.name not in collector.claimed for v in variables.values()):
+            continue
+        node = inferred_node(parts[-1], group)
+        if not node.class_name and parts[-1] == "cell" and len(parts) > 1:
+            node.class_name = class_from_name(parts[-2]) or ""
+        path = ".".join(part for part in parts if part not in _PLUMBING)
+        _add_vars(collector, group, path, node, "_reverse" if "backward_layer" in parts else "")
 
 
 def _walk_layer(collector: _Collector, node: LayerNode, group: h5py.Group | None, path: str, suffix: str = "") -> None:
@@ -156,7 +181,7 @@ def _legacy_owner(layer_name: str, node: LayerNode | None, weight_name: str) -> 
     class_name = owner.class_name if owner is not None and owner.children is None else ""
     if not class_name or is_wrapper(owner):
         guesses = [class_from_name(part) for part in reversed([layer_name, *parts])]
-        class_name = next((guess for guess in guesses if guess is not None and guess not in ("Bidirectional", "TimeDistributed")), class_name)
+        class_name = next((guess for guess in guesses if guess is not None and guess not in WRAPPERS), class_name)
     return path, class_name, suffix
 
 
