@@ -6,17 +6,19 @@ from __future__ import annotations
 import re
 
 from gate.layers.recurrent import onnx_recurrent_op
-from gate.sources.base import ONNX_RECURRENT_STATE, TensorInfo
+from gate.sources.base import ONNX_RECURRENT_STATE, OPTIMIZER_STATE, TensorInfo
 
 # Kinds of tensors that are not matrices and get no row (counted in the summary as num_<kind>s):
 # 0-D floats; 1-D floats (biases, norms) and stacks of them (expert biases, ONNX recurrent biases and
 # initial states); integer and boolean buffers
 # (position ids, step counters, masks); stored parts a dequantizing view reads with their weight
-# (scales, zero points, g_idx, set through TensorInfo.consumed_by or recognised beside a quantized weight).
+# (scales, zero points, g_idx, set through TensorInfo.consumed_by or recognised beside a quantized weight);
+# an optimizer's variables saved with the model (module type OPTIMIZER_STATE, set by the Keras reader).
 SCALAR, VECTOR, INTEGER_BUFFER, QUANTIZATION_PART = "scalar", "vector", "integer_buffer", "quantization_part"
+OPTIMIZER_STATE_KIND = "optimizer_state"
 
 
-NON_MATRIX_KINDS = (SCALAR, VECTOR, INTEGER_BUFFER, QUANTIZATION_PART)
+NON_MATRIX_KINDS = (SCALAR, VECTOR, INTEGER_BUFFER, QUANTIZATION_PART, OPTIMIZER_STATE_KIND)
 
 
 _EMBEDDING_NAME = re.compile(r"(embed|(^|\.)(wte|wpe|tok_embeddings)(\.|$))", re.IGNORECASE)
@@ -35,6 +37,8 @@ _QUANTIZATION_PART_NAME = re.compile(
 def tensor_kind(info: TensorInfo, by_name: dict[str, TensorInfo]) -> str | None:
     """The kind of a tensor that gets no row (one of :data:`NON_MATRIX_KINDS`), or ``None`` when the
     planner gives it one or more rows. The summary counts tensors by this kind."""
+    if info.module_type == OPTIMIZER_STATE:
+        return OPTIMIZER_STATE_KIND
     if info.consumed_by is not None or _is_quantization_part(info, by_name):
         return QUANTIZATION_PART
     if info.skip_reason is not None:

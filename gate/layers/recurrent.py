@@ -14,7 +14,10 @@ RECURRENT_WEIGHT = re.compile(r"(^|\.)weight_(ih|hh)(_l\d+(_reverse)?)?$")  # LS
 _GATE_NAMES = {4: ("i", "f", "g", "o"), 3: ("r", "z", "n"), 1: ("h",)}
 
 
-_RECURRENT_GATES = {"LSTM": 4, "LSTMCell": 4, "GRU": 3, "GRUCell": 3, "RNN": 1, "RNNCell": 1}
+# torch's modules; Keras's LSTM/GRU (same class names) and SimpleRNN, whose kernels the Keras reader
+# (gate/sources/keras_roles.py) hands over stacked in torch's layout and gate order.
+_RECURRENT_GATES = {"LSTM": 4, "LSTMCell": 4, "GRU": 3, "GRUCell": 3, "RNN": 1, "RNNCell": 1,
+                    "SimpleRNN": 1, "SimpleRNNCell": 1}
 
 
 # ONNX recurrent operators (module types given by the ONNX source). Gate order is ONNX's (LSTM

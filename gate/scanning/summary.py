@@ -38,7 +38,8 @@ def summarize(layers: pd.DataFrame) -> dict[str, Any]:
 def tensor_counts(infos: list[TensorInfo]) -> dict[str, int]:
     """How every tensor of the source is accounted for: ``num_tensors`` in all, ``num_matrix_tensors``
     with one or more rows in the layer table, and the rest by kind (``num_vector``, ``num_scalar``,
-    ``num_integer_buffer``, ``num_quantization_part``; see :data:`gate.layers.kinds.NON_MATRIX_KINDS`).
+    ``num_integer_buffer``, ``num_quantization_part``, ``num_optimizer_state``; see
+    :data:`gate.layers.kinds.NON_MATRIX_KINDS`).
     The counts add up to ``num_tensors``: no tensor is left out without being counted."""
     by_name = {info.name: info for info in infos}
     kinds = [tensor_kind(info, by_name) for info in infos]

@@ -50,6 +50,10 @@ ONNX_OP_PREFIX = "onnx."
 # Module type of the other inputs of those operators (initial hidden and cell states): not weights.
 ONNX_RECURRENT_STATE = "onnx.recurrent_state"
 
+# Module type of an optimizer's variables stored beside the weights (a .keras archive's optimizer group, a
+# legacy Keras .h5's optimizer_weights: moments, step counters): training state, not weights; counted, not analysed.
+OPTIMIZER_STATE = "optimizer_state"
+
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 

@@ -12,6 +12,7 @@ from gate.errors import GateInputError
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
 from gate.sources.gguf_file import GgufSource
+from gate.sources.keras_file import SAVED_MODEL_REFUSAL, KerasSource, is_hdf5, is_keras_archive
 from gate.sources.pt2_archive import Pt2ArchiveSource
 from gate.sources.quantization.config import read_quantization_config
 from gate.sources.quantized import dequantizing
@@ -19,7 +20,11 @@ from gate.sources.safetensors_files import SafetensorsSource
 from gate.sources.torch_files import open_torch_file
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-SUPPORTED = ".safetensors, model.safetensors.index.json, .pt/.pth/.bin/.ckpt, .pt2, .onnx, .gguf, or a model directory"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # .weights.h5 ends in .h5
+SUPPORTED = (".safetensors, model.safetensors.index.json, .pt/.pth/.bin/.ckpt, .pt2, .onnx, .gguf, "
+             ".keras/.h5/.weights.h5 (Keras), or a model directory")
+# A TensorFlow SavedModel's graph file: refused with a message saying what to do instead.
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 # Files looked for in a model directory, best first: the first kind present is used.
 _DIRECTORY_CANDIDATES = (
@@ -32,6 +37,9 @@ _DIRECTORY_CANDIDATES = (
     "*.pt",
     "*.onnx",
     "*.gguf",
+    "*.keras",
+    "*.h5",
+    "*.hdf5",
 )
 
 
@@ -66,6 +74,10 @@ def _open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
         return OnnxSource(path)
     if suffix == ".gguf":
         return GgufSource(path)
+    if suffix in KERAS_SUFFIXES:
+        return KerasSource(path)
+    if name in _SAVED_MODEL_FILES:
+        raise GateInputError(SAVED_MODEL_REFUSAL.format(path=path.parent))
     if suffix in TORCH_SUFFIXES:
         return open_torch_file(path, allow_pickle)
     return _open_by_content(path, allow_pickle)
@@ -79,7 +91,11 @@ def _open_by_content(path: Path, allow_pickle: bool) -> WeightSource:
         with zipfile.ZipFile(path) as archive:
             if any(n.endswith("model_weights_config.json") for n in archive.namelist()):
                 return Pt2ArchiveSource(path)
+        if is_keras_archive(path):
+            return KerasSource(path)
         return open_torch_file(path, allow_pickle)
+    if is_hdf5(path):
+        return KerasSource(path)
     if head[:4] == b"GGUF":
         return GgufSource(path)
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
@@ -107,6 +123,8 @@ def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
         weights_dir = mlflow_model_weights_dir(directory)
         if weights_dir != directory:
             return _open_directory(weights_dir, allow_pickle)
+    if any((directory / name).is_file() for name in _SAVED_MODEL_FILES):
+        raise GateInputError(SAVED_MODEL_REFUSAL.format(path=directory))
     for pattern in _DIRECTORY_CANDIDATES:
         matches = sorted(p for p in directory.glob(pattern) if p.is_file())
         if not matches:
@@ -135,6 +153,11 @@ def mlflow_model_weights_dir(model_dir: Path) -> Path:
         if "peft_adaptor" in flavor:  # mlflow.transformers saves a PEFT model as its adapter only
             return model_dir / flavor["peft_adaptor"]
         return model_dir / flavor.get("model_binary", "model")
+    if "keras" in flavors:  # mlflow.keras (MLflow 3): data/model.keras, or an exported SavedModel in data/model
+        return model_dir / flavors["keras"].get("data", "data")
+    if "tensorflow" in flavors:  # a Keras model (data/) or a tf.Module SavedModel (saved_model_dir)
+        flavor = flavors["tensorflow"]
+        return model_dir / flavor.get("saved_model_dir", flavor.get("data", "data"))
     if "onnx" in flavors:
         return model_dir
     return model_dir
