@@ -35,9 +35,9 @@ class RankResult:
     table: "pd.DataFrame"
 
     def to_dict(self) -> dict[str, Any]:
-        from gate.scanning.result import plain_json_value
+        from gate.jsonvalues import json_value
 
-        rows = [{key: plain_json_value(value) for key, value in row.items()}
+        rows = [{key: json_value(value) for key, value in row.items()}
                 for row in self.table.to_dict(orient="records")]
         return {"by": self.by, "better": RANK_METRICS[self.by],
                 "directions": dict(RANK_METRICS), "versions": rows}

@@ -82,8 +82,3 @@ def tail_unresolved(precision: Precision, dtype: torch.dtype, bound: float, xmin
 def ieee_float32_matmul() -> bool:
     """Whether torch's float32 products are IEEE float32 in this process (no TF32 allowed)."""
     return torch.get_float32_matmul_precision() == "highest"
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` -> ``"float32"``, the spelling of the ``solve_precision`` column."""
-    return str(dtype).removeprefix("torch.")
