@@ -1,6 +1,6 @@
 """Distance between the weights of two models (versions), layer by layer, both streamed.
 
-Following 002_624a397218750fd1.txt, the Euclidean distance between two weight states measures how
+Following Yang et al. (docs/metrics.md, references), the Euclidean distance between two weight states measures how
 much was learned between them: zero means no training happened, a distance comparable to the
 weights' own norm with no correlation means a layer was re-initialised. Spectral and Benford
 metrics of both sides are compared too (deltas are A - B: B is the reference, e.g. the baseline).
