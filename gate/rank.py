@@ -3,9 +3,9 @@
 The metrics and their directions follow the papers: a smaller average power-law exponent alpha,
 a smaller alpha-hat (alpha_weighted = alpha * log10(lambda_max), averaged over layers) and a
 smaller average log alpha-norm go with better test accuracy across models of one architecture
-(001_2caaa9f211982743.txt, 004_289276ed8238cc9e.txt); a larger MLH goes with better validation
-accuracy (000_5eb7223fb8d3277a.txt). They predict trends within one architecture and training
-set, not across architectures.
+(Martin & Mahoney; Martin, Peng & Mahoney); a larger MLH goes with better validation accuracy
+(Sahu et al.; docs/metrics.md lists the papers). They predict trends within one architecture and
+training set, not across architectures.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ class RankResult:
     table: "pd.DataFrame"
 
     def to_dict(self) -> dict[str, Any]:
-        from gate.scanning.result import plain_json_value
+        from gate.jsonvalues import json_value
 
-        rows = [{key: plain_json_value(value) for key, value in row.items()}
+        rows = [{key: json_value(value) for key, value in row.items()}
                 for row in self.table.to_dict(orient="records")]
         return {"by": self.by, "better": RANK_METRICS[self.by],
                 "directions": dict(RANK_METRICS), "versions": rows}

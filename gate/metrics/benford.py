@@ -67,7 +67,7 @@ class DigitCounts:
 
 
 def eic(mlh: float, train_accuracy: float) -> dict[str, float]:
-    """Enthalpy Information Criteria of 000_5eb7223fb8d3277a.txt, equations 8-10 (lower is better):
+    """Enthalpy Information Criteria of Sahu et al. (docs/metrics.md), equations 8-10 (lower is better):
     EIC = -A - MLH; scaled: -A - (MLH - 0.9462) / 0.0537; symbolic regression: -log(MLH) / A."""
     return {
         "eic": -train_accuracy - mlh,

@@ -1,7 +1,8 @@
 """Per-layer metrics from a layer's pooled eigenvalues, named as WeightWatcher 0.7.7 names them.
 
 Eigenvalues are lambda_i = sigma_i(W)^2 with no 1/N factor. Norm metrics are
-log10 sums over the ESD; alpha comes from :mod:`gate.solver.powerlaw_fit`.
+log10 sums over the ESD; alpha comes from :mod:`gate.solver.powerlaw_fit`. The conventions, and
+the papers behind them, are in docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _matrix_entropy(evals: np.ndarray, rank: int) -> float:
 
 def add_peer_ratios(layers: "pd.DataFrame") -> None:
     """Each analysed layer's stable rank and lambda_max over the median of its peers, so that one
-    collapsed layer stands out without a baseline version (004_289276ed8238cc9e.txt: a poorly
+    collapsed layer stands out without a baseline version (Martin, Peng & Mahoney, docs/metrics.md: a poorly
     trained model shows anomalously small spectral norms). Peers share the layer type, N x M and
     the role: the name with its block and expert indices replaced (``layers.#.self_attn.k_proj``),
     so a k_proj is judged among k_projs, not among q/v/o projections of the same shape whose

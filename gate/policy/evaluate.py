@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gate.jsonvalues import metric_value
 from gate.metrics.fit_quality import fit_quality
 from gate.policy.metrics import PAIR_METRICS, UNJUDGED_WHEN_NAN
 from gate.policy.schema import HEAD_PATTERN, Policy, PolicyError, Rule
@@ -122,11 +123,11 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
         outcome.status, outcome.reason = RuleStatus.ERROR, f"evaluation error: {_exception_message(exception)}"
         return outcome
     unexpected = {row["name"] for row in result.result.get("unexpected_index_list") or []}
-    offending = [{"name": name, "value": _json_number(value)}
+    offending = [{"name": name, "value": metric_value(value)}
                  for name, value in zip(frame["name"], values) if name in unexpected]
     outcome.offending_layers = [] if rule.scope == "model" else offending
     if rule.scope == "model":
-        outcome.observed = _json_number(values.iloc[0])
+        outcome.observed = metric_value(values.iloc[0])
     else:
         outcome.observed = 1.0 - len(unexpected) / len(frame)  # share of layers within bounds
     if not result.success:
@@ -270,11 +271,6 @@ def _bounds_text(rule: Rule) -> str:
 
 def _fmt(value: float | None) -> str:
     return "NaN" if value is None else f"{value:.4g}"
-
-
-def _json_number(value: Any) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _exception_message(exception: dict[str, Any]) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from gate.jsonvalues import json_value
 
 # Column order of the layer table; metrics a scan did not compute are simply absent.
 LEADING_COLUMNS = ["layer_id", "name", "layer_type", "shape", "status", "reason", "N", "M", "rf", "num_evals"]
@@ -31,7 +32,7 @@ class LayerTableExport:
         return table.to_csv(index=False)
 
     def _plain_layers(self) -> list[dict[str, Any]]:
-        return [{key: plain_json_value(value) for key, value in row.items()}
+        return [{key: json_value(value) for key, value in row.items()}
                 for row in self.layers.to_dict(orient="records")]
 
 
@@ -51,20 +52,8 @@ class ScanResult(LayerTableExport):
         return {
             "source": self.source,
             "weights_sha256": self.weights_sha256,
-            "summary": {key: plain_json_value(value) for key, value in self.summary.items()},
-            "options": {key: plain_json_value(value) for key, value in self.options.items()},
+            "summary": {key: json_value(value) for key, value in self.summary.items()},
+            "options": {key: json_value(value) for key, value in self.options.items()},
             "layers": self._plain_layers(),
         }
 
-
-def plain_json_value(value: Any) -> Any:
-    """A value json.dumps accepts with allow_nan=False: NaN/Inf -> None, numpy scalars -> Python."""
-    if isinstance(value, (list, tuple)):
-        return [plain_json_value(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is pd.NA or value is None:
-        return None
-    return value

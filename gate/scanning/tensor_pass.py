@@ -25,8 +25,9 @@ from gate.metrics.value_grid import MASK_REASON, is_zero_one_mask, value_grid_co
 from gate.options import ScanOptions
 from gate.scanning.fingerprint import tensor_digest
 from gate.solver.lapack import usable_cores
-from gate.solver.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, dtype_name, tail_unresolved
+from gate.solver.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, tail_unresolved
 from gate.solver.spectrum import SolveResult, SpectrumBatcher
+from gate.sources.base import dtype_name
 from gate.vocabulary import LayerStatus
 
 

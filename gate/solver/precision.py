@@ -1,7 +1,8 @@
 """Solve precision, owned in one place: which dtype each eigen-solve uses, how far its eigenvalues
 can be off, and when a float32 solve must be redone in float64.
 
-Why these rules (measurements in tests/test_spectrum.py):
+Why these rules (measurements in tests/test_spectrum.py; float32 against float64 on a GPU in
+docs/performance.md):
 
 - ``auto`` (the default) solves weights stored in float32/float64 in float64, and weights stored
   in 16 bits or fewer (float16, bfloat16, float8) in float32: their own rounding already moves the
@@ -82,8 +83,3 @@ def tail_unresolved(precision: Precision, dtype: torch.dtype, bound: float, xmin
 def ieee_float32_matmul() -> bool:
     """Whether torch's float32 products are IEEE float32 in this process (no TF32 allowed)."""
     return torch.get_float32_matmul_precision() == "highest"
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` -> ``"float32"``, the spelling of the ``solve_precision`` column."""
-    return str(dtype).removeprefix("torch.")

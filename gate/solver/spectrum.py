@@ -1,7 +1,7 @@
 """Eigenvalues of W^T W for many matrices, on the CPU or a GPU, by one of two strategies.
 
 Why the Gram matrix: eigvalsh of the M x M Gram matrix is ~11x faster than an SVD of W on an H100
-(DESIGN.md) and several times faster on a CPU. Which dtype each solve uses, and the error bound that
+(docs/performance.md) and several times faster on a CPU. Which dtype each solve uses, and the error bound that
 comes with it, are :mod:`gate.solver.precision`'s rules; both strategies apply them the same way.
 
 - ``batched`` (the default on a GPU, available on any torch device): Gram matrices are formed with

@@ -58,7 +58,8 @@ FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` -> ``"float32"``: the spelling used in :class:`TensorInfo`."""
+    """``torch.float32`` -> ``"float32"``: the spelling of :class:`TensorInfo` dtypes and of the layer
+    table's ``solve_precision`` column."""
     return str(dtype).removeprefix("torch.")
 
 

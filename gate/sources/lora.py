@@ -4,7 +4,8 @@ An adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``, a
 ``save_pretrained`` writes it) reads as a source whose tensors are the updates, named like the
 base model's weights (``model.layers.0.self_attn.q_proj.weight``), so that adapter versions compare
 layer by layer and ``--base`` can add them to the base model's weights. scale = lora_alpha / r,
-or lora_alpha / sqrt(r) with ``use_rslora`` (per-module ``rank_pattern``/``alpha_pattern`` honoured).
+or lora_alpha / sqrt(r) with ``use_rslora``; r is each module's own (its factors' shape, so PEFT's
+``rank_pattern`` needs no reading) and ``alpha_pattern`` is honoured.
 
 Adapter metrics come from the factors alone: with A^T = QR (Q orthonormal, in x r), the singular
 values of B A are those of B R^T (out x r), so the r x r Gram of B R^T gives dW's whole spectrum at
@@ -39,9 +40,7 @@ class AdapterConfig:
     lora_alpha: float
     use_rslora: bool = False
     fan_in_fan_out: bool = False
-    rank_pattern: dict[str, int] | None = None
     alpha_pattern: dict[str, float] | None = None
-    base_model: str | None = None
 
     @classmethod
     def read(cls, path: Path) -> "AdapterConfig":
@@ -53,8 +52,7 @@ class AdapterConfig:
             raise GateInputError(f"{path}: peft_type {raw.get('peft_type')!r} is not supported; weightgate reads LoRA adapters")
         try:
             return cls(int(raw["r"]), float(raw.get("lora_alpha", raw["r"])), bool(raw.get("use_rslora", False)),
-                       bool(raw.get("fan_in_fan_out", False)), raw.get("rank_pattern") or None,
-                       raw.get("alpha_pattern") or None, raw.get("base_model_name_or_path"))
+                       bool(raw.get("fan_in_fan_out", False)), raw.get("alpha_pattern") or None)
         except (KeyError, TypeError, ValueError) as err:
             raise GateInputError(f"{path}: adapter config needs an integer 'r' and a number 'lora_alpha': {err}") from err
 
@@ -200,7 +198,3 @@ class MergedSource(WeightSource):
     def close(self) -> None:
         self._base.close()
         self._adapter.close()
-
-
-def is_adapter_dir(path: Path) -> bool:
-    return path.is_dir() and (path / ADAPTER_CONFIG).is_file()

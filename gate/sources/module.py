@@ -11,7 +11,6 @@ class ModuleSource(WeightSource):
     """Parameters of an ``nn.Module``; the owning module's class tells the layer kind exactly."""
 
     def __init__(self, module: torch.nn.Module, description: str | None = None) -> None:
-        self._module = module
         self.description = description or f"<{type(module).__name__} object>"
         self._params: dict[str, torch.Tensor] = {}
         self._infos: list[TensorInfo] = []

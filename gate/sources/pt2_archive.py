@@ -2,7 +2,7 @@
 
 The archive stores each parameter as a raw byte file described by
 ``data/weights/model_weights_config.json``; reading those bytes needs no unpickling, unlike
-``torch.export.load`` which would also deserialise the program.
+``torch.export.load`` which would also deserialise the program (docs/mlflow.md: pt2 and pickle).
 """
 
 from __future__ import annotations

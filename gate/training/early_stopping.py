@@ -1,4 +1,4 @@
-"""Early stopping on MLH instead of validation accuracy (000_5eb7223fb8d3277a.txt): the training
+"""Early stopping on MLH instead of validation accuracy (Sahu et al., docs/metrics.md): the training
 data that a validation split would hold back can all be trained on."""
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ eigensolve per layer (a full gate.scan) and run only every ``spectral_every`` me
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gate.errors import GateInputError
+from gate.jsonvalues import metric_value
 from gate.layers.planner import plan_layers
 from gate.metrics.benford import ModelDigits
 from gate.sources.module import ModuleSource
@@ -118,9 +118,7 @@ class WeightMetricsTracker:
     def finish(self, global_step: int) -> "ScanResult":
         """Scan the final weights fully; log the summary's numbers as ``weights.final.*``."""
         result = self._scan(full=True)
-        final = {f"final.{key}": float(value) for key, value in result.summary.items()
-                 if isinstance(value, (int, float)) and not isinstance(value, bool)}
-        self._log(final, global_step)
+        self._log({f"final.{key}": value for key, value in result.summary.items()}, global_step)
         return result
 
     def _scan(self, full: bool) -> "ScanResult":
@@ -133,7 +131,8 @@ class WeightMetricsTracker:
 
     def _log(self, metrics: dict[str, Any], step: int) -> None:
         # MLflow refuses NaN in some stores, and a NaN is no measurement: leave it out of the log
-        # (it stays in history, where a caller can see it).
-        finite = {f"{PREFIX}{key}": value for key, value in metrics.items() if math.isfinite(value)}
+        # (it stays in history, where a caller can see it), like text and flags in a scan summary.
+        finite = {f"{PREFIX}{key}": number for key, value in metrics.items()
+                  if (number := metric_value(value)) is not None}
         if self.sink is not None and finite:
             self.sink(finite, step)

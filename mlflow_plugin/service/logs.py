@@ -13,8 +13,6 @@ import logging
 
 from gate.vocabulary import utc_timestamp
 
-LOG_FORMATS = ("text", "json")
-
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:

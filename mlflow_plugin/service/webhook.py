@@ -10,7 +10,7 @@ delivers it again.
 
 This is enforcement after the fact: the alias exists between its creation and the webhook's
 delivery, and without the plugin any client can write ``gate.*`` tags. Use the server plugin
-where you can.
+where you can. What MLflow's webhooks do and need: docs/mlflow.md.
 """
 
 from __future__ import annotations

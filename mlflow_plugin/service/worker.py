@@ -20,8 +20,9 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
@@ -30,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.rest_utils import http_request
 
 from gate import vocabulary as words
+from gate.jsonvalues import metric_value
 from gate.vocabulary import EXPERIMENT, STATUS, STATUS_OF_DECISION, LayerStatus, VersionStatus
 from mlflow_plugin.config import GateConfig, GateConfigError
 from mlflow_plugin.server.gate_page import gate_page_tags
@@ -295,14 +297,13 @@ class Worker:
         })
         run_id = run.info.run_id
         now = int(time.time() * 1000)
-        metrics = [Metric(f"model.{k}", float(v), now, 0) for k, v in result.scan.summary.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v)]
+        metrics = [Metric(f"model.{k}", v, now, 0) for k, v in _metric_values(result.scan.summary.items())]
         layers = result.scan.layers
         analysed = layers[layers["status"] == LayerStatus.OK]
         for column in LAYER_SERIES:
             if column in analysed.columns:
-                metrics += [Metric(f"layer.{column}", float(value), now, int(step))
-                            for step, value in zip(analysed["layer_id"], analysed[column]) if _finite(value)]
+                metrics += [Metric(f"layer.{column}", value, now, int(step))
+                            for step, value in _metric_values(zip(analysed["layer_id"], analysed[column]))]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
         self.client.log_param(run_id, "source", _uri(version))
@@ -374,7 +375,9 @@ def _find(err: BaseException, kind: type[BaseException]):
     return next((link for link in error_chain(err) if isinstance(link, kind)), None)
 
 
-def _finite(value) -> bool:
-    import math
-
-    return math.isfinite(float(value))
+def _metric_values(pairs: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, float]]:
+    """(key, value) pairs whose value is a measurement (gate.jsonvalues.metric_value), as floats."""
+    for key, value in pairs:
+        number = metric_value(value)
+        if number is not None:
+            yield key, number
