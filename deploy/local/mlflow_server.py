@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+_SERVER_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -24,7 +27,12 @@ def free_port() -> int:
 def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
                  backend_uri: str | None = None, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """Start ``mlflow server`` in its own process group (sqlite in ``workdir`` unless ``backend_uri``,
-    artifacts proxied to ``workdir/artifacts``); return the process and its URL once healthy."""
+    artifacts proxied to ``workdir/artifacts``); return the process and its URL once healthy.
+
+    MLflow's job runner (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``, on by default) starts several huey
+    worker processes per server; the gate uses no server jobs, so it is off unless the caller's
+    ``env`` or this process's environment sets it.
+    """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
@@ -35,7 +43,7 @@ def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str,
     ]
     with (workdir / "mlflow-server.log").open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
-                                   env={**os.environ, **(env or {})})
+                                   env={**_SERVER_DEFAULTS, **os.environ, **(env or {})})
     try:
         _wait_until_healthy(url, process, workdir)
     except BaseException:
