@@ -143,7 +143,7 @@ def test_protected_alias_refused_unless_approved(server, decided, path):
 
 
 WORKER = {"X-Weightgate-Token": "worker-secret"}
-OVERRIDE = {"X-Weightgate-Override-Token": "override-secret"}
+OVERRIDE = {"X-Weightgate-Override": "override-secret"}
 MALFORMED = [  # (path, method, body, credential, the field the 400 names)
     ("/api/2.0/weightgate/claim", "POST", {"name": "encoder", "worker": "w"}, WORKER, "version"),
     ("/api/2.0/weightgate/claim", "POST", {"name": "encoder", "version": "two", "worker": "w"}, WORKER, "version"),
