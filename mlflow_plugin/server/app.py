@@ -22,6 +22,7 @@ from flask import Flask
 
 from mlflow_plugin.config import GateConfig
 from mlflow_plugin.responses import install_error_handler
+from mlflow_plugin.server.gate_page import GatePage
 from mlflow_plugin.server.state import ServerGate
 
 
@@ -30,40 +31,42 @@ def create_app(app: Flask | None = None):
     from mlflow.server import app as mlflow_app
 
     flask_app = app or mlflow_app
-    install(flask_app, GateConfig.from_env())
+    gate = ServerGate(GateConfig.from_env())
+    install_error_handler(flask_app)
+    GatePage(gate).register(flask_app)
+    install(flask_app, gate)
     return _asgi_if_needed(flask_app)
 
 
 def create_app_with_basic_auth(app: Flask | None = None):
     """Factory for ``--app-name weightgate-basic-auth``: MLflow's basic-auth, then the gate.
 
-    Basic-auth's hooks are installed first, so a request is authenticated before the gate looks
-    at it; basic-auth admins may override decisions.
+    Basic-auth's hooks are installed before the gate's, so a registry request is authenticated
+    before the gate looks at it; basic-auth admins may override decisions. The gate page alone is
+    registered first: it authenticates its own routes (see :mod:`mlflow_plugin.server.gate_page`).
     """
     from mlflow.server import app as mlflow_app
     from mlflow.server.auth import create_app as basic_auth_create_app
 
     flask_app = app or mlflow_app
+    gate = ServerGate(GateConfig.from_env(), basic_auth=True)
+    install_error_handler(flask_app)
+    GatePage(gate).register(flask_app)  # its hook goes ahead of basic-auth's
     served = basic_auth_create_app(flask_app)
-    install(flask_app, GateConfig.from_env(), basic_auth=True)
+    install(flask_app, gate)
     return served
 
 
-def install(app: Flask, config: GateConfig, basic_auth: bool = False) -> ServerGate:
-    """Add the gate's hooks, endpoints and page to ``app`` (after any hooks already installed)."""
+def install(app: Flask, gate: ServerGate) -> None:
+    """Add the gate's hooks and endpoints to ``app``, after any hooks already installed."""
     from mlflow_plugin.server.endpoints import Endpoints
     from mlflow_plugin.server.enforcement import Enforcement
-    from mlflow_plugin.server.gate_page import GatePage
     from mlflow_plugin.server.routes import RequestHooks
 
-    gate = ServerGate(config, basic_auth)
-    install_error_handler(app)
     hooks = RequestHooks(Enforcement(gate))
     app.before_request(hooks.before_request)
     app.after_request(hooks.after_request)
     Endpoints(gate).register(app)
-    GatePage(gate).register(app)
-    return gate
 
 
 def _asgi_if_needed(flask_app: Flask):

@@ -10,13 +10,15 @@ works with JavaScript off), plus the ledger as JSON for machines:
 - ``/weightgate/api/ledger?name=NAME``: ledger rows as JSON (all readable models without name);
 - ``/weightgate/api/ledger/verify``: the chain check as JSON.
 
-With ``--app-name weightgate-basic-auth`` MLflow's basic-auth authenticates these routes like any
-other (no credentials: 401). Basic-auth has no validator for them, and MLflow 3.17 lets an
-authenticated request through to such a route; the page's own before-request hook (installed after
-basic-auth's) then says who is viewing, without touching basic-auth's tables: a non-admin sees only
+With ``--app-name weightgate-basic-auth`` the page is as private as MLflow: requests are
+authenticated with basic-auth's configured function (no credentials: 401), a non-admin sees only
 the models basic-auth lets them read, and only admins may run the chain check (its messages name
-rows of every model). With ``MLFLOW_BASIC_AUTH_FAIL_CLOSED=true`` basic-auth refuses routes it has
-no validator for to everyone but admins, so only admins can open the page.
+rows of every model). Basic-auth has no validator for these routes, and MLflow 3.17 refuses such
+routes to non-admins by default (``MLFLOW_BASIC_AUTH_FAIL_CLOSED``); rather than add entries to
+basic-auth's module-level tables, the page serves its routes from a before-request hook installed
+ahead of basic-auth's (:func:`mlflow_plugin.server.app.create_app_with_basic_auth` registers the
+page first): the hook authenticates, notes the viewer, and answers with the view, so basic-auth's
+hook is never asked about a route it does not know. Every other route still meets basic-auth first.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from flask import Flask, Response, g, jsonify, make_response, request
+from flask import Flask, Response, current_app, g, jsonify, make_response, request
 
 from gate import vocabulary as words
 from gate.vocabulary import NO_STATUS, STATUS, VersionStatus
@@ -98,11 +100,12 @@ class GatePage:
             app.add_url_rule(path, endpoint=_ENDPOINT_PREFIX + path.strip("/").replace("/", "_"), view_func=view,
                              methods=["GET"])
         if self.gate.basic_auth:
-            app.before_request(self.identify_viewer)
+            app.before_request(self.serve_authenticated)
 
-    def identify_viewer(self) -> Response | None:
-        """On the page's routes: authenticate through basic-auth's configured function (basic-auth's
-        own hook ran first and refused anonymous requests already; the page does not rely on it)."""
+    def serve_authenticated(self) -> Response | None:
+        """On the page's routes: authenticate through basic-auth's configured function, note the
+        viewer, and answer with the view (the hooks after this one, basic-auth's included, do not
+        run for these routes; after-request hooks do). Other routes pass on untouched."""
         if not (request.endpoint or "").startswith(_ENDPOINT_PREFIX):
             return None
         from mlflow.server.auth import authenticate_request
@@ -112,7 +115,7 @@ class GatePage:
         if isinstance(authorization, Response):
             return authorization  # 401 with basic-auth's challenge
         g.weightgate_viewer = Viewer(authorization.username, bool(users.get_user(authorization.username).is_admin))
-        return None
+        return current_app.make_response(current_app.dispatch_request())
 
     # -- views -------------------------------------------------------------------------------
     def index(self) -> str:
@@ -220,7 +223,7 @@ class GatePage:
         if not self.gate.basic_auth:
             return None
         viewer = g.get("weightgate_viewer")
-        if viewer is None:  # identify_viewer runs on every page route: never show the page to no one in particular
+        if viewer is None:  # serve_authenticated runs on every page route: never show the page to no one in particular
             raise Refusal(UNAUTHENTICATED, "the gate page needs an authenticated user")
         return viewer
 
