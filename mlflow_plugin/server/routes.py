@@ -105,7 +105,8 @@ class RequestHooks:
 
 def request_params(model: type[Body]) -> Any:
     """The request's query and JSON body parameters as ``model``, parsed once per request (the
-    before and after hooks of one route read the same model)."""
+    before and after hooks of one route read the same model). A JSON null counts as absent, as in
+    MLflow's own parsing of the request message."""
     cached = g.get("weightgate_params")
     if cached is None or cached[0] is not model:
         raw = dict(request.args)
