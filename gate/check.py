@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ from gate.policy.schema import load_policy
 from gate.scanning.pipeline import scan
 from gate.scanning.result import ScanResult
 from gate.solver.spectrum import resolve_device
-from gate.sources import open_source
+from gate.sources import WeightSource, open_source
 
 SUMMARY_KEYS = ("num_analysed", "num_skipped", "num_nonfinite", "num_degenerate", "alpha", "alpha_weighted",
                 "log_spectral_norm", "stable_rank", "mlh", "random_like_fraction")
@@ -38,7 +40,11 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     """Evaluate ``policy`` (default: the shipped one) on ``source`` against ``baseline``.
 
     ``ray_address`` (``"auto"`` or HOST:PORT) runs the scans as tasks on that Ray cluster
-    (gate.distributed); the decision is the same as a local one's."""
+    (gate.distributed); the decision is the same as a local one's.
+
+    ``source`` and ``baseline`` may be opened :class:`WeightSource` objects: each is read once and
+    left open for its owner, the caller, to close (as :func:`gate.scanning.pipeline.scan` does);
+    what ``check`` opens itself it closes."""
     loaded = load_policy(policy)
     preload = threading.Thread(target=_import_great_expectations, daemon=True)
     preload.start()  # Great Expectations imports for seconds; let that overlap with the scans
@@ -58,7 +64,7 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
         baseline_result = _scan(baseline, opened, options, ray_address) if baseline is not None else None
         if baseline_result is not None and loaded.needs_baseline_weights():
             # On Ray the scans ran on the cluster; the distances read the two models here, a tensor pair at a time.
-            with open_source(source, **opened) as weights, open_source(baseline, **opened) as base_weights:
+            with _reading(source, opened) as weights, _reading(baseline, opened) as base_weights:
                 pairs = layer_distances(weights, base_weights, device)
     preload.join()
     outcomes = evaluate(loaded, result, baseline_result, pairs)
@@ -82,17 +88,26 @@ def _scan(source: Any, opened: dict[str, Any], options: dict[str, Any], ray_addr
         from gate.distributed.executor import scan_on_ray
 
         return scan_on_ray(source, address=ray_address, **opened, **options)
-    with open_source(source, **opened) as weights:
+    with _reading(source, opened) as weights:
         return scan(weights, **options)
 
 
 def _scan_with_distances(source: Any, baseline: Any, opened: dict[str, Any], options: dict[str, Any]
                          ) -> tuple[ScanResult, ScanResult, pd.DataFrame]:
     """Both scans and the per-layer distances between the two models, reading each model once."""
-    with open_source(source, **opened) as weights, open_source(baseline, **opened) as base_weights:
+    with _reading(source, opened) as weights, _reading(baseline, opened) as base_weights:
         valid = scan_options(**options)
         result, baseline_result, rows, _, _ = one_pass(weights, base_weights, None, valid, resolve_device(valid.device))
     return result, baseline_result, pd.DataFrame(rows).reindex(columns=DISTANCE_COLUMNS)
+
+
+@contextmanager
+def _reading(source: Any, opened: dict[str, Any]) -> Iterator[WeightSource]:
+    """``source`` opened for reading; closed afterwards only if it was opened here (a
+    :class:`WeightSource` passed in belongs to the caller)."""
+    weights = open_source(source, **opened)
+    with nullcontext() if weights is source else weights:
+        yield weights
 
 
 def _import_great_expectations() -> None:

@@ -1,5 +1,6 @@
 """``--app-name weightgate-basic-auth``: MLflow's basic-auth authenticates first, then the gate
-enforces; a basic-auth admin may override without the override credential."""
+enforces; a basic-auth admin may override without the override credential; the gate page shows a
+non-admin only the models basic-auth lets them read, and runs the chain check for admins only."""
 
 from __future__ import annotations
 
@@ -61,3 +62,33 @@ def test_gate_composes_with_basic_auth(tmp_path, monkeypatch):
         with urllib.request.urlopen(request, timeout=30) as response:
             assert json.loads(response.read())["by"] == "basic-auth-admin:admin"
         client.set_registered_model_alias("guarded", "champion", version.version)
+
+        from mlflow.server.auth.client import AuthServiceClient
+
+        register_file(client, "visible", tmp_path / "model.safetensors")
+        users = AuthServiceClient(url)  # as the admin (MLFLOW_TRACKING_USERNAME)
+        users.create_user("viewer", "viewer-password-1234")
+        users.grant_user_permission("viewer", "registered_model", "guarded", "DENY")
+        viewer = ("viewer", "viewer-password-1234")
+        status, ledger = _get(f"{url}/weightgate/api/ledger", viewer)
+        assert status == 200 and {row["model"] for row in json.loads(ledger)["entries"]} == {"visible"}
+        status, page = _get(f"{url}/weightgate/", viewer)
+        assert status == 200 and "visible" in page and "guarded" not in page
+        assert _get(f"{url}/weightgate/model?name=guarded", viewer)[0] == 404
+        status, refused = _get(f"{url}/weightgate/api/ledger/verify", viewer)
+        assert status == 403 and json.loads(refused)["error_code"] == "PERMISSION_DENIED"
+        admin = (ADMIN["MLFLOW_TRACKING_USERNAME"], ADMIN["MLFLOW_TRACKING_PASSWORD"])
+        status, verified = _get(f"{url}/weightgate/api/ledger/verify", admin)
+        assert status == 200 and json.loads(verified)["ok"] is True
+        status, page = _get(f"{url}/weightgate/", admin)
+        assert "visible" in page and "guarded" in page
+        assert _get(f"{url}/weightgate/", None)[0] == 401
+
+
+def _get(url: str, user: tuple[str, str] | None) -> tuple[int, str]:
+    headers = {"Authorization": "Basic " + base64.b64encode(":".join(user).encode()).decode()} if user else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()

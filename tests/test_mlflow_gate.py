@@ -27,6 +27,17 @@ GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOK
             "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
+def _alias_paths() -> list[str]:
+    """Every path MLflow serves "set a registered model alias" on (each API prefix), from its own table."""
+    from mlflow.server.handlers import _set_registered_model_alias, get_endpoints
+
+    return sorted(path for path, handler, methods in get_endpoints()
+                  if handler is _set_registered_model_alias and "POST" in methods)
+
+
+ALIAS_PATHS = _alias_paths()
+
+
 @pytest.fixture(scope="module")
 def weights(minilm_dir, tmp_path_factory):
     """A small healthy model (MiniLM's first encoder block) and copies with NaN / rank collapse."""
@@ -66,8 +77,8 @@ def run_worker(url: str, *extra: str, env: dict | None = None) -> subprocess.Com
     return proc
 
 
-def post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+def post(url: str, path: str, body, headers: dict | None = None, method: str = "POST") -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method=method,
                                      headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
@@ -116,18 +127,85 @@ def test_decision_run_holds_metrics_series_and_artifacts(client, decided, tmp_pa
     assert json.loads(Path(local).read_text())["decision"] == "approve"
 
 
-@pytest.mark.parametrize("prefix", ["/api/2.0", "/ajax-api/2.0"])
-def test_protected_alias_refused_unless_approved(server, decided, prefix):
-    status, body = post(server["url"], f"{prefix}/mlflow/registered-models/alias",
-                        {"name": "encoder", "alias": "champion", "version": decided["broken"]})
+def test_alias_route_has_every_prefix():
+    assert {"/api/2.0/mlflow/registered-models/alias", "/ajax-api/2.0/mlflow/registered-models/alias"} <= set(ALIAS_PATHS)
+
+
+@pytest.mark.parametrize("path", ALIAS_PATHS)
+def test_protected_alias_refused_unless_approved(server, decided, path):
+    status, body = post(server["url"], path, {"name": "encoder", "alias": "champion", "version": decided["broken"]})
     assert status == 403 and body["error_code"] == "PERMISSION_DENIED"
     assert "blocked by weightgate" in body["message"] and "no-nonfinite-layers" in body["message"]
-    status, _ = post(server["url"], f"{prefix}/mlflow/registered-models/alias",
-                     {"name": "encoder", "alias": "candidate", "version": decided["broken"]})
+    status, _ = post(server["url"], path, {"name": "encoder", "alias": "candidate", "version": decided["broken"]})
     assert status == 200  # not a protected alias
-    status, _ = post(server["url"], f"{prefix}/mlflow/registered-models/alias",
-                     {"name": "encoder", "alias": "champion", "version": decided["healthy"]})
+    status, _ = post(server["url"], path, {"name": "encoder", "alias": "champion", "version": decided["healthy"]})
     assert status == 200
+
+
+WORKER = {"X-Weightgate-Token": "worker-secret"}
+OVERRIDE = {"X-Weightgate-Override": "override-secret"}
+MALFORMED = [  # (path, method, body, credential, the field the 400 names)
+    ("/api/2.0/weightgate/claim", "POST", {"name": "encoder", "worker": "w"}, WORKER, "version"),
+    ("/api/2.0/weightgate/claim", "POST", {"name": "encoder", "version": "two", "worker": "w"}, WORKER, "version"),
+    ("/api/2.0/weightgate/claim", "POST", {"name": "encoder", "version": 1, "worker": "w", "lease_seconds": "soon"},
+     WORKER, "lease_seconds"),
+    ("/api/2.0/weightgate/record", "POST", {"name": "encoder", "version": "x", "worker": "w"}, WORKER, "version"),
+    ("/api/2.0/weightgate/record", "POST", {"name": "encoder", "version": 1, "tags": {}}, WORKER, "worker"),
+    ("/api/2.0/weightgate/record", "POST", {"name": "encoder", "version": 1, "worker": "w", "tags": ["gate.status"]},
+     WORKER, "tags"),
+    ("/api/2.0/weightgate/rescan", "POST", {"version": 1}, OVERRIDE, "name"),
+    ("/api/2.0/weightgate/rescan", "POST", {"name": "encoder", "version": "latest"}, OVERRIDE, "version"),
+    ("/api/2.0/weightgate/override", "POST", {"name": "encoder", "version": 1, "reason": "   "}, OVERRIDE, "reason"),
+    ("/api/2.0/weightgate/override", "POST", {"name": "encoder", "reason": "why"}, OVERRIDE, "version"),
+    ("/api/2.0/mlflow/registered-models/alias", "POST", {"alias": "champion", "version": "1"}, None, "name"),
+    ("/api/2.0/mlflow/registered-models/alias", "POST", {"name": ["encoder"], "alias": "champion", "version": "1"},
+     None, "name"),
+    ("/ajax-api/2.0/mlflow/registered-models/alias", "DELETE", {"name": ["encoder"], "alias": "champion"}, None,
+     "name"),
+    ("/api/2.0/mlflow/model-versions/transition-stage", "POST",
+     {"name": {"model": "encoder"}, "version": "1", "stage": "Production"}, None, "name"),
+    ("/api/2.0/mlflow/model-versions/set-tag", "POST", {"name": "encoder", "version": "1", "key": ["gate.status"],
+                                                        "value": "approved"}, None, "key"),
+    ("/api/2.0/mlflow/model-versions/create", "POST", {"name": "encoder", "source": "/tmp/x", "tags": 5}, None, "tags"),
+    ("/api/2.0/mlflow/registered-models/create", "POST", {"name": "other", "tags": [{"key": ["gate.x"]}]}, None,
+     "tags.0.key"),
+]
+
+
+@pytest.mark.parametrize("path, method, body, credential, field", MALFORMED,
+                         ids=[f"{m[1]} {m[0].rsplit('/', 1)[-1]} {m[4]}" for m in MALFORMED])
+def test_malformed_requests_are_400_naming_the_field(server, path, method, body, credential, field):
+    status, answer = post(server["url"], path, body, credential, method)
+    assert status == 400, answer
+    assert answer["error_code"] == "INVALID_PARAMETER_VALUE" and f"'{field}'" in answer["message"], answer
+
+
+def test_bodies_that_are_not_objects_and_fields_mlflow_checks_itself(server):
+    status, answer = post(server["url"], "/api/2.0/weightgate/claim", ["encoder", 1], WORKER)
+    assert status == 400 and "must be a JSON object" in answer["message"]
+    # Without an alias the gate has nothing to check: MLflow's own 400 names the field.
+    status, answer = post(server["url"], "/api/2.0/mlflow/registered-models/alias", {"name": "encoder", "version": "1"})
+    assert status == 400 and "Missing value for required parameter 'alias'" in answer["message"]
+    status, answer = post(server["url"], "/api/2.0/weightgate/override",
+                          {"name": "encoder", "version": 999, "reason": "no such version"}, OVERRIDE)
+    assert status == 404 and answer["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_static_prefix_routes_are_guarded(tmp_path, weights):
+    """``mlflow server --static-prefix``: every route moves below the prefix, and the gate's tables
+    (built from MLflow's endpoint table) move with it: the new version is pending, and a protected
+    alias is refused on each API prefix."""
+    from mlflow import MlflowClient
+
+    with mlflow_server(tmp_path, ("--app-name", "weightgate"), env=GATE_ENV, static_prefix="/registry") as url:
+        client = MlflowClient(url, url)
+        version = register_file(client, "prefixed", weights["healthy"])
+        assert client.get_model_version("prefixed", version).tags.get("gate.status") == "pending"
+        root = url.removesuffix("/registry")
+        for path in ALIAS_PATHS:
+            status, body = post(root, "/registry" + path, {"name": "prefixed", "alias": "champion", "version": version})
+            assert status == 403 and "waiting for its weightgate scan" in body["message"], (path, body)
+        assert "champion" not in client.get_registered_model("prefixed").aliases
 
 
 def test_client_sees_permission_denied_and_stage_rules(client, decided):

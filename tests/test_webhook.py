@@ -102,10 +102,13 @@ def _signed(body: dict, delivery: str = "d-1") -> dict:
                         "X-MLflow-Signature": _generate_hmac_signature(SECRET, delivery, now, text)}}
 
 
-def test_receiver_isolates_events_and_refuses_what_it_cannot_take(tmp_path, monkeypatch, minilm_dir):
+def test_receiver_isolates_events_and_refuses_what_it_cannot_take(tmp_path, monkeypatch, minilm_dir, caplog):
     """In-process receiver (Flask test client) against a real plain server: each answer code, a
     queue that is full answers 503 (MLflow delivers again), a failing event does not stop the next,
-    and a repeated delivery of a decided version is not scanned twice."""
+    and a repeated delivery of a decided version is not scanned twice.
+
+    Every wait is on an event: the scan reaching its checkpoint, the receiver's queue drained
+    (EventLoop.wait_until_idle), never on the thread having moved on by some time."""
     from mlflow import MlflowClient
 
     from mlflow_plugin.service.webhook import WebhookGate, create_receiver
@@ -119,7 +122,8 @@ def test_receiver_isolates_events_and_refuses_what_it_cannot_take(tmp_path, monk
         first = register_file(client, "queued", tmp_path / "model.safetensors")
         second = register_file(client, "queued", tmp_path / "model.safetensors")
         gate = WebhookGate(WorkerSettings(url, device="cpu"))
-        receiver = create_receiver(gate, SECRET, capacity=1).test_client()
+        app = create_receiver(gate, SECRET, capacity=1)
+        events, receiver = app.extensions["weightgate_events"], app.test_client()
 
         def created(version: str, delivery: str):
             return receiver.post("/", **_signed({"entity": "model_version", "action": "created",
@@ -128,7 +132,8 @@ def test_receiver_isolates_events_and_refuses_what_it_cannot_take(tmp_path, monk
         assert receiver.post("/", data="{}", headers={"X-MLflow-Signature": "v1,AAAA"}).status_code == 401
         assert receiver.post("/", **_signed({"entity": "model_version"})).status_code == 400
         missing = receiver.post("/", **_signed({"entity": "model_version", "action": "created", "data": {"name": "x"}}))
-        assert missing.status_code == 400 and "version" in missing.get_json()["error"]
+        assert missing.status_code == 400 and "version" in missing.get_json()["message"]
+        assert missing.get_json()["error_code"] == "INVALID_PARAMETER_VALUE"
         ignored = receiver.post("/", **_signed({"entity": "registered_model", "action": "created", "data": {}}))
         assert ignored.status_code == 200 and ignored.get_json()["accepted"] is False
 
@@ -136,11 +141,16 @@ def test_receiver_isolates_events_and_refuses_what_it_cannot_take(tmp_path, monk
         wait_for(lambda: (tmp_path / "scanning.reached").exists())  # the event thread is busy with it
         assert receiver.post("/", **_signed({"entity": "model_version", "action": "created",
                                              "data": {"name": "ghost", "version": "1"}}, "b")).status_code == 200
-        assert created(first, "c").status_code == 503  # queue (capacity 1) is full: MLflow will retry
+        refused = created(first, "c")
+        assert refused.status_code == 503  # queue (capacity 1) is full: MLflow will retry
+        assert refused.get_json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
         (tmp_path / "scanning.release").touch()
-        assert wait_for(lambda: client.get_model_version("queued", first).tags.get("gate.status")) == "approved"
+        assert events.wait_until_idle(timeout=600)  # "a" decided, then the "ghost" event "b" handled
+        assert client.get_model_version("queued", first).tags.get("gate.status") == "approved"
+        ghost = [r for r in caplog.records if r.levelname == "ERROR" and "(delivery b) failed" in r.getMessage()]
+        assert len(ghost) == 1  # the failing event was logged with its delivery, and the loop went on
         assert created(first, "d").status_code == 200  # a repeated delivery: accepted, not rescanned
-        wait_for(lambda: receiver.get("/healthz").get_json()["queued"] == 0)  # capacity 1: let "d" be taken
+        assert events.wait_until_idle(timeout=600)  # capacity 1: "d" handled, the queue has room
         assert created(second, "e").status_code == 200  # after the failed "ghost" event
         assert wait_for(lambda: client.get_model_version("queued", second).tags.get("gate.status")) == "approved"
         assert receiver.get("/healthz").get_json()["events_thread"] is True

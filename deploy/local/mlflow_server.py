@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+_SERVER_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -22,20 +24,30 @@ def free_port() -> int:
 
 
 def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 backend_uri: str | None = None, port: int | None = None) -> tuple[subprocess.Popen, str]:
+                 backend_uri: str | None = None, port: int | None = None,
+                 static_prefix: str | None = None) -> tuple[subprocess.Popen, str]:
     """Start ``mlflow server`` in its own process group (sqlite in ``workdir`` unless ``backend_uri``,
-    artifacts proxied to ``workdir/artifacts``); return the process and its URL once healthy."""
+    artifacts proxied to ``workdir/artifacts``); return the process and its URL once healthy.
+
+    With ``static_prefix`` (``--static-prefix``) every route, ``/health`` included, is served below
+    it, and the URL returned ends with it (what a client's tracking URI must be).
+
+    MLflow's job runner (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``, on by default) starts several huey
+    worker processes per server; the gate uses no server jobs, so it is off unless the caller's
+    ``env`` or this process's environment sets it.
+    """
     port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}{static_prefix or ''}"
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", backend_uri or f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination", str(workdir / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra_args,
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        *(("--static-prefix", static_prefix) if static_prefix else ()), *extra_args,
     ]
     with (workdir / "mlflow-server.log").open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
-                                   env={**os.environ, **(env or {})})
+                                   env={**_SERVER_DEFAULTS, **os.environ, **(env or {})})
     try:
         _wait_until_healthy(url, process, workdir)
     except BaseException:
@@ -54,9 +66,10 @@ def stop_server(process: subprocess.Popen) -> None:
 
 @contextmanager
 def mlflow_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                  backend_uri: str | None = None, port: int | None = None) -> Iterator[str]:
+                  backend_uri: str | None = None, port: int | None = None,
+                  static_prefix: str | None = None) -> Iterator[str]:
     """:func:`start_server` for the duration of a ``with`` block; yields the URL."""
-    process, url = start_server(workdir, extra_args, env, backend_uri, port)
+    process, url = start_server(workdir, extra_args, env, backend_uri, port, static_prefix)
     try:
         yield url
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import wraps
 from typing import Any
 
@@ -198,10 +199,11 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
                                  "or check without --ray")
         from gate.sources import open_merged
 
-        source = open_merged(source, base, allow_pickle, tracking_uri)  # check() closes it
+        source = open_merged(source, base, allow_pickle, tracking_uri)  # this command owns it: closed below
     started = time.perf_counter()
-    result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
-                       allow_pickle=allow_pickle, tracking_uri=tracking_uri, ray_address=ray_address)
+    with source if base is not None else nullcontext():
+        result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
+                           allow_pickle=allow_pickle, tracking_uri=tracking_uri, ray_address=ray_address)
     if out_dir is not None:
         write_outputs(result, out_dir)
     if output_format == "junit":

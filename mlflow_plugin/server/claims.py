@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import time
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -39,6 +40,19 @@ class Recording(enum.Enum):
     GO = "go"                # this worker holds the claim: write the tags, then call finish
     ALREADY_DONE = "done"    # this worker recorded it before (a repeated call): nothing to write
     CONFLICT = "conflict"    # another worker holds it, or the claim was reset
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a version that has no decision recorded yet."""
+
+    name: str
+    version: int
+    worker: str
+    expires_at: float  # time.time() when the lease runs out
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at <= now
 
 
 class ClaimStore:
@@ -89,6 +103,15 @@ class ClaimStore:
                                .where(self._key(name, version), CLAIMS.c.worker == worker,
                                       CLAIMS.c.state == RECORDING)
                                .values(state=RECORDED))
+
+    def open_claims(self) -> list[Claim]:
+        """Claims not recorded yet (claimed or recording), expired leases included: what the gate
+        page shows next to the versions waiting for a decision."""
+        query = sa.select(CLAIMS.c.name, CLAIMS.c.version, CLAIMS.c.worker, CLAIMS.c.expires_at).where(
+            CLAIMS.c.state.in_([CLAIMED, RECORDING]))
+        with self._engine.connect() as connection:
+            return [Claim(row.name, int(row.version), row.worker, float(row.expires_at))
+                    for row in connection.execute(query)]
 
     def reset(self, name: str, version: int) -> None:
         """Forget the version's claim: it is queued again (``weightgate rescan``)."""

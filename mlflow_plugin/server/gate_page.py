@@ -10,9 +10,15 @@ works with JavaScript off), plus the ledger as JSON for machines:
 - ``/weightgate/api/ledger?name=NAME``: ledger rows as JSON (all readable models without name);
 - ``/weightgate/api/ledger/verify``: the chain check as JSON.
 
-With ``--app-name weightgate-basic-auth`` MLflow's basic-auth authenticates these routes like any
-other (no credentials: 401); a non-admin sees only the models basic-auth lets them read, and only
-admins may run the chain check (its messages name rows of every model).
+With ``--app-name weightgate-basic-auth`` the page is as private as MLflow: requests are
+authenticated with basic-auth's configured function (no credentials: 401), a non-admin sees only
+the models basic-auth lets them read, and only admins may run the chain check (its messages name
+rows of every model). Basic-auth has no validator for these routes, and MLflow 3.17 refuses such
+routes to non-admins by default (``MLFLOW_BASIC_AUTH_FAIL_CLOSED``); rather than add entries to
+basic-auth's module-level tables, the page serves its routes from a before-request hook installed
+ahead of basic-auth's (:func:`mlflow_plugin.server.app.create_app_with_basic_auth` registers the
+page first): the hook authenticates, notes the viewer, and answers with the view, so basic-auth's
+hook is never asked about a route it does not know. Every other route still meets basic-auth first.
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from flask import Flask, Response, jsonify, make_response, request
+from flask import Flask, Response, current_app, g, jsonify, make_response, request
 
 from gate import vocabulary as words
 from gate.vocabulary import NO_STATUS, STATUS, VersionStatus
+from mlflow_plugin.responses import UNAUTHENTICATED, Refusal
+from mlflow_plugin.server.state import ServerGate, registry_store
 
+_ENDPOINT_PREFIX = "weightgate_page_"
 PAGE_PATHS = ("/weightgate/", "/weightgate/model", "/weightgate/api/ledger", "/weightgate/api/ledger/verify")
 BADGES = (*VersionStatus, NO_STATUS)
 
@@ -69,27 +78,44 @@ def gate_page_tags(decision, tracking_uri: str, version) -> dict[str, str]:
     return tags
 
 
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking at the page, as basic-auth authenticated them."""
+
+    username: str
+    is_admin: bool
+
+
 class GatePage:
     """The routes, bound to the running gate (its ledger, claims and configuration)."""
 
-    def __init__(self, gate, basic_auth: bool) -> None:
+    def __init__(self, gate: ServerGate) -> None:
         self.gate = gate
-        self.basic_auth = basic_auth
         self._templates = None
 
     def register(self, app: Flask) -> None:
         views: dict[str, Callable[[], Any]] = dict(zip(PAGE_PATHS, (self.index, self.model, self.ledger_json,
                                                                     self.verify_json)))
         for path, view in views.items():
-            app.add_url_rule(path, endpoint="weightgate_page_" + path.strip("/").replace("/", "_"), view_func=view,
+            app.add_url_rule(path, endpoint=_ENDPOINT_PREFIX + path.strip("/").replace("/", "_"), view_func=view,
                              methods=["GET"])
-        if self.basic_auth:
-            from mlflow.server.auth import BEFORE_REQUEST_VALIDATORS
+        if self.gate.basic_auth:
+            app.before_request(self.serve_authenticated)
 
-            # basic-auth fails closed on routes it does not know; an authenticated user may open the
-            # page, which then shows only what that user may read (see _readable).
-            for path in PAGE_PATHS:
-                BEFORE_REQUEST_VALIDATORS[(path, "GET")] = lambda: True
+    def serve_authenticated(self) -> Response | None:
+        """On the page's routes: authenticate through basic-auth's configured function, note the
+        viewer, and answer with the view (the hooks after this one, basic-auth's included, do not
+        run for these routes; after-request hooks do). Other routes pass on untouched."""
+        if not (request.endpoint or "").startswith(_ENDPOINT_PREFIX):
+            return None
+        from mlflow.server.auth import authenticate_request
+        from mlflow.server.auth import store as users
+
+        authorization = authenticate_request()
+        if isinstance(authorization, Response):
+            return authorization  # 401 with basic-auth's challenge
+        g.weightgate_viewer = Viewer(authorization.username, bool(users.get_user(authorization.username).is_admin))
+        return current_app.make_response(current_app.dispatch_request())
 
     # -- views -------------------------------------------------------------------------------
     def index(self) -> str:
@@ -117,17 +143,15 @@ class GatePage:
         return jsonify({"name": name, "entries": [e.to_dict() for e in entries if e.model in readable]})
 
     def verify_json(self) -> Response:
-        if self.basic_auth and not _is_admin():
-            return make_response(jsonify({"error_code": "PERMISSION_DENIED",
-                                          "message": "only basic-auth admins may verify the whole ledger"}), 403)
+        viewer = self._viewer()
+        if viewer is not None and not viewer.is_admin:
+            raise Refusal.denied("only basic-auth admins may verify the whole ledger")
         result = self.gate.ledger.verify()
         return jsonify({"ok": result.ok, "rows": result.rows, "head": result.head, "problems": result.problems})
 
     # -- data --------------------------------------------------------------------------------
     def _versions(self) -> list[VersionView]:
-        from mlflow.server.handlers import _get_model_registry_store
-
-        store = _get_model_registry_store()
+        store = registry_store()
         found, token = [], None
         while True:
             page = store.search_model_versions(max_results=1000, page_token=token)
@@ -168,25 +192,17 @@ class GatePage:
 
     def _queue(self, versions: list[VersionView]) -> list[dict[str, Any]]:
         """Versions waiting for a decision, oldest first, with the claim a worker holds on each."""
-        import sqlalchemy as sa
-        from mlflow.server.handlers import _get_model_registry_store
-
-        from mlflow_plugin.server.claims import CLAIMED, CLAIMS, RECORDING
-
         waiting = [v for v in versions if v.status in (VersionStatus.PENDING, NO_STATUS)]
         if not waiting:
             return []
-        store = _get_model_registry_store()
-        self.gate.claims()  # creates the claims table if no worker has claimed anything yet
-        with store.engine.connect() as connection:
-            claims = {(row.name, str(row.version)): row
-                      for row in connection.execute(sa.select(CLAIMS).where(CLAIMS.c.state.in_([CLAIMED, RECORDING])))}
+        store = registry_store()
+        claims = {(claim.name, str(claim.version)): claim for claim in self.gate.claims.open_claims()}
         now = time.time()
         queue = []
         for view in waiting:
             created = store.get_model_version(view.name, view.version).creation_timestamp / 1000
             claim = claims.get((view.name, view.version))
-            live = claim is not None and claim.expires_at > now
+            live = claim is not None and not claim.expired(now)
             queue.append({"view": view, "age": _duration(now - created), "age_seconds": now - created,
                           "claimed_by": claim.worker if live else "",
                           "lease": _duration(claim.expires_at - now) if live else
@@ -194,12 +210,22 @@ class GatePage:
         return sorted(queue, key=lambda item: -item["age_seconds"])
 
     def _readable(self, names: list[str]) -> list[str]:
-        if not self.basic_auth or _is_admin():
+        viewer = self._viewer()
+        if viewer is None or viewer.is_admin:
             return names
         from mlflow.server.auth import _rm_or_prompt_read_predicate
 
-        can_read = _rm_or_prompt_read_predicate(request.authorization.username)
+        can_read = _rm_or_prompt_read_predicate(viewer.username)
         return [name for name in names if can_read(_Named(name))]
+
+    def _viewer(self) -> Viewer | None:
+        """The authenticated viewer; None without basic-auth (the page is then as open as the server)."""
+        if not self.gate.basic_auth:
+            return None
+        viewer = g.get("weightgate_viewer")
+        if viewer is None:  # serve_authenticated runs on every page route: never show the page to no one in particular
+            raise Refusal(UNAUTHENTICATED, "the gate page needs an authenticated user")
+        return viewer
 
     def _render(self, template: str, **context: Any) -> str:
         if self._templates is None:
@@ -221,10 +247,6 @@ class _Named:
     tags: tuple = ()
 
 
-def _is_admin() -> bool:
-    from mlflow.server.auth import sender_is_admin
-
-    return bool(sender_is_admin())
 
 
 def _experiment_of(run_id: str) -> str | None:

@@ -27,11 +27,13 @@ from dataclasses import dataclass
 
 from flask import Flask, jsonify, request
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
 
 from gate import vocabulary as words
 from gate.vocabulary import STATUS, EventOutcome, VersionStatus
+from mlflow_plugin.responses import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE, UNAUTHENTICATED, error_response
+from mlflow_plugin.service.judge import VersionJudge, WorkerSettings
 from mlflow_plugin.service.retry import with_retries
-from mlflow_plugin.service.worker import Worker, WorkerSettings
 
 _logger = logging.getLogger(__name__)
 MAX_AGE_SECONDS = 300  # older deliveries are replays
@@ -49,38 +51,50 @@ def verify_signature(secret: str, delivery_id: str, timestamp: str, body: bytes,
     return hmac.compare_digest(expected, signature)
 
 
-class WebhookGate(Worker):
-    """The worker's scan and logging, recording tags directly (there is no plugin to claim with)."""
+class TagRecorder:
+    """Records by writing the tags directly (there is no plugin to claim with): one receiver
+    process, events handled one at a time from its queue, so every claim is granted."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
-        self._connect(settings)
+    def __init__(self, client: MlflowClient) -> None:
+        self.client = client
 
     def claim(self, version: ModelVersion) -> bool:
-        return True  # one receiver process, events handled one at a time from its queue
+        return True
 
     def record(self, version: ModelVersion, tags: dict[str, str]) -> None:
         # The status goes last: a decision cut off half-way still reads pending.
         for key, value in sorted(tags.items(), key=lambda item: item[0] == STATUS):
             self.client.set_model_version_tag(version.name, version.version, key, words.fit_tag_value(value))
 
+
+class WebhookGate:
+    """The receiver's handling of each event, judging versions with a :class:`VersionJudge` that
+    records through a :class:`TagRecorder`."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        self.judge = VersionJudge(settings, TagRecorder(client), client=client)
+
     def scan_if_pending(self, name: str, version: str) -> None:
         """Scan a version unless it has a decision already (a delivery repeated by MLflow)."""
-        current, _ = with_retries(f"reading models:/{name}/{version}", lambda: self.client.get_model_version(name, version),
-                                  self.settings.retry)
-        if (current.tags or {}).get(STATUS, VersionStatus.PENDING) == VersionStatus.PENDING:
-            self.process(current)
+        judge = self.judge
+        current, _ = with_retries(f"reading models:/{name}/{version}", lambda: judge.client.get_model_version(name, version),
+                                  judge.settings.retry)
+        if (current.tags or {}).get(STATUS, VersionStatus.PENDING) == VersionStatus.PENDING and judge.claim_or_skip(current):
+            judge.process(current)
 
     def on_alias(self, name: str, alias: str, version: str) -> None:
-        if not self.config.is_protected(alias):
+        judge = self.judge
+        if not judge.config.is_protected(alias):
             return
-        tags = self.client.get_model_version(name, version).tags or {}
-        if tags.get(STATUS) in self.config.approving_statuses():
+        tags = judge.client.get_model_version(name, version).tags or {}
+        if tags.get(STATUS) in judge.config.approving_statuses():
             return
-        self.client.delete_registered_model_alias(name, alias)
+        judge.client.delete_registered_model_alias(name, alias)
         when = words.utc_timestamp()
         note = (f"protected alias '{alias}' was set on this version ({tags.get(STATUS, words.NO_STATUS)}) and removed "
                 f"by weightgate at {when}")
-        self.client.set_model_version_tag(name, version, words.VIOLATION, note)
+        judge.client.set_model_version_tag(name, version, words.VIOLATION, note)
         _logger.warning("weightgate webhook: %s version %s: %s", name, version, note,
                         extra={"fields": {"event": "alias_removed", "model": name, "version": version, "alias": alias}})
 
@@ -94,7 +108,7 @@ class WebhookGate(Worker):
         elif event.kind == ("model_version_alias", "created"):
             with_retries(f"checking alias {event.data['alias']} of models:/{event.data['name']}/{event.data['version']}",
                          lambda: self.on_alias(event.data["name"], event.data["alias"], event.data["version"]),
-                         self.settings.retry)
+                         self.judge.settings.retry)
 
 
 # The payload fields each handled event needs (mlflow.webhooks.types); other events are acknowledged.
@@ -132,6 +146,8 @@ class EventLoop:
     def __init__(self, gate: WebhookGate, capacity: int = 1000) -> None:
         self.gate = gate
         self.events: queue.Queue[Event] = queue.Queue(maxsize=capacity)
+        self._unfinished = 0  # accepted and not yet handled (queued, or being handled)
+        self._finished = threading.Condition()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="weightgate-events")
         self.thread.start()
 
@@ -139,27 +155,44 @@ class EventLoop:
         """Queue ``event``; False when it cannot be taken now (the caller answers 503, MLflow retries)."""
         if not self.thread.is_alive():
             return False
-        try:
-            self.events.put_nowait(event)
-        except queue.Full:
-            return False
+        with self._finished:
+            try:
+                self.events.put_nowait(event)
+            except queue.Full:
+                return False
+            self._unfinished += 1
         return True
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Wait until every accepted event has been handled (its outcome logged); False on timeout.
+
+        For a caller that must know the queue has room again (tests, a graceful shutdown)."""
+        with self._finished:
+            return self._finished.wait_for(lambda: self._unfinished == 0, timeout)
 
     def _loop(self) -> None:
         while True:
             event = self.events.get()
-            started = time.monotonic()
-            outcome = EventOutcome.HANDLED
             try:
-                self.gate.handle(event)
-            except Exception:  # one event's failure is logged with its delivery; the loop goes on
-                outcome = EventOutcome.FAILED
-                _logger.exception("weightgate webhook: event %s.%s (delivery %s) failed", *event.kind,
-                                  event.delivery_id)
-            _logger.info("weightgate webhook: %s.%s %s", *event.kind, outcome, extra={"fields": {
-                "event": "webhook_event", "kind": ".".join(event.kind), "delivery": event.delivery_id,
-                "model": event.data.get("name"), "version": event.data.get("version"), "outcome": outcome,
-                "duration_s": round(time.monotonic() - started, 3)}})
+                self._handle(event)
+            finally:
+                with self._finished:
+                    self._unfinished -= 1
+                    self._finished.notify_all()
+
+    def _handle(self, event: Event) -> None:
+        started = time.monotonic()
+        outcome = EventOutcome.HANDLED
+        try:
+            self.gate.handle(event)
+        except Exception:  # one event's failure is logged with its delivery; the loop goes on
+            outcome = EventOutcome.FAILED
+            _logger.exception("weightgate webhook: event %s.%s (delivery %s) failed", *event.kind,
+                              event.delivery_id)
+        _logger.info("weightgate webhook: %s.%s %s", *event.kind, outcome, extra={"fields": {
+            "event": "webhook_event", "kind": ".".join(event.kind), "delivery": event.delivery_id,
+            "model": event.data.get("name"), "version": event.data.get("version"), "outcome": outcome,
+            "duration_s": round(time.monotonic() - started, 3)}})
 
 
 def create_receiver(gate: WebhookGate, secret: str, capacity: int = 1000) -> Flask:
@@ -170,6 +203,7 @@ def create_receiver(gate: WebhookGate, secret: str, capacity: int = 1000) -> Fla
     """
     app = Flask("weightgate-webhook")
     loop = EventLoop(gate, capacity)
+    app.extensions["weightgate_events"] = loop  # for whoever must wait on the queue (EventLoop.wait_until_idle)
 
     @app.post("/")
     def deliver():
@@ -177,15 +211,15 @@ def create_receiver(gate: WebhookGate, secret: str, capacity: int = 1000) -> Fla
         delivery_id = request.headers.get("X-MLflow-Delivery-Id", "")
         if not verify_signature(secret, delivery_id, request.headers.get("X-MLflow-Timestamp", ""), body,
                                 request.headers.get("X-MLflow-Signature", "")):
-            return jsonify({"error": "invalid or stale signature"}), 401
+            return error_response(UNAUTHENTICATED, "invalid or stale signature")
         try:
             event = parse_event(delivery_id, body)
         except ValueError as err:
-            return jsonify({"error": f"malformed delivery: {err}"}), 400
+            return error_response(INVALID_PARAMETER_VALUE, f"malformed delivery: {err}")
         if event is None:
             return jsonify({"accepted": False, "reason": "not an event weightgate handles"}), 200
         if not loop.accept(event):
-            return jsonify({"error": "cannot queue the event now; deliver it again"}), 503
+            return error_response(TEMPORARILY_UNAVAILABLE, "cannot queue the event now; deliver it again")
         return jsonify({"accepted": True}), 200
 
     @app.get("/healthz")
@@ -199,7 +233,8 @@ def create_receiver(gate: WebhookGate, secret: str, capacity: int = 1000) -> Fla
 def pending_on_start(gate: WebhookGate) -> int:
     """Versions created while the receiver was down have no decision yet: scan them now."""
     count = 0
-    for version in gate.pending_versions():
-        gate.process(version)
-        count += 1
+    for version in gate.judge.pending_versions():
+        if gate.judge.claim_or_skip(version):
+            gate.judge.process(version)
+            count += 1
     return count
