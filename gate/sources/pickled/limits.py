@@ -31,11 +31,13 @@ class PickleLimits:
 
 
 class OpBudget:
-    """Opcodes left for one file: shared by the several pickles of a torch archive or a joblib file."""
+    """Opcodes left for one file, shared by the several pickles of a torch archive or a joblib file;
+    and the globals the file named that were left inert (for messages: what the file wanted to create)."""
 
     def __init__(self, limits: PickleLimits) -> None:
         self.limits = limits
         self.left = limits.max_ops
+        self.inert_globals: dict[str, None] = {}  # qualified names, in order of first appearance
 
     def spend(self) -> None:
         self.left -= 1

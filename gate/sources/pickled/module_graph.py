@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gate.sources.pickled.constructors import BadPickle
 from gate.sources.pickled.objects import Opaque, PendingArray, StoredTensor, class_name, class_qualname, describe
 from gate.sources.pickled.torchscript import ScriptClass
 
@@ -119,23 +120,19 @@ def checkpoint_tensors(root: dict) -> list[FoundTensor]:
         root = wrapped
         seen.add(id(root))
     found: list[FoundTensor] = []
-    pending: list[tuple[str, object]] = [("", root)]
-    while pending:
-        prefix, mapping = pending.pop()
-        nested: list[tuple[str, object]] = []
-        for key, value in mapping.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, StoredTensor):
-                found.append(FoundTensor(name, value, None))
-            elif id(value) in seen:
-                continue
-            elif type(value) in (dict, OrderedDict):
-                seen.add(id(value))
-                nested.append((f"{name}.", value))
-            elif is_eager_module(value):
-                seen.add(id(value))
-                found.extend(module_tensors(value, f"{name}."))
-        pending.extend(reversed(nested))
+    pending = list(reversed(root.items()))
+    while pending:  # depth first, in key order: a nested dict's tensors come where the dict stands
+        name, value = pending.pop()
+        if isinstance(value, StoredTensor):
+            found.append(FoundTensor(str(name), value, None))
+        elif id(value) in seen:
+            continue
+        elif type(value) in (dict, OrderedDict):
+            seen.add(id(value))
+            pending.extend((f"{name}.{key}", item) for key, item in reversed(value.items()))
+        elif is_eager_module(value):
+            seen.add(id(value))
+            found.extend(module_tensors(value, f"{name}."))
     return found
 
 
@@ -147,9 +144,11 @@ def estimator_tensors(root: object) -> list[FoundTensor]:
     seen: set[int] = set()
     pending: list[tuple[str, object]] = [("", root)]
     visits = 0
-    while pending and visits < _MAX_VISITS:
+    while pending:
         path, obj = pending.pop()
         visits += 1
+        if visits > _MAX_VISITS:
+            raise BadPickle(f"more than {_MAX_VISITS} references to follow while looking for estimators (limit)")
         if id(obj) in seen:
             continue
         seen.add(id(obj))

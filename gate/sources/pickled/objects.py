@@ -126,6 +126,8 @@ def describe(obj: object) -> str:
         return obj.qualname
     if isinstance(obj, Opaque):
         return class_qualname(obj.origin) or f"a call of {describe(obj.origin)}"
+    if isinstance(obj, StoredTensor):
+        return "a tensor"
     return type(obj).__name__
 
 

@@ -29,7 +29,7 @@ from gate.sources.pickled.module_graph import (
     is_script_module,
     module_tensors,
 )
-from gate.sources.pickled.objects import StorageRef, StoredTensor, describe
+from gate.sources.pickled.objects import Global, Opaque, StorageRef, StoredTensor, describe
 from gate.sources.pickled.torch_archive import BytesBlob, FileBlob, PickledFile, read_torch_legacy, read_torch_zip
 from gate.sources.pickled.torchscript import script_classes
 from gate.sources.pickled.unpickler import SafeUnpickler
@@ -74,11 +74,14 @@ def _info(item: FoundTensor) -> TensorInfo:
 def read_pickled(path: Path, limits: PickleLimits = PickleLimits()) -> tuple[PickledFile, list[FoundTensor]]:
     """The file's inert object graph and the weights found in it (possibly none); a file that breaks the
     pickle format or a limit is a :class:`GateInputError` naming it."""
+    budget = OpBudget(limits)
     try:
-        content = _read_graph(path, OpBudget(limits))
+        content = _read_graph(path, budget)
+        content.inert_globals = list(budget.inert_globals)
         return content, _find_weights(content)
     except BadPickle as err:
-        raise GateInputError(f"{path}: cannot read this pickle (truncated, corrupt or hostile?): {err}") from None
+        raise GateInputError(f"{path}: cannot read this pickle (truncated, corrupt or hostile?): {err}; "
+                             "re-export or re-download it") from None
     except (zipfile.BadZipFile, OSError) as err:
         raise GateInputError(f"{path}: cannot read this file: {err}") from err
 
@@ -87,8 +90,12 @@ def _read_graph(path: Path, budget: OpBudget) -> PickledFile:
     if zipfile.is_zipfile(path):
         return read_torch_zip(path, budget)
     size = path.stat().st_size
-    if size == 0:
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if not head:
         raise BadPickle("the file is empty")
+    if head == b"PK":
+        raise BadPickle("truncated or corrupt zip archive (its central directory is missing)")
     extra = {_LOAD_FROM_BYTES: Allowed(_LOAD_FROM_BYTES, lambda args: _storage_from_bytes(args, budget))}
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
         legacy = read_torch_legacy(view, FileBlob(path, size), budget, extra=extra)
@@ -98,15 +105,16 @@ def _read_graph(path: Path, budget: OpBudget) -> PickledFile:
         return PickledFile("pickle", SafeUnpickler(view, budget, extra=extra, joblib_arrays=True).load())
 
 
-def _storage_from_bytes(args: tuple, budget: OpBudget) -> StorageRef:
+def _storage_from_bytes(args: tuple, budget: OpBudget) -> StorageRef | Opaque:
     """``torch.storage._load_from_bytes(data)``: how a tensor's storage is written by plain ``pickle``
-    (a legacy torch file inside the bytes). Read one level deep only: a storage inside a storage is refused."""
+    (a legacy torch file inside the bytes), read one level deep (the nested file gets no
+    ``_load_from_bytes`` of its own). Bytes that hold no storage stay an inert object."""
     if len(args) != 1 or not isinstance(args[0], (bytes, bytearray)):
         raise BadPickle("_load_from_bytes takes bytes")
     data = bytes(args[0])
     content = read_torch_legacy(io.BytesIO(data), BytesBlob(data), budget)
     if content is None or not isinstance(content.root, StorageRef):
-        raise BadPickle("_load_from_bytes holds no torch storage")
+        return Opaque(Global("torch.storage", "_load_from_bytes"), ())
     return content.root
 
 

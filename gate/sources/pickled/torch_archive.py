@@ -79,11 +79,13 @@ class PickledFile:
     kind: str  # "torch", "torchscript", "torch-legacy" or "pickle"
     root: object
     script_code: dict[str, bytes] = field(default_factory=dict)  # code/ path -> source (TorchScript only)
+    inert_globals: list[str] = field(default_factory=list)  # what the file named and nothing imported
 
 
 def storage_pid(pid: object) -> tuple[torch.dtype, str, int] | None:
     """(dtype, key, numel) of a ``('storage', StorageType, key, location, numel[, view])`` id; ``None``
-    when the id names something else (kept inert); malformed storage ids are refused."""
+    when the id names something else, e.g. a storage type that is no torch storage (kept inert);
+    malformed storage ids are refused."""
     if type(pid) is not tuple or not pid or pid[0] not in ("storage", b"storage"):
         return None
     if len(pid) not in (5, 6):
@@ -92,7 +94,7 @@ def storage_pid(pid: object) -> tuple[torch.dtype, str, int] | None:
     if len(pid) == 6 and pid[5] is not None:
         raise BadPickle("storage views (files written by torch < 0.4) are not read")
     if not isinstance(storage_type, StorageType):
-        raise BadPickle("a storage persistent id names no known storage type")
+        return None
     if not isinstance(key, str) or type(numel) is not int or not 0 <= numel < 2**62:
         raise BadPickle("a storage persistent id has a malformed key or size")
     return storage_type.dtype, key, numel

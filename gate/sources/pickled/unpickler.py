@@ -294,7 +294,10 @@ class SafeUnpickler:
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         qualname = f"{module}.{name}"
         known = self._extra.get(qualname) or allowlist().get(qualname)
-        return known if known is not None else Global(module, name)
+        if known is None:
+            self._budget.inert_globals[qualname] = None
+            return Global(module, name)
+        return known
 
     def _op_GLOBAL(self, arg: str) -> None:
         module, _, name = arg.partition(" ")
@@ -306,6 +309,7 @@ class SafeUnpickler:
         self._push(self._resolve(module, name))
 
     def _op_EXT1(self, code: int) -> None:
+        self._budget.inert_globals[f"extension code {code}"] = None
         self._push(Global("copyreg._extension_registry", str(code)))
 
     _op_EXT2 = _op_EXT4 = _op_EXT1
@@ -346,7 +350,7 @@ class SafeUnpickler:
             if kwargs:
                 raise BadPickle(f"{callee.qualname} is called with keyword arguments")
             return self._made(callee.build(args), args)
-        if isinstance(callee, (Global, Opaque)):
+        if isinstance(callee, (Global, Opaque, PersistentRef)):
             return self._made(Opaque(callee, args, kwargs), (args, kwargs))
         raise BadPickle(f"the pickle calls a {type(callee).__name__}, which is not a class or function")
 
