@@ -95,12 +95,12 @@ def _collect_tensors(obj: object) -> dict[str, torch.Tensor]:
         obj = wrapped
         seen.add(id(obj))
     tensors: dict[str, torch.Tensor] = {}
-    pending = list(reversed(obj.items())) if isinstance(obj, Mapping) else []
+    pending = list(obj.items())[::-1] if isinstance(obj, Mapping) else []
     while pending:  # depth first, in key order: a nested dict's tensors come where the dict stands
         name, value = pending.pop()
         if isinstance(value, torch.Tensor):
             tensors[str(name)] = value
         elif isinstance(value, Mapping) and id(value) not in seen:
             seen.add(id(value))
-            pending.extend((f"{name}.{key}", item) for key, item in reversed(value.items()))
+            pending.extend((f"{name}.{key}", item) for key, item in list(value.items())[::-1])
     return tensors

@@ -65,8 +65,10 @@ _LEGACY_STORAGES = {
     "QInt8Storage": torch.qint8, "QInt32Storage": torch.qint32, "QUInt8Storage": torch.quint8,
     "QUInt4x2Storage": torch.quint4x2, "QUInt2x4Storage": torch.quint2x4, "UntypedStorage": torch.uint8,
 }
-# numpy dtype codes whose arrays are plain numbers (object 'O' arrays are recognised, never rebuilt from bytes).
-_NUMPY_CODE = re.compile(r"[<>|=]?(b1|bool|[iu][1248]|f(2|4|8|16)|c(8|16|32)|O[48]?)")
+# numpy dtype codes read from a pickle: plain numbers, which arrays are rebuilt from; object arrays ('O',
+# their items are pickled objects), strings, bytes, datetimes and structured records ('V<n>'), which are
+# recognised only to know their item size (joblib writes their bytes raw) and never rebuilt.
+_NUMPY_CODE = re.compile(r"[<>|=]?(b1|bool|[iu][1248]|f(2|4|8|16)|c(8|16|32)|O[48]?|[SUV]\d{1,9}|[Mm]8)")
 
 
 def check_tensor_geometry(storage: StorageRef, dtype: torch.dtype, offset: object, size: object,
@@ -224,7 +226,7 @@ def _numpy_dtype(args: tuple):
 
 def numpy_dtype(obj: object) -> np.dtype | None:
     """The numpy dtype a pickle described, or ``None`` (structured, unknown, object arrays are not numbers)."""
-    if not isinstance(obj, PendingDtype):
+    if not isinstance(obj, PendingDtype) or obj.structured:
         return None
     dtype = obj.resolve()
     return dtype if dtype.kind in "biufc" else None

@@ -33,7 +33,7 @@ def set_dtype_state(target: PendingDtype, state: object) -> None:
     if type(state) is not tuple or len(state) < 5:
         raise BadPickle("a numpy dtype's state is not a tuple")
     if state[2] is not None or state[3] is not None:
-        target.code = "V"  # a structured or subarray dtype: not plain numbers
+        target.structured = True  # a record or subarray dtype: its V<n> code still gives the item size
     elif state[1] in ("<", ">", "|", "="):
         target.byteorder = state[1]
 
@@ -43,17 +43,20 @@ def read_joblib_array(stream: Any, wrapper: Opaque, nested_load: Callable[[], ob
     a padding length byte and its padding (joblib >= 1.2), then the array's bytes in its order; an object
     array is a nested pickle instead, read by ``nested_load`` into inert objects."""
     state = wrapper.state if type(wrapper.state) is dict else {}
-    declared = state.get("dtype")
-    if isinstance(declared, PendingDtype) and declared.resolve().hasobject:
+    declared, shape = state.get("dtype"), state.get("shape")
+    if not isinstance(declared, PendingDtype) or type(shape) is not tuple \
+            or not all(type(n) is int and n >= 0 for n in shape):
+        raise BadPickle("a joblib array without a known dtype and shape: its bytes cannot be skipped")
+    if declared.resolve().hasobject:
         return Opaque(Global("numpy", "ndarray"), (nested_load(),))
-    dtype, shape = numpy_dtype(declared), state.get("shape")
-    if dtype is None or type(shape) is not tuple or not all(type(n) is int and n >= 0 for n in shape):
-        raise BadPickle("a joblib array without a numeric dtype and a shape: its bytes cannot be skipped")
     if state.get("numpy_array_alignment_bytes") is not None:
         padding = stream.read(1)
         stream.read(padding[0] if padding else 0)
-    nbytes = math.prod(shape) * dtype.itemsize
+    nbytes = math.prod(shape) * declared.resolve().itemsize
     data = stream.read(nbytes)
     if len(data) != nbytes:
         raise BadPickle(f"a joblib array needs {nbytes} bytes, the file has {len(data)} left")
+    dtype = numpy_dtype(declared)
+    if dtype is None:  # records, strings, datetimes: skipped over, kept inert
+        return Opaque(Global("numpy", "ndarray"), (declared.code,))
     return array_from_bytes(data, dtype, shape, state.get("order") == "F")

@@ -106,13 +106,15 @@ class PendingArray:
 
 
 class PendingDtype:
-    """``numpy.dtype(code, False, True)``; BUILD's state then sets the byte order."""
+    """``numpy.dtype(code, False, True)``; BUILD's state then sets the byte order, or says the dtype is
+    structured (fields or a subarray over ``code``'s ``V<n>`` bytes: not plain numbers)."""
 
-    __slots__ = ("code", "byteorder")
+    __slots__ = ("code", "byteorder", "structured")
 
     def __init__(self, code: str) -> None:
         self.code = code
         self.byteorder = "="
+        self.structured = False
 
     def resolve(self) -> np.dtype:
         dtype = np.dtype(self.code)
