@@ -39,7 +39,8 @@ takes: ``torch.load(weights_only=True)`` first, then gate/sources/pickled). Bomb
 | a stored zip record whose central directory claims more bytes than the file has | GateInputError: runs past the end of the file |
 | a deflated record claiming 10^12 bytes | GateInputError: impossible size |
 | a legacy file whose storage header claims 2^62 elements | GateInputError: runs past the end of the file |
-| a joblib array of shape (10^12,) | GateInputError: bytes missing |
+| a joblib array of shape (10^9,) | GateInputError: bytes missing |
+| a compressed joblib file inflating beyond ``max_record_bytes`` (100 MB of zeros in ~100 KB) | GateInputError: inflates beyond the limit, before the bytes are made |
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import sys
 import tracemalloc
 import types
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -393,6 +395,12 @@ def test_declared_sizes_are_checked_against_the_bytes_there(tmp_path):
     inflated = write_torch_zip(tmp_path / "deflate.pt", weights_beside(b"N"), {"0": weight}, zipfile.ZIP_DEFLATED)
     _patch_central_size(inflated, "archive/data/0", 2**32 - 1)
     refused_within_bounds(inflated, "claims 4294967295 bytes")
+
+
+def test_compressed_joblib_bomb_is_refused_before_it_inflates(tmp_path):
+    bomb = tmp_path / "bomb.joblib"  # 100 MB of zeros in about 100 KB of zlib
+    bomb.write_bytes(zlib.compress(PROTO2 + b"\x8e" + (100 << 20).to_bytes(8, "little") + bytes(100 << 20) + STOP, 9))
+    refused_within_bounds(bomb, "inflates to more than 16777216 bytes", PickleLimits(max_record_bytes=16 << 20))
 
 
 def test_legacy_and_joblib_sizes_are_checked(tmp_path):

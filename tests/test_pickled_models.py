@@ -186,9 +186,9 @@ def reference_alpha(matrix: np.ndarray, xmin: float) -> tuple[np.ndarray, float]
     return evals, fit.alpha
 
 
-def save_estimator(estimator, path: Path, how: str) -> Path:
-    if how == "joblib":
-        joblib.dump(estimator, path)
+def save_estimator(estimator, path: Path, how: str | int) -> Path:
+    if str(how).startswith("joblib"):  # "joblib", or "joblib-<compressor>"
+        joblib.dump(estimator, path, compress=(how.split("-")[1], 3) if "-" in how else 0)
     elif how == "cloudpickle":
         path.write_bytes(cloudpickle.dumps(estimator))  # protocol 5: arrays in-band through _frombuffer
     else:
@@ -196,9 +196,9 @@ def save_estimator(estimator, path: Path, how: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how", ["joblib", "cloudpickle", 2, 4])
+@pytest.mark.parametrize("how", ["joblib", "joblib-zlib", "joblib-xz", "cloudpickle", 2, 4])
 def test_sklearn_mlp_coefs_are_dense_rows(tmp_path, digits_mlp, how):
-    path = save_estimator(digits_mlp, tmp_path / ("mlp.joblib" if how == "joblib" else "model.pkl"), how)
+    path = save_estimator(digits_mlp, tmp_path / ("mlp.joblib" if str(how).startswith("joblib") else "model.pkl"), how)
     result = scan(path, keep_spectra=True)
     layers = result.layers.set_index("name")
     assert list(layers.index) == ["coefs_.0", "coefs_.1", "coefs_.2"]

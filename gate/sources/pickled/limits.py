@@ -20,8 +20,9 @@ class PickleLimits:
 
     ``max_ops``: opcodes over all the pickles of one file (each pushes at most one object, so this
     also bounds memory); ``max_depth``: containers nested in containers (counted as they are filled);
-    ``max_stack``: items on the stack and open MARKs at any time; ``max_record_bytes``: a pickle held in
-    a zip record (``data.pkl``), read into memory (a compressed record can claim any size).
+    ``max_stack``: items on the stack and open MARKs at any time; ``max_record_bytes``: a pickle read
+    into memory from a zip record (``data.pkl``) or a compressed joblib file (compressed data can
+    claim any size).
     """
 
     max_ops: int = 10_000_000

@@ -19,6 +19,7 @@ import torch
 
 from gate.errors import GateInputError
 from gate.sources.base import TensorInfo, WeightSource, dtype_name
+from gate.sources.pickled.compressed import compression_of, inflate
 from gate.sources.pickled.constructors import Allowed, BadPickle
 from gate.sources.pickled.limits import OpBudget, PickleLimits
 from gate.sources.pickled.module_graph import (
@@ -91,12 +92,16 @@ def _read_graph(path: Path, budget: OpBudget) -> PickledFile:
         return read_torch_zip(path, budget)
     size = path.stat().st_size
     with path.open("rb") as handle:
-        head = handle.read(2)
+        head = handle.read(8)
     if not head:
         raise BadPickle("the file is empty")
-    if head == b"PK":
+    if head[:2] == b"PK":
         raise BadPickle("truncated or corrupt zip archive (its central directory is missing)")
     extra = {_LOAD_FROM_BYTES: Allowed(_LOAD_FROM_BYTES, lambda args: _storage_from_bytes(args, budget))}
+    compression = compression_of(head)
+    if compression is not None:  # joblib.dump(..., compress=...): pickle and arrays in one compressed stream
+        stream = io.BytesIO(inflate(path, compression, budget.limits.max_record_bytes))
+        return PickledFile("pickle", SafeUnpickler(stream, budget, extra=extra, joblib_arrays=True).load())
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
         legacy = read_torch_legacy(view, FileBlob(path, size), budget, extra=extra)
         if legacy is not None:
