@@ -49,13 +49,15 @@ def call(callee: bytes, *args: bytes) -> bytes:
     return callee + MARK + b"".join(args) + TUPLE + REDUCE
 
 
-def tensor(key: str, shape: tuple[int, ...], numel: int | None = None, storage: str = "FloatStorage") -> bytes:
-    """torch._utils._rebuild_tensor_v2 of a contiguous tensor on storage ``key`` (``numel`` declared in the
-    persistent id; by default the tensor's own element count)."""
-    strides, step = [], 1
+def tensor(key: str, shape: tuple[int, ...], numel: int | None = None, storage: str = "FloatStorage",
+           strides: tuple[int, ...] | None = None) -> bytes:
+    """torch._utils._rebuild_tensor_v2 of a tensor on storage ``key`` (``numel`` declared in the persistent
+    id, by default the tensor's own element count; ``strides`` by default contiguous)."""
+    contiguous, step = [], 1
     for size in reversed(shape):
-        strides.insert(0, step)
+        contiguous.insert(0, step)
         step *= size
+    strides = contiguous if strides is None else strides
     declared = step if numel is None else numel
     pid = MARK + text("storage") + glob("torch", storage) + text(key) + text("cpu") + integer(declared) + TUPLE
     return call(glob("torch._utils", "_rebuild_tensor_v2"),

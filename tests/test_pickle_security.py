@@ -27,7 +27,7 @@ takes: ``torch.load(weights_only=True)`` first, then gate/sources/pickled). Bomb
 
 | bomb | outcome |
 | --- | --- |
-| 5000 lists nested by APPEND; 5000 tuples nested by MARK/TUPLE | GateInputError: nested more than 1000 deep |
+| 5000 lists nested by APPEND; 5000 tuples nested by MARK/TUPLE; 5000 calls of calls (REDUCE on the last result); 5000 persistent ids of persistent ids | GateInputError: nested more than 1000 deep |
 | more MARKs or stack items than ``max_stack`` | GateInputError: stack limit |
 | more opcodes than ``max_ops`` | GateInputError: opcode limit |
 | billion laughs: 40 levels of lists each holding the previous twice (2^40 paths) | read in linear time: no weights, refused (UnsafePickleError) |
@@ -37,7 +37,8 @@ takes: ``torch.load(weights_only=True)`` first, then gate/sources/pickled). Bomb
 | a storage whose persistent id declares 10^12 elements, its record 8 KiB | GateInputError: declares more than its record holds |
 | a tensor whose size needs more elements than its storage | GateInputError: addresses more elements than the storage holds |
 | a stored zip record whose central directory claims more bytes than the file has | GateInputError: runs past the end of the file |
-| a deflated record claiming 10^12 bytes | GateInputError: impossible size |
+| a deflated record claiming 4 GiB from 8 KiB | GateInputError: impossible size |
+| a tensor of 2^60 elements over one stored float (zero strides) | a skipped row ("broadcast view"), never expanded; the weight beside it read |
 | a legacy file whose storage header claims 2^62 elements | GateInputError: runs past the end of the file |
 | a joblib array of shape (10^9,) | GateInputError: bytes missing |
 | a compressed joblib file inflating beyond ``max_record_bytes`` (100 MB of zeros in ~100 KB) | GateInputError: inflates beyond the limit, before the bytes are made |
@@ -337,6 +338,8 @@ def dict_level(previous: bytes) -> bytes:
 @pytest.mark.parametrize("name, stream, fragment", [
     ("lists nested by APPEND", b"]" * 5000 + b"a" * 4999, "nested more than 1000 deep"),
     ("tuples nested by MARK/TUPLE", MARK * 5000 + TUPLE * 5000, "nested more than 1000 deep"),
+    ("calls of calls of os.system", glob("os", "system") + b")R" * 5000, "nested more than 1000 deep"),
+    ("persistent ids of persistent ids", b"N" + BINPERSID * 5000, "nested more than 1000 deep"),
     ("BINBYTES8 declaring 2^60 bytes", b"\x8e" + (2**60).to_bytes(8, "little") + b"abc", "not a valid pickle stream"),
     ("BINUNICODE declaring 4 GiB", b"X" + (2**32 - 1).to_bytes(4, "little") + b"abc", "not a valid pickle stream"),
     ("tuple laughs as a dict key", b"}" + laughs(40, tuple_level) + integer(1) + b"s", "more than 10000 parts"),
@@ -395,6 +398,11 @@ def test_declared_sizes_are_checked_against_the_bytes_there(tmp_path):
     inflated = write_torch_zip(tmp_path / "deflate.pt", weights_beside(b"N"), {"0": weight}, zipfile.ZIP_DEFLATED)
     _patch_central_size(inflated, "archive/data/0", 2**32 - 1)
     refused_within_bounds(inflated, "claims 4294967295 bytes")
+    broadcast = write_torch_zip(tmp_path / "broadcast.pt", weights_beside(tensor("1", (2**30, 2**30), 1, strides=(0, 0))),
+                                {"0": weight, "1": bytes(4)})  # 2^60 elements over one stored float
+    layers = gate.scan(broadcast, device="cpu").layers.set_index("name")
+    assert layers.loc["evil", "status"] == "skipped" and "broadcast view" in layers.loc["evil", "reason"]
+    assert layers.loc["weight", "status"] == "ok"
 
 
 def test_compressed_joblib_bomb_is_refused_before_it_inflates(tmp_path):

@@ -13,6 +13,7 @@ custom ``_save_to_state_dict`` hooks a class may define (they are code, and neve
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -100,6 +101,10 @@ def _script_members(module: Opaque, classes: dict[str, ScriptClass]) -> tuple[li
 
 def _found(name: str, value: object, module_type: str | None) -> FoundTensor:
     if isinstance(value, StoredTensor):
+        logical, stored = math.prod(value.size), value.storage.nbytes // value.dtype.itemsize
+        if logical > max(stored, 1):  # zero strides: a few stored bytes could stand for 2^62 elements
+            return FoundTensor(name, None, module_type, skip_reason=(
+                f"a broadcast view of {logical} elements over {stored} stored ones (zero strides): not expanded"))
         return FoundTensor(name, value, module_type)
     return FoundTensor(name, None, module_type, skip_reason=(
         f"stored as {describe(value)}, which weightgate's safe reader does not rebuild (no values to analyse)"))
@@ -124,7 +129,7 @@ def checkpoint_tensors(root: dict) -> list[FoundTensor]:
     while pending:  # depth first, in key order: a nested dict's tensors come where the dict stands
         name, value = pending.pop()
         if isinstance(value, StoredTensor):
-            found.append(FoundTensor(str(name), value, None))
+            found.append(_found(str(name), value, None))
         elif id(value) in seen:
             continue
         elif type(value) in (dict, OrderedDict):
@@ -182,8 +187,3 @@ def _mlp_tensors(path: str, state: dict) -> list[FoundTensor]:
                 found.append(FoundTensor(name, None, MLP_MODULE_TYPE, skip_reason=(
                     f"{attr}[{i}] is stored as {describe(array)}, not a float array")))
     return found
-
-
-def root_class(root: object) -> str:
-    """What the pickle's root object is, for messages: a qualified class name or a type name."""
-    return describe(root)

@@ -124,13 +124,17 @@ class PendingDtype:
 def describe(obj: object) -> str:
     """A short name for what an inert object stands for: a qualified class name, or a type name.
     Never a repr of the graph (a shared sub-graph repeated by reference would make that exponential)."""
-    if isinstance(obj, Global):
-        return obj.qualname
+    calls = 0
+    while isinstance(obj, Opaque) and class_qualname(obj.origin) is None:
+        obj, calls = obj.origin, calls + 1  # a call of a call of ...: named after the first callee
     if isinstance(obj, Opaque):
-        return class_qualname(obj.origin) or f"a call of {describe(obj.origin)}"
-    if isinstance(obj, StoredTensor):
-        return "a tensor"
-    return type(obj).__name__
+        name = class_qualname(obj.origin)
+    elif isinstance(obj, Global):
+        name = obj.qualname
+    else:
+        name = "a tensor" if isinstance(obj, StoredTensor) else type(obj).__name__
+    return f"the result of calling {name} {calls} times over" if calls > 1 else \
+        f"a call of {name}" if calls else name
 
 
 # cloudpickle's by-value classes: _make_skeleton_class(type, name, bases, ...), wrapped in _class_setstate(cls, state).

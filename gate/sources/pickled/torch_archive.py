@@ -27,6 +27,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # zip local file header: signature ... name length, extra length
 _MAGIC_OPS = 8  # PROTO, FRAME, LONG1, STOP: the opcodes of a legacy file's first pickle
+_MAX_KEY = 256  # a storage key (torch writes a decimal number); longer is malformed, and kept out of messages
 _MAX_DEFLATE_RATIO = 1100  # deflate expands at most ~1032:1; a record claiming more lies about its size
 
 
@@ -95,7 +96,7 @@ def storage_pid(pid: object) -> tuple[torch.dtype, str, int] | None:
         raise BadPickle("storage views (files written by torch < 0.4) are not read")
     if not isinstance(storage_type, StorageType):
         return None
-    if not isinstance(key, str) or type(numel) is not int or not 0 <= numel < 2**62:
+    if not isinstance(key, str) or len(key) > _MAX_KEY or type(numel) is not int or not 0 <= numel < 2**62:
         raise BadPickle("a storage persistent id has a malformed key or size")
     return storage_type.dtype, key, numel
 
@@ -200,7 +201,7 @@ def read_torch_legacy(stream: io.BufferedIOBase, blob: FileBlob | BytesBlob, bud
 
     root = SafeUnpickler(stream, budget, persistent_load=persistent_load, extra=extra).load()
     keys = SafeUnpickler(stream, budget).load()
-    if type(keys) is not list or not all(isinstance(k, str) for k in keys):
+    if type(keys) is not list or not all(isinstance(k, str) and len(k) <= _MAX_KEY for k in keys):
         raise BadPickle("a legacy torch file whose storage key list is malformed")
     position = stream.tell()
     for key in keys:

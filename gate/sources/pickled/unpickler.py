@@ -350,8 +350,8 @@ class SafeUnpickler:
             if kwargs:
                 raise BadPickle(f"{callee.qualname} is called with keyword arguments")
             return self._made(callee.build(args), args)
-        if isinstance(callee, (Global, Opaque, PersistentRef)):
-            return self._made(Opaque(callee, args, kwargs), (args, kwargs))
+        if isinstance(callee, (Global, Opaque, PersistentRef)):  # the callee counts: calls of calls nest too
+            return self._made(Opaque(callee, args, kwargs), (callee, args, kwargs))
         raise BadPickle(f"the pickle calls a {type(callee).__name__}, which is not a class or function")
 
     def _op_BUILD(self, _: None) -> None:
@@ -380,4 +380,5 @@ class SafeUnpickler:
         self._push(self._persistent_load(pid))
 
     def _op_BINPERSID(self, _: None) -> None:
-        self._push(self._persistent_load(self._pop()))
+        pid = self._pop()
+        self._push(self._made(self._persistent_load(pid), [pid]))  # an id of an id of ... nests too
