@@ -78,7 +78,7 @@ def check_tensor_geometry(storage: StorageRef, dtype: torch.dtype, offset: objec
         raise BadPickle("tensor size and stride are not tuples of the same length")
     if not all(_is_count(v) for v in (offset, *size, *stride)):
         raise BadPickle("tensor offset, size and stride must be non-negative integers")
-    element = torch.empty(0, dtype=dtype).element_size()
+    element = dtype.itemsize
     available = storage.nbytes // element
     needed = 0 if 0 in size else offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
     if needed > available:
