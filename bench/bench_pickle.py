@@ -37,7 +37,7 @@ start = time.perf_counter()
 total = 0.0
 if mode == "safe":
     content, found = read_pickled(__import__("pathlib").Path(path))
-    source = PickledSource(found, path, content.kind)
+    source = PickledSource(found, path)
     for info in source.tensor_infos():
         total += float(source.load(info.name).sum())
 else:
@@ -53,8 +53,8 @@ print(json.dumps({"seconds": seconds, "checksum": total, "peak_rss_mb": peak / 2
 
 def build(path: Path, layers: int, width: int) -> float:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(*(torch.nn.Linear(width, width // 2) if i % 2 == 0 else torch.nn.Linear(width // 2, width)
-                                  for i in range(layers)))
+    shapes = [(width, width // 2) if i % 2 == 0 else (width // 2, width) for i in range(layers)]
+    model = torch.nn.Sequential(*(torch.nn.Linear(*shape) for shape in shapes))
     torch.save(model, path)
     return path.stat().st_size / 2**20
 

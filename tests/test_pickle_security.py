@@ -42,6 +42,11 @@ takes: ``torch.load(weights_only=True)`` first, then gate/sources/pickled). Bomb
 | a legacy file whose storage header claims 2^62 elements | GateInputError: runs past the end of the file |
 | a joblib array of shape (10^9,) | GateInputError: bytes missing |
 | a compressed joblib file inflating beyond ``max_record_bytes`` (100 MB of zeros in ~100 KB) | GateInputError: inflates beyond the limit, before the bytes are made |
+
+Fuzz (seeded): 360 mutants (bit flips, truncations, opcode substitutions) of a torch archive's
+data.pkl, of the archive's bytes, of a legacy torch file and of a joblib MLP, each holding an
+os.system payload: every one ends in a layer table or a GateInputError (about a quarter tables),
+the payload never runs, no other exception escapes.
 """
 
 from __future__ import annotations
@@ -206,16 +211,17 @@ def crafted_payloads(marker: Path) -> dict[str, bytes]:
         "OBJ": MARK + os_system + cmd + b"o",
         "STACK_GLOBAL eval": call(stack_glob("builtins", "eval"), text(f"open({str(marker)!r}, 'w').close()")),
         "GLOBAL exec": call(glob("builtins", "exec"), text(f"open({str(marker)!r}, 'w').close()")),
-        "memo: callable stored, popped, fetched, called": os_system + b"q\xc8" + POP + b"h\xc8" + MARK + cmd + TUPLE + b"R",
+        "memo: callable stored, popped, fetched, called": os_system + b"q\xc8" + POP + b"h\xc8" + MARK + cmd + TUPLE
+        + b"R",
         "memo: allowlisted rebuild with a payload storage": glob("torch._utils", "_rebuild_tensor_v2") + b"q\xc9" + POP
         + b"h\xc9" + MARK + call(os_system, cmd) + integer(0) + MARK + integer(4) + TUPLE + MARK + integer(1) + TUPLE
         + b"\x89" + call(glob("collections", "OrderedDict")) + TUPLE + b"R",
         "persistent id with os.system as storage type": MARK + text("storage") + os_system + text("9") + text("cpu")
         + integer(4) + TUPLE + BINPERSID,
         "persistent id called": os_system + BINPERSID + MARK + cmd + TUPLE + b"R",
-        "copyreg._reconstructor(Popen, Popen, argv)": call(glob("copy_reg", "_reconstructor"), glob("subprocess", "Popen"),
-                                                           glob("subprocess", "Popen"),
-                                                           b"]" + MARK + text("touch") + text(str(marker)) + b"e"),
+        "copyreg._reconstructor(Popen, Popen, argv)": call(
+            glob("copy_reg", "_reconstructor"), glob("subprocess", "Popen"), glob("subprocess", "Popen"),
+            b"]" + MARK + text("touch") + text(str(marker)) + b"e"),
         "_rebuild_from_type_v2(os.system, ...)": call(glob("torch._tensor", "_rebuild_from_type_v2"), os_system,
                                                       glob("torch", "Tensor"), MARK + cmd + TUPLE, b"}"),
         "getattr(__import__('os'), 'system')(...)": call(call(glob("builtins", "getattr"),
@@ -266,7 +272,8 @@ def test_joblib_object_array_payload_stays_inert(tmp_path, marker):
     from sklearn.neural_network import MLPRegressor
 
     rng = np.random.default_rng(0)
-    mlp = MLPRegressor(hidden_layer_sizes=(16,), max_iter=5, random_state=0).fit(rng.normal(size=(40, 8)), rng.normal(size=40))
+    mlp = MLPRegressor(hidden_layer_sizes=(16,), max_iter=5, random_state=0)
+    mlp.fit(rng.normal(size=(40, 8)), rng.normal(size=40))
     mlp.evil = np.array([ReducesTo(os.system, (f"touch {marker}",))], dtype=object)
     joblib.dump(mlp, tmp_path / "mlp.joblib")
     assert_weight_read_inert(tmp_path / "mlp.joblib", marker, "coefs_.0", torch.from_numpy(mlp.coefs_[0]))
@@ -283,7 +290,8 @@ def test_cli_reads_the_weight_beside_a_payload(tmp_path, marker):
 
 # Payloads that a plain pickle.loads does run (the others abuse torch's persistent ids or are harmless
 # there): the control below shows each is live, so that the tests above could fail.
-LIVE_UNDER_PICKLE = ("INST", "OBJ", "STACK_GLOBAL eval", "GLOBAL exec", "memo: callable stored, popped, fetched, called",
+LIVE_UNDER_PICKLE = ("INST", "OBJ", "STACK_GLOBAL eval", "GLOBAL exec",
+                     "memo: callable stored, popped, fetched, called",
                      "memo: allowlisted rebuild with a payload storage", "copyreg._reconstructor(Popen, Popen, argv)",
                      "_rebuild_from_type_v2(os.system, ...)", "getattr(__import__('os'), 'system')(...)")
 
@@ -398,8 +406,8 @@ def test_declared_sizes_are_checked_against_the_bytes_there(tmp_path):
     inflated = write_torch_zip(tmp_path / "deflate.pt", weights_beside(b"N"), {"0": weight}, zipfile.ZIP_DEFLATED)
     _patch_central_size(inflated, "archive/data/0", 2**32 - 1)
     refused_within_bounds(inflated, "claims 4294967295 bytes")
-    broadcast = write_torch_zip(tmp_path / "broadcast.pt", weights_beside(tensor("1", (2**30, 2**30), 1, strides=(0, 0))),
-                                {"0": weight, "1": bytes(4)})  # 2^60 elements over one stored float
+    huge_view = tensor("1", (2**30, 2**30), 1, strides=(0, 0))  # 2^60 elements over one stored float
+    broadcast = write_torch_zip(tmp_path / "broadcast.pt", weights_beside(huge_view), {"0": weight, "1": bytes(4)})
     layers = gate.scan(broadcast, device="cpu").layers.set_index("name")
     assert layers.loc["evil", "status"] == "skipped" and "broadcast view" in layers.loc["evil", "reason"]
     assert layers.loc["weight", "status"] == "ok"
@@ -479,9 +487,10 @@ def _rezip(original: Path, data_pkl: bytes, target: Path) -> Path:
 
 @pytest.mark.slow
 def test_fuzzed_model_pickles_end_in_a_table_or_a_clear_error(tmp_path, marker):
-    """300 seeded mutants of real model pickles (a torch zip archive, a legacy torch file, a joblib MLP,
-    each with an os.system payload beside the weights): each scan ends in a layer table or a
-    GateInputError, the payload never runs, and no other exception escapes."""
+    """360 seeded mutants of real model pickles (a torch zip archive's data.pkl, the archive's bytes
+    themselves, a legacy torch file, a joblib MLP, each with an os.system payload beside the weights):
+    each scan ends in a layer table or a GateInputError, the payload never runs, and no other
+    exception escapes."""
     from sklearn.neural_network import MLPRegressor
 
     torch.manual_seed(0)
@@ -505,6 +514,10 @@ def test_fuzzed_model_pickles_end_in_a_table_or_a_clear_error(tmp_path, marker):
     for i, (kind, mutant) in enumerate(_mutations(legacy_bytes, (0, legacy_pickles), rng, 100)):
         (tmp_path / f"l{i}.pt").write_bytes(mutant)
         cases.append(("legacy", tmp_path / f"l{i}.pt", kind))
+    zipped_bytes = zipped.read_bytes()  # the archive itself: headers, central directory, storages
+    for i, (kind, mutant) in enumerate(_mutations(zipped_bytes, (0, len(zipped_bytes)), rng, 60)):
+        (tmp_path / f"a{i}.pt").write_bytes(mutant)
+        cases.append(("zip file", tmp_path / f"a{i}.pt", kind))
     joblib_bytes = joblib_file.read_bytes()
     for i, (kind, mutant) in enumerate(_mutations(joblib_bytes, (0, len(joblib_bytes)), rng, 100)):
         (tmp_path / f"j{i}.joblib").write_bytes(mutant)
@@ -518,6 +531,6 @@ def test_fuzzed_model_pickles_end_in_a_table_or_a_clear_error(tmp_path, marker):
             outcome = "GateInputError"
         outcomes[(base, outcome)] = outcomes.get((base, outcome), 0) + 1
         assert not marker.exists(), f"{base} mutant {path.name} ({kind}) ran the payload"
-    assert sum(outcomes.values()) == 300
-    for base in ("zip", "legacy", "joblib"):  # both outcomes occur for each base: the fuzz reaches both paths
+    assert sum(outcomes.values()) == 360
+    for base in ("zip", "zip file", "legacy", "joblib"):  # both outcomes occur for each base: the fuzz reaches both paths
         assert outcomes.get((base, "table")) and outcomes.get((base, "GateInputError")), outcomes

@@ -234,7 +234,8 @@ def test_estimator_without_weight_matrices_is_a_clear_error(tmp_path):
     path = save_estimator(forest, tmp_path / "forest.joblib", "joblib")
     with pytest.raises(GateInputError, match="sklearn.ensemble._forest.RandomForestClassifier has no weight matrices"):
         scan(path)
-    proc = subprocess.run([sys.executable, "-m", "gate", "scan", str(path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "gate", "scan", str(path)], capture_output=True, text=True,
+                          timeout=300)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert "RandomForestClassifier has no weight matrices weightgate reads" in proc.stderr
 

@@ -68,7 +68,7 @@ def open_torch_file(path: Path, allow_pickle: bool = False) -> WeightSource:
         )
     content, found = read_pickled(path)
     if found:
-        return PickledSource(found, str(path), content.kind)
+        return PickledSource(found, str(path))
     if not content.inert_globals:  # plain data only: a full load would find no more
         raise GateInputError(f"{path}: the file loads, but holds no tensors (found {describe(content.root)})")
     if not allow_pickle or content.kind == "torchscript":

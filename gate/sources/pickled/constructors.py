@@ -300,7 +300,8 @@ _NUMPY["numpy.dtype"] = _numpy_dtype
 def allowlist() -> dict[str, object]:
     """Qualified name -> the value a GLOBAL of that name stands for (an :class:`Allowed`, a torch dtype, or a
     :class:`StorageType`). Built once on first use from fixed tables; no module named by a pickle is imported."""
-    table: dict[str, object] = {name: Allowed(name, build) for name, build in {**_TORCH_REBUILDS, **_PLAIN, **_NUMPY}.items()}
+    builders = {**_TORCH_REBUILDS, **_PLAIN, **_NUMPY}
+    table: dict[str, object] = {name: Allowed(name, build) for name, build in builders.items()}
     for module in ("torch", "torch.cuda"):
         for name, dtype in _LEGACY_STORAGES.items():
             table[f"{module}.{name}"] = StorageType(dtype)

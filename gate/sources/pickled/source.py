@@ -41,9 +41,8 @@ _LOAD_FROM_BYTES = "torch.storage._load_from_bytes"  # a storage inside a plain 
 class PickledSource(WeightSource):
     """Weights found in a pickled file's inert object graph; tensor bytes stay in the file until loaded."""
 
-    def __init__(self, found: list[FoundTensor], description: str, kind: str) -> None:
+    def __init__(self, found: list[FoundTensor], description: str) -> None:
         self.description = description
-        self.kind = kind
         self._found: dict[str, FoundTensor] = {}
         for item in found:
             self._found.setdefault(item.name, item)
@@ -147,4 +146,4 @@ def open_pickle_file(path: Path) -> PickledSource:
         raise GateInputError(
             f"{path}: {describe(content.root)} has no weight matrices weightgate reads (it reads scikit-learn "
             "MLPClassifier/MLPRegressor coefs_, torch modules and state dicts); nothing to scan")
-    return PickledSource(found, str(path), content.kind)
+    return PickledSource(found, str(path))

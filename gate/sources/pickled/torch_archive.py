@@ -12,11 +12,13 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from gate.errors import GateInputError
 from gate.sources.pickled.constructors import Allowed, BadPickle, StorageType
 from gate.sources.pickled.limits import OpBudget, PickleLimits
 from gate.sources.pickled.objects import PersistentRef, StorageRef
@@ -27,6 +29,9 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # zip local file header: signature ... name length, extra length
 _MAGIC_OPS = 8  # PROTO, FRAME, LONG1, STOP: the opcodes of a legacy file's first pickle
+# What reading a zip record can raise besides OSError: a bad CRC or header, a name that is not UTF-8
+# (ValueError), corrupt deflate data, an unknown compression method, an encrypted record (RuntimeError).
+_ZIP_READ_ERRORS = (zipfile.BadZipFile, ValueError, zlib.error, EOFError, NotImplementedError, RuntimeError)
 _MAX_KEY = 256  # a storage key (torch writes a decimal number); longer is malformed, and kept out of messages
 _MAX_DEFLATE_RATIO = 1100  # deflate expands at most ~1032:1; a record claiming more lies about its size
 
@@ -68,8 +73,13 @@ class ZipRecordBlob:
         self._info = info
 
     def untyped(self, offset: int, nbytes: int) -> torch.UntypedStorage:
-        with zipfile.ZipFile(self._path) as archive, archive.open(self._info) as record:
-            data = record.read(offset + nbytes)
+        try:
+            with zipfile.ZipFile(self._path) as archive, archive.open(self._info) as record:
+                data = record.read(offset + nbytes)
+        except (*_ZIP_READ_ERRORS, OSError) as err:
+            raise GateInputError(f"{self._path}: record {self._info.filename} cannot be read: {err}") from None
+        if len(data) < offset + nbytes:
+            raise GateInputError(f"{self._path}: record {self._info.filename} is shorter than its storage (truncated?)")
         return BytesBlob(data).untyped(offset, nbytes)
 
 
@@ -104,7 +114,11 @@ def storage_pid(pid: object) -> tuple[torch.dtype, str, int] | None:
 def read_torch_zip(path: Path, budget: OpBudget) -> PickledFile:
     """``data.pkl`` of a torch zip archive, its storages checked against their ``data/`` records."""
     size = path.stat().st_size
-    with path.open("rb") as raw, zipfile.ZipFile(path) as archive:
+    try:
+        archive = zipfile.ZipFile(path)
+    except _ZIP_READ_ERRORS as err:
+        raise BadPickle(f"a corrupt zip archive: {err}") from None
+    with path.open("rb") as raw, archive:
         records = {info.filename: info for info in archive.infolist()}
         pickles = sorted((name for name in records if name.rsplit("/", 1)[-1] == "data.pkl"), key=len)
         if not pickles:
@@ -141,8 +155,11 @@ def archive_read(archive: zipfile.ZipFile, info: zipfile.ZipInfo | None, limit: 
     """A small record's bytes, never more than ``limit`` (a compressed record can claim any size)."""
     if info is None:
         return b""
-    with archive.open(info) as record:
-        data = record.read(limit + 1)
+    try:
+        with archive.open(info) as record:
+            data = record.read(limit + 1)
+    except _ZIP_READ_ERRORS as err:
+        raise BadPickle(f"record {info.filename} cannot be read: {err}") from None
     if len(data) > limit:
         raise BadPickle(f"record {info.filename} is larger than {limit} bytes")
     return data
