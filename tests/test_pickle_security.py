@@ -44,8 +44,8 @@ takes: ``torch.load(weights_only=True)`` first, then gate/sources/pickled). Bomb
 | a compressed joblib file inflating beyond ``max_record_bytes`` (100 MB of zeros in ~100 KB) | GateInputError: inflates beyond the limit, before the bytes are made |
 
 Fuzz (seeded): 360 mutants (bit flips, truncations, opcode substitutions) of a torch archive's
-data.pkl, of the archive's bytes, of a legacy torch file and of a joblib MLP, each holding an
-os.system payload: every one ends in a layer table or a GateInputError (about a quarter tables),
+data.pkl, of the archive's bytes, of a legacy torch file, of a joblib MLP and of a protocol-2 pickle
+of it, each holding an os.system payload: every one ends in a layer table or a GateInputError (about a quarter tables),
 the payload never runs, no other exception escapes.
 """
 
@@ -488,9 +488,9 @@ def _rezip(original: Path, data_pkl: bytes, target: Path) -> Path:
 @pytest.mark.slow
 def test_fuzzed_model_pickles_end_in_a_table_or_a_clear_error(tmp_path, marker):
     """360 seeded mutants of real model pickles (a torch zip archive's data.pkl, the archive's bytes
-    themselves, a legacy torch file, a joblib MLP, each with an os.system payload beside the weights):
-    each scan ends in a layer table or a GateInputError, the payload never runs, and no other
-    exception escapes."""
+    themselves, a legacy torch file, a joblib MLP, a protocol-2 pickle of the MLP, each with an
+    os.system payload beside the weights): each scan ends in a layer table or a GateInputError, the
+    payload never runs, and no other exception escapes."""
     from sklearn.neural_network import MLPRegressor
 
     torch.manual_seed(0)
@@ -508,20 +508,21 @@ def test_fuzzed_model_pickles_end_in_a_table_or_a_clear_error(tmp_path, marker):
     legacy_bytes = legacy.read_bytes()
     # the pickles come first, then each storage as an int64 count and its float32 bytes
     legacy_pickles = len(legacy_bytes) - sum(8 + 4 * t.numel() for t in model.state_dict().values())
+    mlp_protocol_2 = pickle.dumps(mlp, protocol=2)  # arrays through numpy's _reconstruct and _codecs.encode
+    bases = {"zip": (zipped, data_pkl), "zip file": (zipped, zipped.read_bytes()),
+             "legacy": (legacy, legacy_bytes), "joblib": (joblib_file, joblib_file.read_bytes()),
+             "pickle protocol 2": (tmp_path / "m.pkl", mlp_protocol_2)}
+    regions = {"legacy": (0, legacy_pickles)}
     rng = random.Random(20240525)
-    cases = [("zip", _rezip(zipped, mutant, tmp_path / f"z{i}.pt"), kind)
-             for i, (kind, mutant) in enumerate(_mutations(data_pkl, (0, len(data_pkl)), rng, 100))]
-    for i, (kind, mutant) in enumerate(_mutations(legacy_bytes, (0, legacy_pickles), rng, 100)):
-        (tmp_path / f"l{i}.pt").write_bytes(mutant)
-        cases.append(("legacy", tmp_path / f"l{i}.pt", kind))
-    zipped_bytes = zipped.read_bytes()  # the archive itself: headers, central directory, storages
-    for i, (kind, mutant) in enumerate(_mutations(zipped_bytes, (0, len(zipped_bytes)), rng, 60)):
-        (tmp_path / f"a{i}.pt").write_bytes(mutant)
-        cases.append(("zip file", tmp_path / f"a{i}.pt", kind))
-    joblib_bytes = joblib_file.read_bytes()
-    for i, (kind, mutant) in enumerate(_mutations(joblib_bytes, (0, len(joblib_bytes)), rng, 100)):
-        (tmp_path / f"j{i}.joblib").write_bytes(mutant)
-        cases.append(("joblib", tmp_path / f"j{i}.joblib", kind))
+    cases = []
+    for base, (original, data) in bases.items():
+        for i, (kind, mutant) in enumerate(_mutations(data, regions.get(base, (0, len(data))), rng, 72)):
+            path = tmp_path / f"{base.replace(' ', '_')}{i}{original.suffix}"
+            if base == "zip":
+                _rezip(original, mutant, path)
+            else:
+                path.write_bytes(mutant)
+            cases.append((base, path, kind))
     outcomes: dict[tuple[str, str], int] = {}
     for base, path, kind in cases:
         try:
@@ -532,5 +533,5 @@ def test_fuzzed_model_pickles_end_in_a_table_or_a_clear_error(tmp_path, marker):
         outcomes[(base, outcome)] = outcomes.get((base, outcome), 0) + 1
         assert not marker.exists(), f"{base} mutant {path.name} ({kind}) ran the payload"
     assert sum(outcomes.values()) == 360
-    for base in ("zip", "zip file", "legacy", "joblib"):  # both outcomes occur for each base: the fuzz reaches both paths
+    for base in bases:  # both outcomes occur for each base: the fuzz reaches both paths
         assert outcomes.get((base, "table")) and outcomes.get((base, "GateInputError")), outcomes

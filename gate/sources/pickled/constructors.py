@@ -171,7 +171,14 @@ def _encode(args: tuple):
     text, encoding = _args(args, 2, 2, "_codecs.encode")
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise BadPickle("_codecs.encode is only read for latin-1 text")
-    return text.encode("latin-1")
+    return _latin1(text)
+
+
+def _latin1(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise BadPickle("bytes written as latin-1 text hold a character beyond latin-1") from None
 
 
 def _bytearray(args: tuple):
@@ -237,7 +244,7 @@ def array_from_bytes(data: object, dtype: np.dtype, shape: object, fortran: bool
     if not (isinstance(shape, tuple) and len(shape) <= MAX_DIMS and all(_is_count(n) for n in shape)):
         raise BadPickle("a numpy array's shape must be a tuple of non-negative integers")
     if isinstance(data, str):  # protocol 0-2 pickles written by Python 2 carry the bytes as latin-1 text
-        data = data.encode("latin-1")
+        data = _latin1(data)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BadPickle("a numpy array's data must be bytes")
     if math.prod(shape) * dtype.itemsize != len(data):
