@@ -21,6 +21,7 @@ takes: ``torch.load(weights_only=True)`` first, then gate/sources/pickled). Bomb
 | ``os.system`` through the copyreg extension registry (registered while writing and reading) | EXT1, EXT2, EXT4 | weight read, payload inert |
 | ``copyreg._reconstructor(Popen, Popen, [...])`` (runs ``Popen.__init__``) | GLOBAL copy_reg + REDUCE | weight read, payload inert |
 | ``torch._tensor._rebuild_from_type_v2(os.system, ...)`` | REDUCE of an allowlisted function | weight read, payload inert |
+| ``_rebuild_from_type_v2`` wrapping itself 990 deep | REDUCE of an allowlisted function | inert, not followed (no RecursionError) |
 | ``getattr(__import__("os"), "system")(...)`` | three REDUCEs | weight read, payload inert |
 | a malicious legacy torch file inside ``torch.storage._load_from_bytes`` (plain pickle) | nested pickle | weight read, payload inert |
 | ``os.system`` inside a joblib object array next to an MLP's coefs_ | nested pickle in the joblib stream | coefs_ read, payload inert |
@@ -76,6 +77,7 @@ import gate
 from gate.errors import GateInputError
 from gate.sources import open_source
 from gate.sources.pickled.limits import PickleLimits
+from gate.sources.pickled.objects import describe
 from gate.sources.pickled.source import read_pickled
 
 from pickle_craft import (
@@ -369,6 +371,18 @@ def test_work_limits_are_enforced(tmp_path, stream, limits, fragment):
     path = tmp_path / "bomb.pkl"
     path.write_bytes(PROTO2 + stream + STOP)
     refused_within_bounds(path, fragment, limits)
+
+
+def test_rebuild_from_type_chain_is_not_followed(tmp_path):
+    """_rebuild_from_type_v2 wrapping _rebuild_from_type_v2, 990 deep (within the nesting limit): calling
+    each in turn would recurse ~2000 Python frames (RecursionError); only a tensor rebuild function is
+    followed."""
+    wrapper, inner = glob("torch._tensor", "_rebuild_from_type_v2"), weights_beside(b"N")[2:-1]
+    for _ in range(990):
+        inner = MARK + wrapper + glob("torch", "Tensor") + inner + b"}" + TUPLE
+    path = write_torch_zip(tmp_path / "chain.pt", PROTO2 + wrapper + inner + b"R" + STOP, {"0": float_bytes(WEIGHT)})
+    content, found = read_pickled(path)
+    assert found == [] and "torch._tensor._rebuild_from_type_v2" in describe(content.root)
 
 
 def test_billion_laughs_graphs_are_walked_in_linear_time(tmp_path):

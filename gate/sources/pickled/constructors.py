@@ -148,8 +148,8 @@ def _parameter(args: tuple):
 def _from_type_v2(args: tuple):
     """``_rebuild_from_type_v2(func, new_type, args, state)``: a tensor subclass; its data is what func builds."""
     func, new_type, inner, _state = _args(args, 4, 4, "_rebuild_from_type_v2")
-    if isinstance(func, Allowed) and isinstance(inner, tuple):
-        return func.build(inner)
+    if isinstance(func, Allowed) and func.qualname in _TENSOR_FUNCTIONS and isinstance(inner, tuple):
+        return func.build(inner)  # not itself: a chain of _rebuild_from_type_v2 would recurse
     return Opaque(Global("torch._tensor", "_rebuild_from_type_v2"), args)
 
 
@@ -274,6 +274,10 @@ def _set_of(kind: type) -> Callable[[tuple], object]:
     return build
 
 
+# The rebuild functions _rebuild_from_type_v2 may wrap (torch's own: tensors and parameters).
+_TENSOR_FUNCTIONS = frozenset({"torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
+                               "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_parameter",
+                               "torch._utils._rebuild_parameter_with_state"})
 _TORCH_REBUILDS = {
     "torch._utils._rebuild_tensor": _tensor_v1,
     "torch._utils._rebuild_tensor_v2": _tensor_v2,
