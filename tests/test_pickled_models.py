@@ -213,6 +213,7 @@ def test_sklearn_mlp_coefs_are_dense_rows(tmp_path, digits_mlp, how):
     assert row["alpha"] == pytest.approx(alpha, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sklearn_pipeline_and_mlflow_model(tmp_path, digits_mlp):
     import mlflow.sklearn
     from sklearn.pipeline import make_pipeline
