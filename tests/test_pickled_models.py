@@ -310,3 +310,17 @@ def test_lightning_checkpoint_with_omegaconf_and_custom_optimizer_objects(tmp_pa
     message = str(refused.value)
     assert "found no weights" in message and "omegaconf.dictconfig.DictConfig" in message
     assert "whole model" not in message
+
+
+def test_tensor_the_reader_does_not_rebuild_is_a_skipped_row(tmp_path):
+    """A quantized tensor (torch._utils._rebuild_qtensor, outside the allowlist) beside a float one: the
+    float one is analysed, the quantized one is a skipped row saying how it was stored, not dropped."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates quantize_per_tensor
+        quantized = torch.quantize_per_tensor(torch.randn(64, 32), 0.1, 0, torch.qint8)
+    torch.save({"dense": torch.randn(64, 32), "quantized": quantized}, tmp_path / "mixed.pt")
+    layers = scan(tmp_path / "mixed.pt").layers.set_index("name")
+    assert layers.loc["dense", "status"] == "ok"
+    assert layers.loc["quantized", "status"] == "skipped"
+    assert "torch._utils._rebuild_qtensor" in layers.loc["quantized", "reason"]

@@ -20,7 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from gate.sources.pickled.constructors import BadPickle
-from gate.sources.pickled.objects import Opaque, PendingArray, StoredTensor, class_name, class_qualname, describe
+from gate.sources.pickled.objects import (
+    Global,
+    Opaque,
+    PendingArray,
+    StoredTensor,
+    class_name,
+    class_qualname,
+    describe,
+)
 from gate.sources.pickled.torchscript import ScriptClass
 
 # Wrapper keys used by common training loops around the real state dict (as gate/sources/torch_files.py unwraps).
@@ -110,6 +118,14 @@ def _found(name: str, value: object, module_type: str | None) -> FoundTensor:
         f"stored as {describe(value)}, which weightgate's safe reader does not rebuild (no values to analyse)"))
 
 
+def _is_unrebuilt_tensor(value: object) -> bool:
+    """A tensor torch wrote with a rebuild function outside the allowlist (quantized, sparse, nested,
+    meta, wrapper subclasses) or over a storage this reader does not know: listed as a skipped weight."""
+    origin = value.origin if isinstance(value, Opaque) else None
+    return isinstance(origin, Global) and (origin.module == "torch._utils" and origin.name.startswith("_rebuild_")
+                                           or origin.qualname == "torch._tensor._rebuild_from_type_v2")
+
+
 def checkpoint_tensors(root: dict) -> list[FoundTensor]:
     """Tensors of a checkpoint dict, as gate/sources/torch_files.py reads a state dict: a
     ``{"state_dict": ...}``-style wrapper is unwrapped (Lightning, training loops), nested dicts are
@@ -128,7 +144,7 @@ def checkpoint_tensors(root: dict) -> list[FoundTensor]:
     pending = list(reversed(root.items()))
     while pending:  # depth first, in key order: a nested dict's tensors come where the dict stands
         name, value = pending.pop()
-        if isinstance(value, StoredTensor):
+        if isinstance(value, StoredTensor) or _is_unrebuilt_tensor(value):
             found.append(_found(str(name), value, None))
         elif id(value) in seen:
             continue
