@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_check_cold.py
 	$(PY) bench/bench_enforcement.py
 	$(PY) bench/bench_quantized.py
+	$(PY) bench/bench_pickle.py
 
 # Ray scans on 1 and 2 local nodes vs one process (starts real clusters on loopback; a few minutes).
 bench-ray: $(STAMP)

@@ -12,4 +12,6 @@ class GateInputError(Exception):
 
 
 class UnsafePickleError(GateInputError):
-    """The file needs arbitrary pickled Python objects to load, which could run code on this machine."""
+    """A pickle weightgate does not load: a file in which its safe reader finds no weights
+    (gate/sources/torch_files.py), or a tensor a .pt2 archive stores pickled (gate/sources/pt2_archive.py).
+    Only a full load could read it, and that could run code from the file on this machine."""

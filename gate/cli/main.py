@@ -57,7 +57,8 @@ def _source_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option("--tracking-uri", default=None,
                            help="MLflow tracking URI for models:/ and runs:/ sources")(command)
     return click.option("--allow-pickle", is_flag=True,
-                        help="load whole pickled models (can run code from the file: only for trusted authors)")(command)
+                        help="fully load a pickle in which the safe reader finds no weights (runs code from the "
+                             "file: only for trusted authors)")(command)
 
 
 def _ray_option(command: Callable[..., Any]) -> Callable[..., Any]:

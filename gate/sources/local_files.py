@@ -13,6 +13,7 @@ from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
 from gate.sources.gguf_file import GgufSource
 from gate.sources.keras_file import SAVED_MODEL_REFUSAL, KerasSource, is_hdf5, is_keras_archive
+from gate.sources.pickled.source import open_pickle_file
 from gate.sources.pt2_archive import Pt2ArchiveSource
 from gate.sources.quantization.config import read_quantization_config
 from gate.sources.quantized import dequantizing
@@ -21,8 +22,10 @@ from gate.sources.torch_files import open_torch_file
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # .weights.h5 ends in .h5
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 SUPPORTED = (".safetensors, model.safetensors.index.json, .pt/.pth/.bin/.ckpt, .pt2, .onnx, .gguf, "
-             ".keras/.h5/.weights.h5 (Keras), or a model directory")
+             ".keras/.h5/.weights.h5 (Keras), .pkl/.joblib (scikit-learn MLPs, pickled torch modules), "
+             "or a model directory")
 # A TensorFlow SavedModel's graph file: refused with a message saying what to do instead.
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
@@ -40,6 +43,8 @@ _DIRECTORY_CANDIDATES = (
     "*.keras",
     "*.h5",
     "*.hdf5",
+    "*.joblib",
+    "*.pkl",
 )
 
 
@@ -80,6 +85,8 @@ def _open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
         raise GateInputError(SAVED_MODEL_REFUSAL.format(path=path.parent))
     if suffix in TORCH_SUFFIXES:
         return open_torch_file(path, allow_pickle)
+    if suffix in PICKLE_SUFFIXES:
+        return open_pickle_file(path)
     return _open_by_content(path, allow_pickle)
 
 
@@ -96,6 +103,8 @@ def _open_by_content(path: Path, allow_pickle: bool) -> WeightSource:
         return open_torch_file(path, allow_pickle)
     if is_hdf5(path):
         return KerasSource(path)
+    if head[:1] == b"\x80":  # a pickle stream (protocol 2+): a legacy torch file, a plain or joblib pickle
+        return open_torch_file(path, allow_pickle)
     if head[:4] == b"GGUF":
         return GgufSource(path)
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
@@ -120,6 +129,9 @@ def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
     if (directory / ADAPTER_CONFIG).is_file():  # a PEFT adapter: its updates, not its factors
         return LoraSource(directory, _open_adapter_weights(directory, allow_pickle))
     if (directory / "MLmodel").is_file():
+        pickled_model = mlflow_sklearn_model_file(directory)
+        if pickled_model is not None:
+            return _open_local(pickled_model, allow_pickle)
         weights_dir = mlflow_model_weights_dir(directory)
         if weights_dir != directory:
             return _open_directory(weights_dir, allow_pickle)
@@ -140,12 +152,29 @@ def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
     raise GateInputError(f"{directory}: no model weights found in this directory; expected {SUPPORTED}")
 
 
-def mlflow_model_weights_dir(model_dir: Path) -> Path:
-    """The folder holding the weights of an MLflow model directory, from its ``MLmodel`` flavors."""
+def _mlflow_flavors(model_dir: Path) -> dict:
     try:
-        flavors = yaml.safe_load((model_dir / "MLmodel").read_text()).get("flavors", {})
+        return yaml.safe_load((model_dir / "MLmodel").read_text()).get("flavors", {})
     except (OSError, yaml.YAMLError, AttributeError) as err:
         raise GateInputError(f"{model_dir / 'MLmodel'}: unreadable MLmodel file: {err}") from err
+
+
+def mlflow_sklearn_model_file(model_dir: Path) -> Path | None:
+    """The sklearn flavor's pickled estimator (``model.pkl``, written with cloudpickle or pickle), or
+    ``None`` for other flavors. The skops format is not read (say so rather than guess)."""
+    flavor = _mlflow_flavors(model_dir).get("sklearn")
+    if not isinstance(flavor, dict):
+        return None
+    if flavor.get("serialization_format") == "skops":
+        raise GateInputError(f"{model_dir}: an mlflow.sklearn model saved in the skops format; weightgate reads "
+                             "serialization_format='cloudpickle' or 'pickle' (model.pkl)")
+    return model_dir / flavor.get("pickled_model", "model.pkl")
+
+
+def mlflow_model_weights_dir(model_dir: Path) -> Path:
+    """The folder holding the weights of an MLflow model directory, from its ``MLmodel`` flavors
+    (the sklearn flavor's weights are one file: :func:`mlflow_sklearn_model_file`)."""
+    flavors = _mlflow_flavors(model_dir)
     if "pytorch" in flavors:
         return model_dir / flavors["pytorch"].get("model_data", "data")
     if "transformers" in flavors:

@@ -1,14 +1,19 @@
-"""PyTorch checkpoint files (``.pt``/``.pth``/``.bin``) read with ``weights_only=True``.
+"""PyTorch checkpoint files (``.pt``/``.pth``/``.bin``/``.ckpt``), read without running any of their code.
 
-``weights_only=True`` restricts unpickling to tensors and plain containers, so a malicious file
-cannot run code. Zip-format files are memory-mapped, so tensors are paged in only when analysed.
-A file that holds a whole pickled module is refused unless the caller opts in explicitly.
+Every pickled torch file (state dicts, whole models saved with ``torch.save(model)``, training
+checkpoints with config objects beside their state dict, TorchScript archives, legacy non-zip
+files) is read by :mod:`gate.sources.pickled`, whose unpickler calls nothing the file names and
+bounds the work a file may ask for. ``torch.load(weights_only=True)`` is not used: it refuses whole
+models, and its unpickler hashes dict keys as given (a 200-byte key of nested tuples takes it hours).
+Zip-format tensors are memory-mapped, so they are paged in only when analysed.
+
+Only a file in which that reader finds no weights but which names Python objects (a custom
+container, say) can be loaded fully, with ``allow_pickle`` (the author is trusted): ``torch.load
+(weights_only=False)``, which runs the file's code. TorchScript is never handed to ``torch.jit.load``.
 """
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,23 +22,25 @@ import torch
 from gate.errors import GateInputError, UnsafePickleError
 from gate.sources.base import TensorInfo, WeightSource, dtype_name
 from gate.sources.module import ModuleSource
+from gate.sources.pickled.module_graph import STATE_DICT_KEYS
+from gate.sources.pickled.objects import describe
+from gate.sources.pickled.source import PickledSource, read_pickled
 
 _ZIP_MAGIC = b"PK"
 _PICKLE_PROTOCOL = b"\x80"
-# Wrapper keys used by common training loops around the real state dict.
-_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 
 PICKLE_REFUSAL = (
-    "{path}: this file holds pickled Python objects (a whole model saved with torch.save(model) or "
-    "mlflow.pytorch serialization_format='pickle'), not just tensors. Loading it could run arbitrary "
-    "code, so weightgate refuses it. Save the weights instead (torch.save(model.state_dict()), "
-    "safetensors, or mlflow.pytorch's default pt2 format), or, only if you trust the author, pass "
-    "--allow-pickle (Python: allow_pickle=True). Detail: {detail}"
+    "{path}: this file holds pickled Python objects, not just tensors. weightgate read it without running "
+    "any of its code but found no weights in it: its root object is {root}, not a torch.nn.Module, a "
+    "state dict, a checkpoint dict holding tensors or a scikit-learn MLP. Loading it fully could run "
+    "arbitrary code from the file, so weightgate does not. Save the weights instead "
+    "(torch.save(model.state_dict()), safetensors, or mlflow.pytorch's default pt2 format), or, only if "
+    "you trust the author, pass --allow-pickle (Python: allow_pickle=True). The file names: {names}"
 )
 
 
 class StateDictSource(WeightSource):
-    """Tensors of a state dict held in memory or memory-mapped from a checkpoint file."""
+    """Tensors of a state dict held in memory (the Python API, or a trusted full load)."""
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], description: str) -> None:
         self.description = description
@@ -50,7 +57,8 @@ class StateDictSource(WeightSource):
 
 
 def open_torch_file(path: Path, allow_pickle: bool = False) -> WeightSource:
-    """Open a torch checkpoint safely; the whole-module case only with ``allow_pickle``."""
+    """Open a torch checkpoint without running its code; a trusted full load only with ``allow_pickle``,
+    and only for a file whose weights the safe reader does not find."""
     with path.open("rb") as handle:
         head = handle.read(4)
     if head[:2] != _ZIP_MAGIC and head[:1] != _PICKLE_PROTOCOL:
@@ -58,14 +66,15 @@ def open_torch_file(path: Path, allow_pickle: bool = False) -> WeightSource:
             f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle stream); "
             "weightgate reads .safetensors, .pt/.pth/.bin/.ckpt, .pt2, .onnx or a model directory"
         )
-    try:
-        obj = _load_weights_only(path)
-    except pickle.UnpicklingError as err:
-        if "weights only load failed" not in str(err).lower():
-            raise GateInputError(f"{path}: corrupt PyTorch checkpoint: {_first_line(err)}") from err
-        if not allow_pickle:
-            raise UnsafePickleError(PICKLE_REFUSAL.format(path=path, detail=_unsafe_detail(err))) from err
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    content, found = read_pickled(path)
+    if found:
+        return PickledSource(found, str(path))
+    if not content.inert_globals:  # plain data only: a full load would find no more
+        raise GateInputError(f"{path}: the file loads, but holds no tensors (found {describe(content.root)})")
+    if not allow_pickle or content.kind == "torchscript":
+        names = ", ".join(content.inert_globals[:5]) + (", ..." if len(content.inert_globals) > 5 else "")
+        raise UnsafePickleError(PICKLE_REFUSAL.format(path=path, root=describe(content.root), names=names))
+    obj = torch.load(path, map_location="cpu", weights_only=False)  # trusted: runs the file's code
     if isinstance(obj, torch.nn.Module):
         return ModuleSource(obj, str(path))
     tensors = _collect_tensors(obj)
@@ -74,46 +83,24 @@ def open_torch_file(path: Path, allow_pickle: bool = False) -> WeightSource:
     return StateDictSource(tensors, str(path))
 
 
-def _load_weights_only(path: Path) -> object:
-    is_zip = zipfile.is_zipfile(path)
-    with path.open("rb") as handle:
-        if handle.read(2) == _ZIP_MAGIC and not is_zip:
-            raise GateInputError(f"{path}: truncated or corrupt zip archive (its central directory is missing)")
-    try:
-        # mmap keeps tensors on disk until used; only zip-format (torch>=1.6) files support it.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError:
-        raise
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
-        raise GateInputError(
-            f"{path}: cannot read as a PyTorch checkpoint (truncated or corrupt?): {_first_line(err)}"
-        ) from err
-
-
-def _collect_tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Flatten nested dicts of tensors; unwrap ``{"state_dict": ...}``-style training checkpoints."""
-    if not isinstance(obj, Mapping):
-        return {}
-    if not prefix and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        for key in _STATE_DICT_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                return _collect_tensors(obj[key])
+def _collect_tensors(obj: object) -> dict[str, torch.Tensor]:
+    """Flatten nested dicts of tensors; unwrap ``{"state_dict": ...}``-style training checkpoints. Each
+    dict is walked once, however often the object graph refers to it."""
+    seen = {id(obj)}
+    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        wrapped = next((obj[key] for key in STATE_DICT_KEYS
+                        if isinstance(obj.get(key), Mapping) and id(obj[key]) not in seen), None)
+        if wrapped is None:
+            break
+        obj = wrapped
+        seen.add(id(obj))
     tensors: dict[str, torch.Tensor] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
+    pending = list(obj.items())[::-1] if isinstance(obj, Mapping) else []
+    while pending:  # depth first, in key order: a nested dict's tensors come where the dict stands
+        name, value = pending.pop()
         if isinstance(value, torch.Tensor):
-            tensors[name] = value
-        elif isinstance(value, Mapping):
-            tensors.update(_collect_tensors(value, prefix=f"{name}."))
+            tensors[str(name)] = value
+        elif isinstance(value, Mapping) and id(value) not in seen:
+            seen.add(id(value))
+            pending.extend((f"{name}.{key}", item) for key, item in list(value.items())[::-1])
     return tensors
-
-
-def _unsafe_detail(err: BaseException) -> str:
-    """The line of torch's message that names the Python object the file wanted to create."""
-    lines = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line]
-    return lines[0] if lines else _first_line(err)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

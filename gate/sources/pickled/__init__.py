@@ -1,0 +1,1 @@
+"""Reading pickled models without running them: see gate/sources/pickled/source.py."""
