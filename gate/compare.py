@@ -19,16 +19,17 @@ import torch
 
 from gate.layers.plan import LayerPlan, PlanOptions, layer_matrices
 from gate.layers.planner import plan_layers
-from gate.options import ScanOptions, scan_options
+from gate.options import Interval, ScanOptions, check_value, resolve_device
 from gate.scanning.pipeline import merge_partials
 from gate.scanning.result import LayerTableExport, plain_json_value
 from gate.scanning.tensor_pass import TensorPass
-from gate.solver.spectrum import cpu_threads_for_blas, resolve_device
+from gate.solver.spectrum import cpu_threads_for_blas
 from gate.sources import WeightSource, open_source
 from gate.vocabulary import LayerStatus
 
 DELTA_METRICS = ("alpha", "log_spectral_norm", "stable_rank", "mlh")
 REINIT_COSINE = 0.1  # |cosine| below this: the layer no longer resembles its reference
+CHANGED_THRESHOLD = Interval(float, 0, low_open=True)  # what compare's changed_threshold allows
 
 
 @dataclass
@@ -60,10 +61,9 @@ def compare(a: Any, b: Any, *, init: Any = None, changed_threshold: float = 0.5,
     """
     from gate.errors import GateInputError
 
-    if not changed_threshold > 0:
-        raise GateInputError(f"changed_threshold must be > 0, not {changed_threshold}")
-    torch_device = resolve_device(device)
-    options = scan_options(device=device)
+    check_value("changed_threshold", changed_threshold, CHANGED_THRESHOLD)
+    options = ScanOptions.of(device=device)
+    torch_device = resolve_device(options.device)
     opened = dict(allow_pickle=allow_pickle, tracking_uri=tracking_uri)
     with ExitStack() as stack:
         source_a = stack.enter_context(open_source(a, **opened))
@@ -95,7 +95,7 @@ def one_pass(source_a: WeightSource, source_b: WeightSource, source_init: Weight
     loaded alongside, then B's tensors that A has no partner for."""
     started = time.perf_counter()
     infos_a, infos_b = source_a.tensor_infos(), source_b.tensor_infos()
-    plans_a, plans_b = plan_layers(infos_a, options.plan_options()), plan_layers(infos_b, options.plan_options())
+    plans_a, plans_b = plan_layers(infos_a, PlanOptions.of(options)), plan_layers(infos_b, PlanOptions.of(options))
     # Distances cover every matrix, also those too small for a spectrum (min_evals=1).
     pairs_b = _matched(source_a, source_b)
     pairs_init = _matched(source_a, source_init) if source_init is not None else ({}, {})

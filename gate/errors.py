@@ -11,5 +11,9 @@ class GateInputError(Exception):
     """Input that weightgate cannot use: missing/corrupt/unknown file, bad option, unsafe pickle."""
 
 
+class InvalidOptionError(GateInputError):
+    """An option's value is not one its declaration allows (gate.options), or no such option exists."""
+
+
 class UnsafePickleError(GateInputError):
     """The file needs arbitrary pickled Python objects to load, which could run code on this machine."""

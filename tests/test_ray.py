@@ -206,7 +206,7 @@ def test_device_cuda_on_a_cluster_without_gpus_is_refused(cluster, checkpoint):
     from gate.errors import GateInputError
 
     # The CLI checks --device against this machine first; the Python API leaves that to the cluster.
-    with pytest.raises(GateInputError, match="the Ray cluster has no GPU"):
+    with pytest.raises(GateInputError, match="device 'cuda' was requested, but the Ray cluster has no CUDA GPU"):
         scan_on_ray(str(checkpoint), address=cluster, device="cuda")
 
 

@@ -469,7 +469,7 @@ def override(name: str, version: int, reason: str, tracking_uri: str) -> None:
 def _check_service_inputs(device: str, policy_file: str | None) -> None:
     """A worker or receiver with an unusable device or policy would fail every version: refuse to start."""
     from gate.policy.schema import load_policy
-    from gate.solver.spectrum import resolve_device
+    from gate.options import resolve_device
 
     resolve_device(device)
     load_policy(policy_file)

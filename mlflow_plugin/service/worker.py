@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.rest_utils import http_request
 
 from gate import vocabulary as words
+from gate.options import SCAN_OPTIONS, resolve_device
 from gate.vocabulary import EXPERIMENT, STATUS, STATUS_OF_DECISION, LayerStatus, VersionStatus
 from mlflow_plugin.config import GateConfig, GateConfigError
 from mlflow_plugin.server.gate_page import gate_page_tags
@@ -55,6 +56,12 @@ class WorkerSettings:
     ray_address: str | None = None  # scan on this Ray cluster (--executor ray); None: in this process
 
     def __post_init__(self) -> None:
+        # A device this worker cannot scan on would fail every version: refused at start, by the
+        # option's declaration (gate.options); on Ray the cluster's GPUs are the executor's matter.
+        if self.ray_address is None:
+            resolve_device(self.device)
+        else:
+            SCAN_OPTIONS["device"].check(self.device)
         if not self.worker_id:
             self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
