@@ -150,7 +150,7 @@ def test_scan_without_fingerprint_hashes_nothing_and_reports_the_same_layers(mod
     from click.testing import CliRunner
 
     import gate.scanning.tensor_pass
-    from gate.cli.main import main
+    from gate.cli.app import main
 
     digested: list[str] = []
     real_digest = gate.scanning.tensor_pass.tensor_digest

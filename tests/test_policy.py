@@ -315,7 +315,7 @@ def test_commands_without_a_policy_do_not_import_great_expectations(minilm_file,
     """Great Expectations takes seconds to import: scan and compare must not pay for it."""
     code = textwrap.dedent(f"""
         import sys
-        from gate.cli.main import main
+        from gate.cli.app import main
         for args in (["scan", {str(minilm_file)!r}, "--format", "json"],
                      ["compare", {str(minilm_file)!r}, {str(minilm_file)!r}, "--format", "json"]):
             try:
