@@ -40,9 +40,11 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     ``ray_address`` (``"auto"`` or HOST:PORT) runs the scans as tasks on that Ray cluster
     (gate.distributed); the decision is the same as a local one's."""
     options = ScanOptions.of(device=device, train_accuracy=train_accuracy, keep_spectra=keep_spectra)
-    # Bad options fail before anything is read or downloaded; on Ray the device is the cluster's matter.
-    torch_device = resolve_device(options.device) if ray_address is None else None
     loaded = load_policy(policy)
+    distances = baseline is not None and loaded.needs_baseline_weights()
+    # A device that is not there fails before any model is read or downloaded. On Ray the scans'
+    # device is the cluster's matter, but distances to the baseline are computed on this machine.
+    torch_device = resolve_device(options.device) if ray_address is None or distances else None
     preload = threading.Thread(target=_import_great_expectations, daemon=True)
     preload.start()  # Great Expectations imports for seconds; let that overlap with the scans
     # Eigenvalues are kept where a rule judges power-law fits: its likelihood-ratio test needs them.
@@ -51,16 +53,16 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
     # One read of each model: the scan computes spectra, Benford digits and the fingerprint together.
     pairs = None
-    if baseline is not None and ray_address is None and loaded.needs_baseline_weights():
+    if distances and ray_address is None:
         # Rules on the baseline's weights (cosine, relative distance): the distances come from the same pass.
         result, baseline_result, pairs = _scan_with_distances(source, baseline, opened, options, torch_device)
     else:
         result = _scan(source, opened, options, ray_address)
         baseline_result = _scan(baseline, opened, options, ray_address) if baseline is not None else None
-        if baseline_result is not None and loaded.needs_baseline_weights():
+        if distances:
             # On Ray the scans ran on the cluster; the distances read the two models here, a tensor pair at a time.
             with open_source(source, **opened) as weights, open_source(baseline, **opened) as base_weights:
-                pairs = layer_distances(weights, base_weights, options.device)
+                pairs = layer_distances(weights, base_weights, torch_device)
     preload.join()
     outcomes = evaluate(loaded, result, baseline_result, pairs)
     decision = Decision(

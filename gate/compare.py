@@ -132,20 +132,19 @@ def one_pass(source_a: WeightSource, source_b: WeightSource, source_init: Weight
 DISTANCE_COLUMNS = ["name", "status", "euclidean_distance", "relative_distance", "cosine_similarity"]
 
 
-def layer_distances(source_a: WeightSource, source_b: WeightSource, device: torch.device | str = "cpu") -> pd.DataFrame:
+def layer_distances(source_a: WeightSource, source_b: WeightSource, device: torch.device) -> pd.DataFrame:
     """Per layer of ``source_a`` matched in ``source_b``: status, Euclidean and relative distance,
     cosine similarity (the policy's baseline rules read these; `check` has scanned both already,
     so only the distances are computed, one tensor pair at a time)."""
-    torch_device = resolve_device(device) if isinstance(device, str) else device
     matched, _ = _matched(source_a, source_b)
     rows: list[dict[str, Any]] = []
     for info in source_a.tensor_infos():
         pairs = matched.get(info.name)
         if not pairs:
             continue
-        tensor_a = source_a.load(info.name).to(torch_device)
+        tensor_a = source_a.load(info.name).to(device)
         for b_name, group in _by_partner(pairs):
-            tensor_b = source_b.load(b_name).to(torch_device)
+            tensor_b = source_b.load(b_name).to(device)
             rows.extend(_pair_row(plan, other, tensor_a, tensor_b) for plan, other in group)
     return pd.DataFrame(rows).reindex(columns=DISTANCE_COLUMNS)
 

@@ -205,7 +205,7 @@ def test_without_ray_installed_ray_options_exit_2(checkpoint, monkeypatch):
 def test_device_cuda_on_a_cluster_without_gpus_is_refused(cluster, checkpoint):
     from gate.errors import GateInputError
 
-    # The CLI checks --device against this machine first; the Python API leaves that to the cluster.
+    # Whether the GPU exists is the cluster's matter, not the driver's: asked of the cluster, in resolve_device's words.
     with pytest.raises(GateInputError, match="device 'cuda' was requested, but the Ray cluster has no CUDA GPU"):
         scan_on_ray(str(checkpoint), address=cluster, device="cuda")
 
