@@ -98,15 +98,16 @@ def _cpu_recheck(index: Path, layers_file: Path, names: tuple[str, ...]) -> dict
     import pandas as pd
     import torch
 
+    from gate.layers.plan import PlanOptions
     from gate.layers.planner import plan_layers
-    from gate.options import scan_options
+    from gate.options import ScanOptions
     from gate.scanning.pipeline import analyse_tensors
     from gate.sources import open_source
 
     started = time.perf_counter()
-    options = scan_options(device="cpu")
+    options = ScanOptions(device="cpu")
     with open_source(index) as weights:
-        plans = plan_layers(weights.tensor_infos(), options.plan_options())
+        plans = plan_layers(weights.tensor_infos(), PlanOptions.of(options))
         partial = analyse_tensors(weights, plans, names, options, torch.device("cpu"))
     gpu = pd.read_json(layers_file, orient="records").set_index("name")
     worst: dict[str, float] = {}

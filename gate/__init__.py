@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from gate.options import ScanOptions
     from gate.scanning.result import ScanResult
 
 __all__ = ["scan"]
 
 
-def scan(source: Any, **options: Any) -> "ScanResult":
-    """Scan ``source`` (path, URI or ``torch.nn.Module``); see :func:`gate.scanning.pipeline.scan`."""
+def scan(source: Any, options: "ScanOptions | None" = None, **changes: Any) -> "ScanResult":
+    """Scan ``source`` (path, URI or ``torch.nn.Module``) with ``options`` and keyword changes
+    (``device="cpu"``, ``mp_fit=True``, ...); see :func:`gate.scanning.pipeline.scan`."""
     from gate.scanning.pipeline import scan as _scan
 
-    return _scan(source, **options)
+    return _scan(source, options, **changes)

@@ -1,5 +1,5 @@
 """``python -m gate`` is the ``weightgate`` command."""
 
-from gate.cli.main import main
+from gate.cli.app import main
 
 main(prog_name="weightgate")

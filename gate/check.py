@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import torch
 
 from gate.compare import DISTANCE_COLUMNS, layer_distances, one_pass
 from gate.jsonvalues import json_value
-from gate.options import scan_options
+from gate.options import ScanOptions, resolve_device
 from gate.policy.decision import Decision, decide, now_utc, weightgate_version
 from gate.policy.evaluate import evaluate
 from gate.policy.schema import load_policy
 from gate.scanning.pipeline import scan
 from gate.scanning.result import ScanResult
-from gate.solver.spectrum import resolve_device
 from gate.sources import WeightSource, open_source
 
 SUMMARY_KEYS = ("num_analysed", "num_skipped", "num_nonfinite", "num_degenerate", "alpha", "alpha_weighted",
@@ -45,27 +45,30 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     ``source`` and ``baseline`` may be opened :class:`WeightSource` objects: each is read once and
     left open for its owner, the caller, to close (as :func:`gate.scanning.pipeline.scan` does);
     what ``check`` opens itself it closes."""
+    options = ScanOptions.of(device=device, train_accuracy=train_accuracy, keep_spectra=keep_spectra)
     loaded = load_policy(policy)
+    distances = baseline is not None and loaded.needs_baseline_weights()
+    # A device that is not there fails before any model is read or downloaded. On Ray the scans'
+    # device is the cluster's matter, but distances to the baseline are computed on this machine.
+    torch_device = resolve_device(options.device) if ray_address is None or distances else None
     preload = threading.Thread(target=_import_great_expectations, daemon=True)
     preload.start()  # Great Expectations imports for seconds; let that overlap with the scans
     # Eigenvalues are kept where a rule judges power-law fits: its likelihood-ratio test needs them.
     keep_spectra = keep_spectra or any(rule.fit == "well_fitted" for rule in loaded.rules)
-    options = {"device": device, "train_accuracy": train_accuracy, "keep_spectra": keep_spectra,
-               **loaded.scan_options()}
-    scan_options(**options)  # a bad option fails before anything is downloaded
+    options = ScanOptions.of(options, keep_spectra=keep_spectra, **loaded.scan_options())
     opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
     # One read of each model: the scan computes spectra, Benford digits and the fingerprint together.
     pairs = None
-    if baseline is not None and ray_address is None and loaded.needs_baseline_weights():
+    if distances and ray_address is None:
         # Rules on the baseline's weights (cosine, relative distance): the distances come from the same pass.
-        result, baseline_result, pairs = _scan_with_distances(source, baseline, opened, options)
+        result, baseline_result, pairs = _scan_with_distances(source, baseline, opened, options, torch_device)
     else:
         result = _scan(source, opened, options, ray_address)
         baseline_result = _scan(baseline, opened, options, ray_address) if baseline is not None else None
-        if baseline_result is not None and loaded.needs_baseline_weights():
+        if distances:
             # On Ray the scans ran on the cluster; the distances read the two models here, a tensor pair at a time.
             with _reading(source, opened) as weights, _reading(baseline, opened) as base_weights:
-                pairs = layer_distances(weights, base_weights, device)
+                pairs = layer_distances(weights, base_weights, torch_device)
     preload.join()
     outcomes = evaluate(loaded, result, baseline_result, pairs)
     decision = Decision(
@@ -83,21 +86,20 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     return CheckResult(decision, result, baseline_result, pairs)
 
 
-def _scan(source: Any, opened: dict[str, Any], options: dict[str, Any], ray_address: str | None) -> ScanResult:
+def _scan(source: Any, opened: dict[str, Any], options: ScanOptions, ray_address: str | None) -> ScanResult:
     if ray_address is not None:
         from gate.distributed.executor import scan_on_ray
 
-        return scan_on_ray(source, address=ray_address, **opened, **options)
+        return scan_on_ray(source, options, address=ray_address, **opened)
     with _reading(source, opened) as weights:
-        return scan(weights, **options)
+        return scan(weights, options)
 
 
-def _scan_with_distances(source: Any, baseline: Any, opened: dict[str, Any], options: dict[str, Any]
-                         ) -> tuple[ScanResult, ScanResult, pd.DataFrame]:
+def _scan_with_distances(source: Any, baseline: Any, opened: dict[str, Any], options: ScanOptions,
+                         device: torch.device) -> tuple[ScanResult, ScanResult, pd.DataFrame]:
     """Both scans and the per-layer distances between the two models, reading each model once."""
     with _reading(source, opened) as weights, _reading(baseline, opened) as base_weights:
-        valid = scan_options(**options)
-        result, baseline_result, rows, _, _ = one_pass(weights, base_weights, None, valid, resolve_device(valid.device))
+        result, baseline_result, rows, _, _ = one_pass(weights, base_weights, None, options, device)
     return result, baseline_result, pd.DataFrame(rows).reindex(columns=DISTANCE_COLUMNS)
 
 

@@ -20,16 +20,17 @@ import torch
 from gate.jsonvalues import json_value
 from gate.layers.plan import LayerPlan, PlanOptions, layer_matrices
 from gate.layers.planner import plan_layers
-from gate.options import ScanOptions, scan_options
+from gate.options import Interval, ScanOptions, check_value, resolve_device
 from gate.scanning.pipeline import merge_partials
 from gate.scanning.result import LayerTableExport
 from gate.scanning.tensor_pass import TensorPass
-from gate.solver.spectrum import cpu_threads_for_blas, resolve_device
+from gate.solver.spectrum import cpu_threads_for_blas
 from gate.sources import WeightSource, open_source
 from gate.vocabulary import LayerStatus
 
 DELTA_METRICS = ("alpha", "log_spectral_norm", "stable_rank", "mlh")
 REINIT_COSINE = 0.1  # |cosine| below this: the layer no longer resembles its reference
+CHANGED_THRESHOLD = Interval(float, 0, low_open=True)  # what compare's changed_threshold allows
 
 
 @dataclass
@@ -61,10 +62,9 @@ def compare(a: Any, b: Any, *, init: Any = None, changed_threshold: float = 0.5,
     """
     from gate.errors import GateInputError
 
-    if not changed_threshold > 0:
-        raise GateInputError(f"changed_threshold must be > 0, not {changed_threshold}")
-    torch_device = resolve_device(device)
-    options = scan_options(device=device)
+    check_value("changed_threshold", changed_threshold, CHANGED_THRESHOLD)
+    options = ScanOptions.of(device=device)
+    torch_device = resolve_device(options.device)
     opened = dict(allow_pickle=allow_pickle, tracking_uri=tracking_uri)
     with ExitStack() as stack:
         source_a = stack.enter_context(open_source(a, **opened))
@@ -96,7 +96,7 @@ def one_pass(source_a: WeightSource, source_b: WeightSource, source_init: Weight
     loaded alongside, then B's tensors that A has no partner for."""
     started = time.perf_counter()
     infos_a, infos_b = source_a.tensor_infos(), source_b.tensor_infos()
-    plans_a, plans_b = plan_layers(infos_a, options.plan_options()), plan_layers(infos_b, options.plan_options())
+    plans_a, plans_b = plan_layers(infos_a, PlanOptions.of(options)), plan_layers(infos_b, PlanOptions.of(options))
     # Distances cover every matrix, also those too small for a spectrum (min_evals=1).
     pairs_b = _matched(source_a, source_b)
     pairs_init = _matched(source_a, source_init) if source_init is not None else ({}, {})
@@ -133,20 +133,19 @@ def one_pass(source_a: WeightSource, source_b: WeightSource, source_init: Weight
 DISTANCE_COLUMNS = ["name", "status", "euclidean_distance", "relative_distance", "cosine_similarity"]
 
 
-def layer_distances(source_a: WeightSource, source_b: WeightSource, device: torch.device | str = "cpu") -> pd.DataFrame:
+def layer_distances(source_a: WeightSource, source_b: WeightSource, device: torch.device) -> pd.DataFrame:
     """Per layer of ``source_a`` matched in ``source_b``: status, Euclidean and relative distance,
     cosine similarity (the policy's baseline rules read these; `check` has scanned both already,
     so only the distances are computed, one tensor pair at a time)."""
-    torch_device = resolve_device(device) if isinstance(device, str) else device
     matched, _ = _matched(source_a, source_b)
     rows: list[dict[str, Any]] = []
     for info in source_a.tensor_infos():
         pairs = matched.get(info.name)
         if not pairs:
             continue
-        tensor_a = source_a.load(info.name).to(torch_device)
+        tensor_a = source_a.load(info.name).to(device)
         for b_name, group in _by_partner(pairs):
-            tensor_b = source_b.load(b_name).to(torch_device)
+            tensor_b = source_b.load(b_name).to(device)
             rows.extend(_pair_row(plan, other, tensor_a, tensor_b) for plan, other in group)
     return pd.DataFrame(rows).reindex(columns=DISTANCE_COLUMNS)
 

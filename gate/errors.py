@@ -11,6 +11,10 @@ class GateInputError(Exception):
     """Input that weightgate cannot use: missing/corrupt/unknown file, bad option, unsafe pickle."""
 
 
+class InvalidOptionError(GateInputError):
+    """An option's value is not one its declaration allows (gate.options), or no such option exists."""
+
+
 class UnsafePickleError(GateInputError):
     """A pickle weightgate does not load: a file in which its safe reader finds no weights
     (gate/sources/torch_files.py), or a tensor a .pt2 archive stores pickled (gate/sources/pt2_archive.py).

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gate.errors import GateInputError
+from gate.options import Choices, ScanOptions, check_value, resolve_device
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 # metric -> which direction predicts the better model
 RANK_METRICS: dict[str, str] = {"alpha_weighted": "lower", "alpha": "lower", "log_alpha_norm": "lower",
                                 "mlh": "higher"}
+RANK_BY = Choices(tuple(RANK_METRICS))  # what rank's ``by`` allows
 COLUMNS = ("rank", "source", *RANK_METRICS, "num_analysed")  # what the terminal table shows
 
 
@@ -75,21 +77,21 @@ def rank(sources: list[Any], by: str = "alpha_weighted", *, device: str = "auto"
     """Scan every source (paths, URIs, modules; ``models:/NAME`` means all its versions) and order
     them by ``by``. A source whose ``by`` metric is missing (no analysable layer) goes last, with
     a reason."""
-    if by not in RANK_METRICS:
-        raise GateInputError(f"cannot rank by {by!r}; choose one of {sorted(RANK_METRICS)}")
+    check_value("by", by, RANK_BY)
     if not sources:
         raise GateInputError("give at least one model to rank")
     import pandas as pd
 
     from gate.scanning.pipeline import scan
 
+    # Only the summary is ranked: no weights hash (nothing is recorded against it).
+    options = ScanOptions.of(device=device, fingerprint=False)
+    resolve_device(options.device)  # before the registry is asked for versions
     names = expand_sources([s for s in sources if isinstance(s, str)], tracking_uri)
     objects = [s for s in sources if not isinstance(s, str)]
     rows = []
     for source in names + objects:
-        # Only the summary is ranked: no weights hash (nothing is recorded against it).
-        summary = scan(source, device=device, allow_pickle=allow_pickle, tracking_uri=tracking_uri,
-                       fingerprint=False).summary
+        summary = scan(source, options, allow_pickle=allow_pickle, tracking_uri=tracking_uri).summary
         row: dict[str, Any] = {"source": source if isinstance(source, str) else f"<{type(source).__name__}>"}
         row.update({metric: float(summary.get(metric, math.nan)) for metric in RANK_METRICS})
         row["num_analysed"] = int(summary.get("num_analysed", 0))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from gate.errors import GateInputError
 from gate.vocabulary import VersionStatus
 
 
-class GateConfigError(RuntimeError):
-    """The server or worker cannot start with these settings."""
+class GateConfigError(GateInputError):
+    """The server or worker cannot start with these settings (the CLI exits 2 with the message)."""
 
 
 @dataclass(frozen=True)

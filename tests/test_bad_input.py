@@ -1,5 +1,8 @@
 """Bad input is expected input: per-layer problems are reported and the scan goes on; unreadable
-files stop with exit status 2, a message naming the file and the problem, and nothing on stdout."""
+files stop with exit status 2, a message naming the file and the problem, and nothing on stdout.
+
+The command line runs in-process (click's CliRunner); the exit status and streams of a real process
+are checked where the process boundary is the point (test_exit_status_and_streams_as_a_shell_sees_them)."""
 
 from __future__ import annotations
 
@@ -13,14 +16,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner, Result
 from safetensors.torch import save_file
 
 import gate
+from gate.cli.app import main
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gate", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+def run_cli(*args: str) -> Result:
+    """``weightgate ARGS`` in this process: exit_code, stdout and stderr apart."""
+    return CliRunner().invoke(main, list(args))
+
+
+def assert_input_error(result: Result) -> None:
+    """Exit 2, nothing on stdout, one ``weightgate: error: ...`` line on stderr."""
+    assert (result.exit_code, result.stdout) == (2, ""), result.output
+    assert result.stderr.startswith("weightgate: error: ") and result.stderr.count("\n") == 1, result.stderr
 
 
 @pytest.fixture
@@ -76,13 +87,13 @@ def test_json_output_has_null_for_missing_metrics(tmp_path, three_layers):
     three_layers["a.weight"][0, 0] = float("nan")
     path = tmp_path / "m.safetensors"
     save_file(three_layers, path)
-    proc = run_cli("scan", str(path), "--format", "json")
-    assert proc.returncode == 0, proc.stderr
+    result = run_cli("scan", str(path), "--format", "json")
+    assert result.exit_code == 0, result.output
 
     def reject(constant: str) -> None:
         raise AssertionError(f"non-standard JSON constant {constant}")
 
-    document = json.loads(proc.stdout, parse_constant=reject)
+    document = json.loads(result.stdout, parse_constant=reject)
     row = next(r for r in document["layers"] if r["name"] == "a")
     assert (row["status"], row["alpha"], row["shape"]) == ("nonfinite", None, [64, 32])
 
@@ -121,35 +132,34 @@ def test_truncated_files_exit_2_naming_the_file(tmp_path, three_layers, kind):
         path = tmp_path / "m.onnx"
         onnx.save(helper.make_model(graph), path)
     broken = _truncate(path)
-    proc = run_cli("scan", str(broken), "--format", "json")
-    assert proc.returncode == 2
-    assert proc.stdout == ""
-    assert str(broken) in proc.stderr
-    assert "truncated" in proc.stderr or "corrupt" in proc.stderr
+    result = run_cli("scan", str(broken), "--format", "json")
+    assert_input_error(result)
+    assert str(broken) in result.stderr
+    assert "truncated" in result.stderr or "corrupt" in result.stderr
 
 
 def test_missing_empty_and_unknown_files_exit_2(tmp_path):
-    proc = run_cli("scan", str(tmp_path / "nope.safetensors"))
-    assert (proc.returncode, proc.stdout) == (2, "")
-    assert "no such file" in proc.stderr
+    result = run_cli("scan", str(tmp_path / "nope.safetensors"))
+    assert_input_error(result)
+    assert "no such file" in result.stderr
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    proc = run_cli("scan", str(empty))
-    assert proc.returncode == 2 and "empty" in proc.stderr
+    result = run_cli("scan", str(empty))
+    assert result.exit_code == 2 and "empty" in result.stderr
     junk = tmp_path / "weights.xyz"
     noise = bytearray(random.Random(7).randbytes(4096))
     noise[8:9] = b"{"  # looks like a safetensors JSON header, but the length before it does not fit the file
     junk.write_bytes(bytes(noise))
-    proc = run_cli("scan", str(junk))
-    assert proc.returncode == 2 and "unknown model file format" in proc.stderr, proc.stderr
+    result = run_cli("scan", str(junk))
+    assert result.exit_code == 2 and "unknown model file format" in result.stderr, result.stderr
     garbage_pt = tmp_path / "garbage.pt"
     garbage_pt.write_bytes(b"hello, not a checkpoint" * 10)
-    proc = run_cli("scan", str(garbage_pt))
-    assert proc.returncode == 2 and "not a PyTorch checkpoint" in proc.stderr
+    result = run_cli("scan", str(garbage_pt))
+    assert result.exit_code == 2 and "not a PyTorch checkpoint" in result.stderr
     no_weights = tmp_path / "emptydir"
     no_weights.mkdir()
-    proc = run_cli("scan", str(no_weights))
-    assert proc.returncode == 2 and "no model weights found" in proc.stderr
+    result = run_cli("scan", str(no_weights))
+    assert result.exit_code == 2 and "no model weights found" in result.stderr
 
 
 def test_pickled_whole_module_is_read_safely_and_allow_pickle_loads_the_rest(tmp_path):
@@ -160,21 +170,22 @@ def test_pickled_whole_module_is_read_safely_and_allow_pickle_loads_the_rest(tmp
     model = torch.nn.Sequential(torch.nn.Linear(32, 32))
     path = tmp_path / "whole_model.pt"
     torch.save(model, path)
-    proc = run_cli("scan", str(path), "--format", "csv")
-    assert proc.returncode == 0, proc.stderr
+    result = run_cli("scan", str(path), "--format", "csv")
+    assert result.exit_code == 0, result.output
     state_dict = tmp_path / "state_dict.safetensors"
     save_file(model.state_dict(), state_dict)
-    assert proc.stdout == run_cli("scan", str(state_dict), "--format", "csv").stdout.replace(str(state_dict), str(path))
+    assert result.stdout == run_cli("scan", str(state_dict), "--format", "csv").stdout.replace(str(state_dict), str(path))
 
     hidden = tmp_path / "hidden.pt"
     torch.save(HoldsTensors(model[0].weight.detach()), hidden)
-    proc = run_cli("scan", str(hidden), cwd=Path(__file__).parent)
-    assert (proc.returncode, proc.stdout) == (2, "")
-    assert "--allow-pickle" in proc.stderr and "arbitrary code" in proc.stderr and "found no weights" in proc.stderr
-    assert "test_bad_input.HoldsTensors" in proc.stderr  # names what it wanted to create
-    proc = run_cli("scan", str(hidden), "--allow-pickle", "--format", "csv", cwd=Path(__file__).parent)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[1].split(",")[1] == "weight"  # the trusted load's {"weight": ...}
+    result = run_cli("scan", str(hidden))
+    assert (result.exit_code, result.stdout) == (2, ""), result.output
+    assert result.stderr.startswith("weightgate: error: ")
+    assert "--allow-pickle" in result.stderr and "arbitrary code" in result.stderr and "found no weights" in result.stderr
+    assert "test_bad_input.HoldsTensors" in result.stderr  # names what it wanted to create
+    result = run_cli("scan", str(hidden), "--allow-pickle", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].split(",")[1] == "weight"  # the trusted load's {"weight": ...}
 
 
 class HoldsTensors(Mapping):
@@ -205,18 +216,36 @@ def test_pickle_payload_never_runs(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"weight": torch.randn(16, 16), "x": Payload()}, path)
-    proc = run_cli("scan", str(path), "--format", "csv")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[1].split(",")[1] == "weight"
+    result = run_cli("scan", str(path), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].split(",")[1] == "weight"
     assert not marker.exists()
 
 
 def test_bad_options_exit_2():
-    proc = run_cli("scan", "whatever.pt", "--format", "xml")
-    assert proc.returncode == 2 and "xml" in proc.stderr
-    proc = run_cli("scan", "whatever.pt", "--device", "cuda")
+    result = run_cli("scan", "whatever.pt", "--format", "xml")
+    assert result.exit_code == 2 and "xml" in result.stderr and result.stdout == ""
+    missing_gpu = f"cuda:{torch.cuda.device_count()}"  # cuda:0 on a machine without a GPU
+    result = run_cli("scan", "whatever.pt", "--device", missing_gpu)
+    assert_input_error(result)
+    assert f"device {missing_gpu!r} was requested" in result.stderr
     if not torch.cuda.is_available():
-        assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
+        result = run_cli("scan", "whatever.pt", "--device", "cuda")
+        assert_input_error(result)
+        assert "no CUDA GPU" in result.stderr
+
+
+def test_exit_status_and_streams_as_a_shell_sees_them(tmp_path):
+    """The process boundary: a real ``python -m gate`` exits 2 with the message alone on stderr, for
+    an input error raised by a command and for a value click refuses while parsing."""
+    proc = subprocess.run([sys.executable, "-m", "gate", "scan", str(tmp_path / "nope.safetensors")],
+                          capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"weightgate: error: {tmp_path / 'nope.safetensors'}: no such file or directory\n"
+    proc = subprocess.run([sys.executable, "-m", "gate", "scan", "m.safetensors", "--precision", "half"],
+                          capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert "Invalid value for '--precision': 'half' is not one of 'auto', 'float64', 'float32'" in proc.stderr
 
 
 @pytest.mark.parametrize("command, option", [
@@ -227,9 +256,9 @@ def test_invalid_options_exit_2_before_any_download(command, option, tmp_path):
     """The source is an MLflow URI on a port nothing listens on: reaching it would fail differently
     (and slowly); the bad option is refused first."""
     extra = ["--out", str(tmp_path / "out")] if command == "report" else []
-    proc = run_cli(command, "models:/never-downloaded/1", "--tracking-uri", "http://127.0.0.1:9", *option, *extra)
-    assert proc.returncode == 2, proc.stderr
-    assert option[1] in proc.stderr and option[0] in proc.stderr
+    result = run_cli(command, "models:/never-downloaded/1", "--tracking-uri", "http://127.0.0.1:9", *option, *extra)
+    assert (result.exit_code, result.stdout) == (2, ""), result.output
+    assert option[1] in result.stderr and option[0] in result.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -238,7 +267,7 @@ def test_api_validates_options_before_opening_the_source():
     from gate.errors import GateInputError
 
     unreachable = "models:/never-downloaded/1"
-    with pytest.raises(GateInputError, match="unknown device 'gpu'"):
+    with pytest.raises(GateInputError, match="device must be auto, cpu, cuda or cuda:N .*; got 'gpu'"):
         check(unreachable, device="gpu", tracking_uri="http://127.0.0.1:9")
     with pytest.raises(GateInputError, match="half"):
         gate.scan(unreachable, precision="half", tracking_uri="http://127.0.0.1:9")

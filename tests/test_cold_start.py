@@ -27,7 +27,7 @@ def _imported(arguments: list[str]) -> set[str]:
     for line in proc.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
             names.add(line.rsplit("|", 1)[1].strip())
-    assert "gate.cli.main" in names  # the log is really there
+    assert "gate.cli.app" in names  # the log is really there
     return names
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import gate
+from gate.cli.app import main
 from gate.compare import compare
 
 
@@ -96,14 +96,11 @@ def test_nonfinite_layer_has_no_distance(tmp_path, pair):
 
 def test_cli_json_and_csv(pair):
     a_path, b_path, _, _ = pair
-    proc = subprocess.run([sys.executable, "-m", "gate", "compare", str(a_path), str(b_path), "--format", "json"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    document = json.loads(proc.stdout)
+    result = CliRunner().invoke(main, ["compare", str(a_path), str(b_path), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
     assert document["a"] == str(a_path) and document["summary"]["changed_layers"] == ["mid"]
-    proc = subprocess.run([sys.executable, "-m", "gate", "compare", str(a_path), str(b_path), "--format", "csv",
-                           "--threshold", "0.001"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.splitlines()[0].startswith("name,shape,status,euclidean_distance")
-    missing = subprocess.run([sys.executable, "-m", "gate", "compare", str(a_path), "/no/such.safetensors"],
-                             capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "/no/such.safetensors" in missing.stderr
+    result = CliRunner().invoke(main, ["compare", str(a_path), str(b_path), "--format", "csv", "--threshold", "0.001"])
+    assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("name,shape,status,euclidean_distance")
+    missing = CliRunner().invoke(main, ["compare", str(a_path), "/no/such.safetensors"])
+    assert missing.exit_code == 2 and "/no/such.safetensors" in missing.stderr and missing.stdout == ""

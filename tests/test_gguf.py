@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 
-from gate.cli.main import main
+from gate.cli.app import main
 from gate.scanning.pipeline import scan
 
 RNG = np.random.default_rng(11)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from gate.check import check
-from gate.cli.main import main
+from gate.cli.app import main
 from gate.report.verdict import summary_line
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gate.cli.main import main
+from gate.cli.app import main
 from gate.compare import compare
 from gate.scanning.pipeline import scan
 

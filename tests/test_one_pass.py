@@ -119,16 +119,17 @@ def test_compare_reads_each_side_once(model_files):
 def test_partial_scans_of_disjoint_tensor_groups_merge_to_the_whole_scan(model_files):
     """The seam for distributed scans: any split of the tensors, analysed separately and merged
     (in any order), gives the same layer table, Benford summary and fingerprint as one scan."""
+    from gate.layers.plan import PlanOptions
     from gate.layers.planner import plan_layers
-    from gate.options import scan_options
+    from gate.options import ScanOptions
     from gate.scanning.pipeline import analyse_tensors, merge_partials
 
     whole = gate.scan(model_files["a"], device="cpu")
-    options = scan_options(device="cpu")
+    options = ScanOptions(device="cpu")
     device = torch.device("cpu")
     source = open_source(model_files["a"])
     infos = source.tensor_infos()
-    plans = plan_layers(infos, options.plan_options())
+    plans = plan_layers(infos, PlanOptions.of(options))
     names = [info.name for info in infos]
     parts = [analyse_tensors(source, plans, names[i::3], options, device) for i in range(3)]
     merged = merge_partials(parts[::-1], source.description, infos, options, device, 0.0)
@@ -149,7 +150,7 @@ def test_scan_without_fingerprint_hashes_nothing_and_reports_the_same_layers(mod
     from click.testing import CliRunner
 
     import gate.scanning.tensor_pass
-    from gate.cli.main import main
+    from gate.cli.app import main
 
     digested: list[str] = []
     real_digest = gate.scanning.tensor_pass.tensor_digest

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner, Result
 from safetensors.torch import load_file, save_file
 
 from gate.check import check
+from gate.cli.app import main
 from gate.policy.schema import PolicyError, load_policy
 
 
@@ -472,35 +474,36 @@ def test_nan_metric_is_a_violation_and_empty_selection_fails_closed(tmp_path, va
     assert empty.status == "error" and result.decision.decision == "block"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gate", *args], capture_output=True, text=True, timeout=300)
+def run_cli(*args: str) -> Result:
+    """``weightgate ARGS`` in this process (click's CliRunner): exit_code, stdout and stderr apart."""
+    return CliRunner().invoke(main, list(args))
 
 
 def test_cli_exit_codes_and_outputs(tmp_path, variants, minilm_file):
     approved = run_cli("check", str(minilm_file), "--out", str(tmp_path / "ok"))
-    assert approved.returncode == 0, approved.stderr
+    assert approved.exit_code == 0, approved.output
     assert approved.stdout.startswith("decision: APPROVE")
     record = json.loads((tmp_path / "ok" / "decision.json").read_text())
     assert record["decision"] == "approve" and (tmp_path / "ok" / "layers.csv").is_file()
     blocked = run_cli("check", variants["nan"], "--format", "json")
-    assert blocked.returncode == 1
+    assert blocked.exit_code == 1
     assert json.loads(blocked.stdout)["decision"] == "block"
     bad_policy = write_policy(tmp_path, "schema_version: 1\nrules: []\n")
     error = run_cli("check", str(minilm_file), "--policy", str(bad_policy), "--out", str(tmp_path / "err"))
-    assert error.returncode == 2 and "rules: must be a non-empty list" in error.stderr
+    assert error.exit_code == 2 and "rules: must be a non-empty list" in error.stderr
     assert not (tmp_path / "err").exists()  # nothing half-written
 
 
 def test_cli_policy_validate_and_show(tmp_path):
     good = write_policy(tmp_path, GOOD_RULE)
     valid = run_cli("policy", "validate", str(good))
-    assert valid.returncode == 0 and "1 rules" in valid.stdout
+    assert valid.exit_code == 0 and "1 rules" in valid.stdout
     broken = tmp_path / "broken.yaml"
     broken.write_text(GOOD_RULE.replace("scope: layer", "scope: everything"))
     invalid = run_cli("policy", "validate", str(broken))
-    assert invalid.returncode == 2 and f"{broken}:6: rules[0].scope" in invalid.stderr
+    assert invalid.exit_code == 2 and f"{broken}:6: rules[0].scope" in invalid.stderr
     shown = run_cli("policy", "show")
-    assert shown.returncode == 0, shown.stderr
+    assert shown.exit_code == 0, shown.output
     default = load_policy()
     for rule in default.rules:  # every default rule is explained, with the figures behind it
         assert f"- {rule.id} [{rule.severity}]" in shown.stdout
@@ -513,7 +516,7 @@ def test_commands_without_a_policy_do_not_import_great_expectations(minilm_file,
     """Great Expectations takes seconds to import: scan and compare must not pay for it."""
     code = textwrap.dedent(f"""
         import sys
-        from gate.cli.main import main
+        from gate.cli.app import main
         for args in (["scan", {str(minilm_file)!r}, "--format", "json"],
                      ["compare", {str(minilm_file)!r}, {str(minilm_file)!r}, "--format", "json"]):
             try:

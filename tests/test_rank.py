@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from gate.cli.main import main
+from gate.cli.app import main
 from gate.metrics.benford import BENFORD
 
 from registry_helpers import register_file

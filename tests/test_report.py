@@ -4,16 +4,16 @@ layers marked, baseline visible above this version, lines clipped to the axes, E
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pandas as pd
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from gate.check import check
+from gate.cli.app import main
 from gate.report.html import ESD_CAP, esd_layers, write_report
 from gate.report.plots import chart_style, report_charts
 
@@ -118,10 +118,9 @@ def test_esd_charts_are_capped_for_large_models(tmp_path):
 
 
 def test_report_command(tmp_path, minilm_dir):
-    proc = subprocess.run([sys.executable, "-m", "gate", "report", str(minilm_dir), "--out", str(tmp_path / "r"),
-                           "--esd-charts", "5"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "decision approve" in proc.stdout
+    result = CliRunner().invoke(main, ["report", str(minilm_dir), "--out", str(tmp_path / "r"), "--esd-charts", "5"])
+    assert result.exit_code == 0, result.output
+    assert "decision approve" in result.stdout
     assert (tmp_path / "r" / "report.html").is_file() and (tmp_path / "r" / "decision.json").is_file()
     assert len(list((tmp_path / "r" / "esd").glob("*.svg"))) == 5
     assert "showing 5 of 39" in (tmp_path / "r" / "report.html").read_text()

@@ -14,8 +14,9 @@ import scipy.linalg
 import torch
 from safetensors import safe_open
 
+from gate.options import resolve_device
 from gate.solver.precision import SolveKey
-from gate.solver.spectrum import STRATEGIES, SpectrumBatcher, resolve_device
+from gate.solver.spectrum import STRATEGIES, SpectrumBatcher
 
 CPU = torch.device("cpu")
 # Both strategies run on the CPU: "batched" is the GPU code path (torch Gram, stacked eigvalsh).
@@ -239,5 +240,5 @@ def test_device_resolution():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     from gate.errors import GateInputError
 
-    with pytest.raises(GateInputError, match="unknown device"):
+    with pytest.raises(GateInputError, match="device must be auto, cpu, cuda or cuda:N .*; got 'tpu'"):
         resolve_device("tpu")

@@ -7,16 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from gate.scanning.result import ScanResult
-
 SCAN_COLUMNS = ("name", "layer_type", "shape", "quantization", "status", "alpha", "alpha_weighted", "log_spectral_norm",
                 "stable_rank", "mlh")
 COMPARE_COLUMNS = ("name", "shape", "status", "euclidean_distance", "relative_distance", "cosine_similarity",
                    "delta_alpha", "delta_log_spectral_norm", "delta_stable_rank", "delta_mlh")
-
-
-def render_scan_table(result: ScanResult) -> str:
-    return render_table([f"source: {result.source}"], result.layers, SCAN_COLUMNS, result.summary)
 
 
 def render_table(heading: list[str], layers: pd.DataFrame, columns: tuple[str, ...], summary: dict[str, Any]) -> str:

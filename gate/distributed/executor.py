@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gate.distributed.part import analyse_part
 from gate.distributed.plan import DEFAULT_PART_BYTES, Part, ScanPlan, plan_scan
 from gate.errors import GateInputError
+from gate.options import ScanOptions, resolve_device
 from gate.scanning.result import ScanResult
 
 DEFAULT_MAX_RETRIES = 3
@@ -26,12 +28,13 @@ TASK_OVERHEAD_BYTES = 1536 * 2**20
 INSTALL_HINT = "pip install 'weightgate[ray]'"
 
 
-def scan_on_ray(source: str, *, address: str | None = None, tracking_uri: str | None = None,
-                allow_pickle: bool = False, part_bytes: int = DEFAULT_PART_BYTES,
+def scan_on_ray(source: str, options: ScanOptions | None = None, *, address: str | None = None,
+                tracking_uri: str | None = None, allow_pickle: bool = False, part_bytes: int = DEFAULT_PART_BYTES,
                 max_retries: int = DEFAULT_MAX_RETRIES, analyse: Callable[..., Any] = analyse_part,
-                **options: Any) -> ScanResult:
+                **changes: Any) -> ScanResult:
     """Scan ``source`` (a path every node sees, or an MLflow URI) on the Ray cluster at ``address``
-    (``None``/``"auto"``: RAY_ADDRESS or the cluster started on this machine).
+    (``None``/``"auto"``: RAY_ADDRESS or the cluster started on this machine), with ``options``
+    and keyword ``changes`` as :func:`gate.scanning.pipeline.scan` takes them.
 
     The result, fingerprint included, equals :func:`gate.scanning.pipeline.scan`'s but for timing.
     ``analyse`` runs each part (tests wrap it to stop a task midway).
@@ -39,20 +42,18 @@ def scan_on_ray(source: str, *, address: str | None = None, tracking_uri: str | 
     import torch
 
     from gate.distributed.merge import merge_parts
-    from gate.options import scan_options
 
+    # Bad options fail before any cluster work; whether the device exists is the cluster's matter.
+    options = ScanOptions.of(options, **changes)
     if not isinstance(source, (str, Path)):
         raise GateInputError(f"a Ray scan reads a path or an MLflow URI that every node can open, not a "
                              f"{type(source).__name__}; scan in-process instead")
-    # Bad options fail before any cluster work; the device is the cluster's matter, not this machine's.
-    device = options.get("device", "auto")
-    scan_options(**{**options, "device": "cpu"})
     ray = _import_ray()
     started = time.perf_counter()
     plan = plan_scan(str(source), tracking_uri=tracking_uri, allow_pickle=allow_pickle, part_bytes=part_bytes)
     connect(address)
-    gpus = _task_gpus(device, ray.cluster_resources())
-    task_options = {**options, "device": "cuda" if gpus else "cpu"}
+    gpus = _task_gpus(options.device, ray.cluster_resources())
+    task_options = replace(options, device="cuda" if gpus else "cpu")
     _check_feasible(plan, ray.nodes())
     remote = ray.remote(_run_part)
     refs = [remote.options(num_cpus=1, num_gpus=gpus, scheduling_strategy="SPREAD", memory=task_memory(part),
@@ -61,7 +62,7 @@ def scan_on_ray(source: str, *, address: str | None = None, tracking_uri: str | 
             .remote(analyse, part, task_options, plan.tracking_uri, plan.allow_pickle)
             for part in plan.parts]
     results = _gather(ray, refs)
-    return merge_parts(plan, results, scan_options(**task_options), torch.device(task_options["device"]),
+    return merge_parts(plan, results, task_options, torch.device(task_options.device),
                        time.perf_counter() - started)
 
 
@@ -83,7 +84,7 @@ def task_memory(part: Part) -> int:
     return part.nbytes + TASK_OVERHEAD_BYTES
 
 
-def _run_part(analyse: Callable[..., Any], part: Part, options: dict[str, Any], tracking_uri: str | None,
+def _run_part(analyse: Callable[..., Any], part: Part, options: ScanOptions, tracking_uri: str | None,
               allow_pickle: bool) -> Any:
     """The body of a Ray task (module level, so workers import it rather than unpickle code)."""
     return analyse(part, options, tracking_uri=tracking_uri, allow_pickle=allow_pickle)
@@ -98,13 +99,10 @@ def _import_ray():
 
 
 def _task_gpus(device: str, resources: dict[str, float]) -> int:
-    """1 when tasks should ask for a GPU: the cluster has one and the device is auto or cuda."""
-    has_gpu = resources.get("GPU", 0) >= 1
-    if device.startswith("cuda") and not has_gpu:
-        raise GateInputError(f"--device {device} was requested, but the Ray cluster has no GPU; use --device cpu or auto")
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise GateInputError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return 1 if has_gpu and device != "cpu" else 0
+    """1 when tasks should ask for a GPU: the cluster has one and the device is auto or cuda[:N]
+    (each task sees the one GPU Ray gives it)."""
+    cluster_device = resolve_device(device, gpus=int(resources.get("GPU", 0)), where="the Ray cluster has")
+    return 1 if cluster_device.type == "cuda" else 0
 
 
 def _check_feasible(plan: ScanPlan, nodes: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ import torch
 from gate.distributed.part import PartResult
 from gate.distributed.plan import ScanPlan
 from gate.errors import GateInputError
-from gate.layers.plan import LayerPlan
+from gate.layers.plan import LayerPlan, PlanOptions
 from gate.layers.planner import plan_layers
 from gate.options import ScanOptions
 from gate.scanning.pipeline import merge_partials
@@ -32,7 +32,7 @@ def merge_parts(plan: ScanPlan, results: list[PartResult], options: ScanOptions,
     """The model's :class:`ScanResult` from the results of all parts of ``plan``."""
     infos = _model_infos(plan, results)
     by_tensor: dict[str, list[LayerPlan]] = defaultdict(list)
-    for layer in plan_layers(infos, options.plan_options()):
+    for layer in plan_layers(infos, PlanOptions.of(options)):
         by_tensor[layer.tensor_name].append(layer)
     partials = [_renumbered(result, by_tensor) for result in results]
     return merge_partials(partials, plan.description, infos, options, device, seconds)

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gate.distributed.plan import SAFETENSORS, Part
 from gate.errors import GateInputError
-from gate.layers.plan import LayerPlan
+from gate.layers.plan import LayerPlan, PlanOptions
 from gate.layers.planner import plan_layers
+from gate.options import ScanOptions, resolve_device
 from gate.scanning.tensor_pass import PartialScan
 from gate.sources.base import TensorInfo, WeightSource
 
@@ -34,24 +34,22 @@ class PartResult:
     partial: PartialScan
 
 
-def analyse_part(part: Part, options: dict[str, Any], *, tracking_uri: str | None = None,
+def analyse_part(part: Part, options: ScanOptions, *, tracking_uri: str | None = None,
                  allow_pickle: bool = False) -> PartResult:
-    """One pass over the part's tensors (``options``: :class:`gate.options.ScanOptions` fields)."""
-    from gate.options import scan_options
+    """One pass over the part's tensors, on the device of ``options`` as this node has it."""
     from gate.scanning.pipeline import analyse_tensors
-    from gate.solver.spectrum import resolve_device
 
-    parsed = scan_options(**options)
+    device = resolve_device(options.device)  # before the part is read: this node may lack the GPU asked for
     with open_part(part, tracking_uri, allow_pickle) as weights:
         infos = weights.tensor_infos()
         names = set(part.tensors) if part.tensors is not None else {info.name for info in infos}
         # Planned over the whole file, so that a layer that looks at its neighbours (recurrent gates) sees them.
-        plans = [plan for plan in plan_layers(infos, parsed.plan_options()) if plan.tensor_name in names]
+        plans = [plan for plan in plan_layers(infos, PlanOptions.of(options)) if plan.tensor_name in names]
         mine = [info for info in infos if info.name in names]
         if len(mine) != len(names):
             raise GateInputError(f"{part.location}: the plan names tensors this file does not hold: "
                                  f"{sorted(names - {info.name for info in mine})[:10]}")
-        partial = analyse_tensors(weights, plans, [info.name for info in mine], parsed, resolve_device(parsed.device))
+        partial = analyse_tensors(weights, plans, [info.name for info in mine], options, device)
         return PartResult(weights.description, mine, plans, partial)
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gate.options import ScanOptions
+
 # Layer types reported in the layer table.
 DENSE, EMBEDDING, CONV1D, CONV2D, CONV3D, RECURRENT = "dense", "embedding", "conv1d", "conv2d", "conv3d", "recurrent"
 
@@ -51,6 +53,11 @@ class PlanOptions:
     max_evals: int | None = None
     max_N: int | None = None
     conv2d_method: str = "pooled"  # or "per_slice" (one row per kernel position, 004's method 1)
+
+    @classmethod
+    def of(cls, options: ScanOptions) -> PlanOptions:
+        """The layer-selection knobs of a scan's options."""
+        return cls(options.min_evals, options.max_evals, options.max_N, options.conv2d_method)
 
 
 def layer_matrices(plan: LayerPlan, tensor: torch.Tensor) -> list[torch.Tensor]:

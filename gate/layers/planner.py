@@ -19,13 +19,14 @@ from gate.layers.experts import expert_column, fused_expert_plans, is_fused_expe
 from gate.layers.kinds import is_embedding, tensor_kind
 from gate.layers.plan import DENSE, EMBEDDING, LayerPlan, PlanOptions
 from gate.layers.recurrent import RECURRENT_WEIGHT, onnx_recurrent_op, onnx_recurrent_plans, recurrent_plans
+from gate.options import CONV2D_METHODS
 from gate.sources.base import TensorInfo
 
 
 def plan_layers(infos: list[TensorInfo], options: PlanOptions = PlanOptions()) -> list[LayerPlan]:
     """All analysable matrices of a model, in storage order, including skipped ones with reasons."""
-    if options.conv2d_method not in ("pooled", "per_slice"):
-        raise ValueError(f"conv2d_method must be 'pooled' or 'per_slice', not {options.conv2d_method!r}")
+    if options.conv2d_method not in CONV2D_METHODS:
+        raise ValueError(f"conv2d_method must be one of {CONV2D_METHODS}, not {options.conv2d_method!r}")
     by_name = {info.name: info for info in infos}
     plans: list[LayerPlan] = []
     for info in infos:

@@ -27,42 +27,44 @@ from typing import Any
 import pandas as pd
 import torch
 
-from gate.layers.plan import LayerPlan
+from gate.layers.plan import LayerPlan, PlanOptions
 from gate.layers.planner import plan_layers
 from gate.metrics.benford import ModelDigits
 from gate.metrics.random_like import random_like_fraction
 from gate.metrics.spectral import add_peer_ratios
-from gate.options import ScanOptions, scan_options
+from gate.options import ScanOptions, resolve_device
 from gate.scanning.fingerprint import combine
 from gate.scanning.result import LEADING_COLUMNS, ScanResult
 from gate.scanning.summary import summarize, tensor_counts
 from gate.scanning.tensor_pass import PartialScan, TensorPass
-from gate.solver.spectrum import cpu_threads_for_blas, resolve_device
+from gate.solver.spectrum import cpu_threads_for_blas
 from gate.sources import TensorInfo, WeightSource, open_source
 
 
 def scan(
     source: Any,
+    options: ScanOptions | None = None,
     *,
     allow_pickle: bool = False,
     tracking_uri: str | None = None,
     progress: bool = False,
-    **options: Any,
+    **changes: Any,
 ) -> ScanResult:
     """Scan a model's weights.
 
-    ``source``: path, MLflow URI, ``nn.Module`` or state dict. ``options``: the fields of
-    :class:`ScanOptions` (e.g. ``device="cuda"``, ``mp_fit=True``, ``randomize=True``).
+    ``source``: path, MLflow URI, ``nn.Module`` or state dict. ``options`` (default: the defaults)
+    with ``changes``, keyword arguments named as :class:`ScanOptions`'s fields (e.g.
+    ``device="cuda"``, ``mp_fit=True``, ``randomize=True``), checked before the source is opened.
     ``progress`` shows a bar on stderr when it is a terminal.
     """
-    parsed = scan_options(**options)
+    parsed = ScanOptions.of(options, **changes)
     device = resolve_device(parsed.device)
     started = time.perf_counter()
     weights = open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
     # A WeightSource passed in belongs to the caller: leave it open.
     with nullcontext() if weights is source else weights:
         infos = weights.tensor_infos()
-        plans = plan_layers(infos, parsed.plan_options())
+        plans = plan_layers(infos, PlanOptions.of(parsed))
         names = _progress([info.name for info in infos], progress)
         partial = analyse_tensors(weights, plans, names, parsed, device)
         description = weights.description

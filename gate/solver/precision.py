@@ -25,30 +25,15 @@ docs/performance.md):
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple
 
 import torch
 
+from gate.options import Precision
+
 SOLVE_ERROR_FACTOR = 8.0  # measured worst case 6 (module docstring), with a margin
 TAIL_TOLERANCE = 1e-3  # largest relative error bound accepted at xmin for a float32 solve under auto
 RANDOMIZED_SOLVE_DTYPE = torch.float32
-
-
-class Precision(str, enum.Enum):
-    """The ``precision`` scan option."""
-
-    AUTO = "auto"
-    FLOAT32 = "float32"
-    FLOAT64 = "float64"
-
-    @classmethod
-    def parse(cls, value: "str | Precision") -> "Precision":
-        """The option from its name; a clear error names the allowed values."""
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"precision must be one of {[p.value for p in cls]}, not {value!r}") from None
 
 
 class SolveKey(NamedTuple):

@@ -28,26 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gate.options import STRATEGIES
 from gate.solver.lapack import blas_controller, eigvalsh, usable_cores
 from gate.solver.precision import Precision, SolveKey, error_bound, ieee_float32_matmul, solve_dtype
 
-STRATEGIES = ("pool", "batched")
 # Bytes of W converted to the solve precision at a time, so a float16 32000 x 4096 embedding never
 # exists as a full float64 copy, whichever core converts it.
 _BLOCK_BYTES = 16 * 2**20
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is an input error."""
-    from gate.errors import GateInputError
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GateInputError("--device cuda was requested, but torch sees no CUDA GPU; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise GateInputError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
 
 
 @contextmanager

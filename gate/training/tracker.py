@@ -16,6 +16,7 @@ from gate.errors import GateInputError
 from gate.jsonvalues import metric_value
 from gate.layers.planner import plan_layers
 from gate.metrics.benford import ModelDigits
+from gate.options import ScanOptions, resolve_device
 from gate.sources.module import ModuleSource
 
 if TYPE_CHECKING:
@@ -92,7 +93,9 @@ class WeightMetricsTracker:
         if isinstance(sink, str) and sink != "mlflow":
             raise GateInputError(f"sink must be 'mlflow', None or a callable(metrics, step), not {sink!r}")
         self.sink: MetricSink | None = ActiveRunSink() if sink == "mlflow" else sink
-        self.device = device
+        # Checked now, not at the first spectral measurement hours into training.
+        self.options = ScanOptions.of(device=device)
+        resolve_device(device)
         self.history: list[dict[str, float]] = []
         self._parameters = matrix_parameters(model)
         if not self._parameters:
@@ -127,7 +130,7 @@ class WeightMetricsTracker:
         from gate.scanning.pipeline import scan
 
         with torch.no_grad():
-            return scan(self.model, device=self.device, benford=full, fingerprint=full)
+            return scan(self.model, self.options, benford=full, fingerprint=full)
 
     def _log(self, metrics: dict[str, Any], step: int) -> None:
         # MLflow refuses NaN in some stores, and a NaN is no measurement: leave it out of the log

@@ -35,6 +35,7 @@ from mlflow.tracking import MlflowClient
 
 from gate import vocabulary as words
 from gate.jsonvalues import metric_value
+from gate.options import SCAN_OPTIONS, resolve_device
 from gate.sources import WeightSource
 from gate.vocabulary import EXPERIMENT, STATUS, STATUS_OF_DECISION, LayerStatus, VersionStatus
 from mlflow_plugin.config import GateConfig
@@ -61,6 +62,12 @@ class WorkerSettings:
     ray_address: str | None = None  # scan on this Ray cluster (--executor ray); None: in this process
 
     def __post_init__(self) -> None:
+        # A device this worker cannot scan on would fail every version: refused at start, by the
+        # option's declaration (gate.options); on Ray the cluster's GPUs are the executor's matter.
+        if self.ray_address is None:
+            resolve_device(self.device)
+        else:
+            SCAN_OPTIONS["device"].check(self.device)
         if not self.worker_id:
             self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
