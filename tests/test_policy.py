@@ -342,7 +342,7 @@ def test_every_mistake_is_reported_at_once_with_its_line(tmp_path):
     assert str(error.value) == "\n".join([f"{path}: 5 problems", *error.value.problems])
     from click.testing import CliRunner
 
-    from gate.cli.main import main
+    from gate.cli.app import main
 
     validated = CliRunner().invoke(main, ["policy", "validate", str(path)])
     assert validated.exit_code == 2
