@@ -23,7 +23,7 @@ from torch import nn
 import gate
 from gate.errors import GateInputError
 from gate.layers.kinds import NON_MATRIX_KINDS
-from gate.sources.keras_file import KerasSource
+from gate.sources.keras.source import KerasSource
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = ("model.keras", "model.h5", "mlflow_model")

@@ -26,7 +26,7 @@ CONV1D_MAX_KERNEL = 16
 _CONV_NAME = re.compile(r"conv", re.IGNORECASE)
 
 
-# torch modules, ONNX operators, and Keras layer classes (gate/sources/keras_roles.py hands their kernels over
+# torch modules, ONNX operators, and Keras layer classes (gate/sources/keras/roles.py hands their kernels over
 # in torch's [out, in, k...] / [in, out, k...] layout; a SeparableConv's tensors are its depthwise and 1x1 parts).
 _CONV_MODULES = {"Conv", "ConvTranspose", "Conv1d", "Conv2d", "Conv3d",
                  "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",

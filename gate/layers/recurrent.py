@@ -15,7 +15,7 @@ _GATE_NAMES = {4: ("i", "f", "g", "o"), 3: ("r", "z", "n"), 1: ("h",)}
 
 
 # torch's modules; Keras's LSTM/GRU (same class names) and SimpleRNN, whose kernels the Keras reader
-# (gate/sources/keras_roles.py) hands over stacked in torch's layout and gate order.
+# (gate/sources/keras/roles.py) hands over stacked in torch's layout and gate order.
 _RECURRENT_GATES = {"LSTM": 4, "LSTMCell": 4, "GRU": 3, "GRUCell": 3, "RNN": 1, "RNNCell": 1,
                     "SimpleRNN": 1, "SimpleRNNCell": 1}
 

@@ -12,7 +12,7 @@ from gate.errors import GateInputError
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
 from gate.sources.gguf_file import GgufSource
-from gate.sources.keras_file import SAVED_MODEL_REFUSAL, KerasSource, is_hdf5, is_keras_archive
+from gate.sources.keras.source import SAVED_MODEL_REFUSAL, KerasSource, is_hdf5, is_keras_archive
 from gate.sources.pickled.source import open_pickle_file
 from gate.sources.pt2_archive import Pt2ArchiveSource
 from gate.sources.quantization.config import read_quantization_config

@@ -2,7 +2,7 @@
 
 Keras 3 (``model.weights.h5`` inside a ``.keras`` archive, ``save_weights("x.weights.h5")``): one group
 per layer, reached through each model's ``layers`` group under a name made from the layer's class
-(:func:`gate.sources.keras_config._assign_keys`), with the variables as ``vars/0``, ``vars/1`` ... in
+(:func:`gate.sources.keras.config._assign_keys`), with the variables as ``vars/0``, ``vars/1`` ... in
 ``build()`` order; a recurrent layer keeps its cell's variables in ``cell/vars``, ``Bidirectional`` in
 ``forward_layer`` and ``backward_layer``, other wrappers in ``layer``; an ``optimizer`` group holds the
 optimizer's variables.
@@ -25,8 +25,8 @@ import h5py
 import numpy as np
 
 from gate.sources.base import natural_key
-from gate.sources.keras_config import LayerNode, class_from_name, container, inferred_node, is_wrapper
-from gate.sources.keras_roles import WRAPPERS, Transform, identity, positional_roles, role_from_name, torch_tensors
+from gate.sources.keras.config import LayerNode, class_from_name, container, inferred_node, is_wrapper
+from gate.sources.keras.roles import WRAPPERS, Transform, identity, positional_roles, role_from_name, torch_tensors
 
 OPTIMIZER_GROUPS = ("optimizer", "optimizer_weights")
 
@@ -74,7 +74,7 @@ class _Collector:
 
 def keras3_variables(file: h5py.File, root: LayerNode) -> list[KerasVariable]:
     """The variables of a Keras 3 weights file, walked along ``root`` (from the config, or inferred
-    from the file by :func:`gate.sources.keras_config.inferred_node`), then those of layers the walk
+    from the file by :func:`gate.sources.keras.config.inferred_node`), then those of layers the walk
     did not reach (a subclassed model's attributes, whose config lists no layers)."""
     collector = _Collector()
     _walk_layer(collector, root, file, "")

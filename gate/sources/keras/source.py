@@ -3,10 +3,10 @@ files (``.weights.h5``) and legacy ``.h5`` files (Keras 2, Keras 3's ``model.sav
 
 Neither TensorFlow nor Keras is imported, and nothing in the model's config runs: config.json (or a
 legacy file's ``model_config``) is parsed as JSON and only layer classes, names and nesting are read
-(:mod:`gate.sources.keras_config`). Tensors are read one dataset at a time; a ``.keras`` archive's
+(:mod:`gate.sources.keras.config`). Tensors are read one dataset at a time; a ``.keras`` archive's
 ``model.weights.h5`` is read in place inside the zip (Keras stores it uncompressed), so memory stays
 at one tensor. Each tensor comes out in torch's orientation under a torch-style name
-(:mod:`gate.sources.keras_roles`), in the model's layer order (:mod:`gate.sources.keras_layout`).
+(:mod:`gate.sources.keras.roles`), in the model's layer order (:mod:`gate.sources.keras.layout`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 
 from gate.errors import GateInputError
 from gate.sources.base import OPTIMIZER_STATE, TensorInfo, WeightSource
-from gate.sources.keras_config import LayerNode, container, inferred_node, parse_model_config
-from gate.sources.keras_layout import KerasVariable, keras3_variables, legacy_variables
+from gate.sources.keras.config import LayerNode, container, inferred_node, parse_model_config
+from gate.sources.keras.layout import KerasVariable, keras3_variables, legacy_variables
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 KERAS_WEIGHTS = "model.weights.h5"

@@ -16,7 +16,7 @@ import h5py
 
 from gate.errors import GateInputError
 from gate.sources.base import natural_key
-from gate.sources.keras_roles import KNOWN_CLASSES, WRAPPERS, is_recurrent
+from gate.sources.keras.roles import KNOWN_CLASSES, WRAPPERS, is_recurrent
 
 
 @dataclass
