@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from gate.compare import DISTANCE_COLUMNS, layer_distances, one_pass
+from gate.errors import GateInputError
 from gate.jsonvalues import json_value
 from gate.options import ScanOptions, resolve_device
 from gate.policy.decision import Decision, decide, now_utc, weightgate_version
@@ -47,6 +48,9 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     what ``check`` opens itself it closes."""
     options = ScanOptions.of(device=device, train_accuracy=train_accuracy, keep_spectra=keep_spectra)
     loaded = load_policy(policy)
+    if train_accuracy is None and loaded.needs_train_accuracy():
+        raise GateInputError(f"{loaded.path}: rules on eic, eic_scaled or eic_sr need the model's training accuracy; "
+                             "pass --train-accuracy (Python: train_accuracy=0.93), or use a policy without them")
     distances = baseline is not None and loaded.needs_baseline_weights()
     # A device that is not there fails before any model is read or downloaded. On Ray the scans'
     # device is the cluster's matter, but distances to the baseline are computed on this machine.

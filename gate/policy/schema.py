@@ -104,6 +104,10 @@ class LayerFilter(DocumentModel):
         return value
 
 
+# Fields only layer rules have, and what a model rule that gives one is told.
+_LAYER_RULE_FIELDS = {"mostly": "only layer rules have a 'mostly' share", "layers": "only layer rules have layer filters"}
+
+
 class Rule(DocumentModel):
     """One rule of a policy. Fields are declared in the order their cross-field checks read them."""
 
@@ -159,19 +163,12 @@ class Rule(DocumentModel):
             raise problem(f"{metric} already compares with the baseline: use min/max/between")
         return condition
 
-    @field_validator("mostly")
+    @field_validator("mostly", "layers")
     @classmethod
-    def _share_of_layers(cls, mostly: float, info: ValidationInfo) -> float:
+    def _layer_rules_only(cls, value: float | LayerFilter, info: ValidationInfo) -> float | LayerFilter:
         if info.data.get("scope") == "model":
-            raise problem("only layer rules have a 'mostly' share")
-        return mostly
-
-    @field_validator("layers")
-    @classmethod
-    def _filters_layers(cls, layers: LayerFilter, info: ValidationInfo) -> LayerFilter:
-        if info.data.get("scope") == "model":
-            raise problem("only layer rules have layer filters")
-        return layers
+            raise problem(_LAYER_RULE_FIELDS[info.field_name])
+        return value
 
     @field_validator("when_no_baseline")
     @classmethod
