@@ -235,13 +235,8 @@ class SafeUnpickler:
         self._append(self._top(), items)
 
     def _append(self, target: object, items: list) -> None:
-        if type(target) is list:
-            target.extend(items)
-        elif isinstance(target, Opaque):
-            target.items.extend(items)
-        else:
-            raise BadPickle(f"APPEND to a {type(target).__name__}")
-        self._nest(target, items)
+        self._fill(target, items, "APPEND", {list: lambda values: values.extend(items)},
+                   lambda opaque: opaque.items.extend(items))
 
     def _op_SETITEM(self, _: None) -> None:
         value = self._pop()
@@ -256,27 +251,36 @@ class SafeUnpickler:
         if len(items) % 2:
             raise BadPickle("a dict is given an odd number of keys and values")
         pairs = list(zip(items[::2], items[1::2]))
-        if type(target) in (dict, OrderedDict):
+
+        def into_dict(mapping: dict) -> None:
             for key, value in pairs:
                 check_hashable(key)
-                target[key] = value
-        elif isinstance(target, Opaque):
-            target.entries.extend(pairs)
-        else:
-            raise BadPickle(f"SETITEM on a {type(target).__name__}")
-        self._nest(target, items)
+                mapping[key] = value
+
+        self._fill(target, items, "SETITEM", {dict: into_dict, OrderedDict: into_dict},
+                   lambda opaque: opaque.entries.extend(pairs))
 
     def _op_ADDITEMS(self, _: None) -> None:
         items = self._pop_mark()
-        target = self._top()
-        if type(target) is set:
+
+        def into_set(values: set) -> None:
             for item in items:
                 check_hashable(item)
-            target.update(items)
+            values.update(items)
+
+        self._fill(self._top(), items, "ADDITEMS", {set: into_set}, lambda opaque: opaque.items.extend(items))
+
+    def _fill(self, target: object, items: list, opcode: str, native: dict[type, Callable[[Any], None]],
+              inert: Callable[[Opaque], None]) -> None:
+        """Adds ``items`` to ``target``: a native container by its own rule (``native`` by exact type,
+        keys checked before they are hashed), an inert placeholder keeps them as given; adding to
+        anything else is a malformed pickle."""
+        if type(target) in native:
+            native[type(target)](target)
         elif isinstance(target, Opaque):
-            target.items.extend(items)
+            inert(target)
         else:
-            raise BadPickle(f"ADDITEMS on a {type(target).__name__}")
+            raise BadPickle(f"{opcode} on a {type(target).__name__}")
         self._nest(target, items)
 
     def _op_FROZENSET(self, _: None) -> None:
