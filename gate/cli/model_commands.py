@@ -115,7 +115,8 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
     Exit status: 0 approve or warn (warnings printed), 1 block, 2 error (bad input or policy).
     """
     from gate.check import check as run_check
-    from gate.policy.report import render_decision, write_outputs
+    from gate.policy.report import write_outputs
+    from gate.report.text import render_decision
     from gate.vocabulary import Verdict
 
     if base is not None:
@@ -164,9 +165,10 @@ def report(source: str, out_dir: str, baseline: str | None, policy_file: str | N
 
     result = run_check(source, policy=policy_file, baseline=baseline, device=device, allow_pickle=allow_pickle,
                        tracking_uri=tracking_uri, keep_spectra=True)
-    write_outputs(result, out_dir)
-    files = write_report(out_dir, result.scan, result.decision, result.baseline_scan, esd_charts=esd_charts)
-    click.echo(f"decision {result.decision.decision}; wrote {len(files) + 2} files, open {out_dir}/report.html")
+    files = write_outputs(result, out_dir)
+    files += write_report(out_dir, result.scan, result.decision, result.baseline_scan, esd_charts=esd_charts,
+                          pairs=result.pairs)
+    click.echo(f"decision {result.decision.decision}; wrote {len(files)} files, open {out_dir}/report.html")
     sys.exit(EXIT_BLOCKED if result.decision.decision == Verdict.BLOCK else 0)
 
 
