@@ -224,9 +224,10 @@ def _rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None,
     return pd.DataFrame({"name": layers["name"].to_numpy(), "value": values.to_numpy(dtype=float)})
 
 
-def _select_layers(rule: Rule, layers: pd.DataFrame, left_out: dict[str, int]) -> pd.DataFrame:
+def _select_layers(rule: Rule, layers: pd.DataFrame, left_out: dict[str, int] | None = None) -> pd.DataFrame:
     """Layers a rule looks at: not skipped (too small by design), then the rule's filters; the
     layers dropped are counted in ``left_out`` by why."""
+    left_out = {} if left_out is None else left_out
     selected = _keep(layers, layers["status"] != LayerStatus.SKIPPED, LeftOut.SKIPPED_BY_SCAN, left_out)
     filters = rule.layers
     if filters.exclude_first_last and len(selected) > 2:
