@@ -29,7 +29,7 @@ _TEXT = ("name", "status", "reason")
 # The change a failed rule on a metric is best read by (the summary's lead phrase).
 LEAD = {"log_spectral_norm": "sigma_max_ratio", "lambda_max": "sigma_max_ratio", "spectral_norm": "sigma_max_ratio",
         "sv_max": "sigma_max_ratio", "spectral_norm_peer_ratio": "sigma_max_ratio",
-        "cosine_similarity": "cosine_similarity", "random_like": "cosine_similarity",
+        "cosine_similarity": "cosine_similarity",
         "relative_distance": "relative_distance", "stable_rank": "stable_rank_change",
         "stable_rank_peer_ratio": "stable_rank_change", "alpha": "alpha_change", "alpha_weighted": "alpha_change",
         "coarse_grid": "value_levels", "value_levels": "value_levels"}
@@ -78,10 +78,10 @@ def change_words(change: dict[str, Any], lead: str | None, base: str) -> str:
 
 
 def lead_words(change: dict[str, Any], metric: str, base: str) -> str:
-    """The one unit a failed rule on ``metric`` is best read by, or every unit there is."""
+    """The one unit a failed rule on ``metric`` is best read by ("" when it has none: the rule's own
+    value says it best, e.g. "became random-like")."""
     lead = LEAD.get(metric)
-    text = _unit_words(lead, change, base) if lead else ""
-    return text or change_words(change, None, base)
+    return _unit_words(lead, change, base) if lead else ""
 
 
 def _unit_words(key: str, change: dict[str, Any], base: str) -> str:

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from gate.policy.decision import Decision
-from gate.report.changes import lead_words
+from gate.report.changes import change_words, lead_words
 from gate.report.rules import baseline_label, metric_words, rule_row, value_words
 from gate.vocabulary import STATUS_OF_DECISION, RuleStatus, SkipReason, Verdict
 
@@ -90,11 +90,16 @@ def summary_line(decision: Decision) -> str:
     failed = sorted(decision.failed_rules, key=lambda rule: rule.severity != Verdict.BLOCK)
     if not failed:
         return f"{word}: {counts}"
-    found: dict[str, list[str]] = {}  # what was found -> the rules that found it (one finding, said once)
+    # One phrase per subject (a layer, or the model): what the rules found there, and which rules.
+    found: dict[str, tuple[list[str], list[str]]] = {}
     for rule in failed:
         if (finding := _finding(rule, decision)) is not None:
-            found.setdefault(finding, []).append(rule.rule_id)
-    phrases = "; ".join(f"{finding} ({', '.join(ids)})" for finding, ids in found.items()) or "see the report"
+            subject, words = finding
+            seen, ids = found.setdefault(subject, ([], []))
+            seen += [word for word in words if word not in seen]
+            ids.append(rule.rule_id)
+    phrases = "; ".join(f"{subject}{': ' if seen else ''}{', '.join(seen)} ({', '.join(ids)})"
+                        for subject, (seen, ids) in found.items()) or "see the report"
     room = MAX_SUMMARY - len(f"{word}:  | {counts}")
     if len(phrases) > room:
         phrases = phrases[:max(room - 1, 0)] + "…"
@@ -119,7 +124,7 @@ def reason_text(decision: Decision) -> str:
             line += "; offending: " + ", ".join(f"{name} ({value})" for name, value in row.offenders)
         lines.append(line)
     for name, change in changes.items():
-        lines.append(f"changed vs {base}: {name}: " + lead_words(change, "", base))
+        lines.append(f"changed vs {base}: {name}: " + change_words(change, None, base))
     skipped = [rule for rule in decision.rules if rule.status == RuleStatus.SKIPPED]
     for why in dict.fromkeys(rule.skipped_because for rule in skipped):
         ids = [rule.rule_id for rule in skipped if rule.skipped_because == why]
@@ -151,23 +156,27 @@ def _skip_reason(why: SkipReason | None, decision: Decision, base: str) -> str:
     return "does not apply"
 
 
-def _finding(rule, decision: Decision) -> str | None:
-    """What a failed rule found, without the rule's id (rules that found the same share one phrase)."""
+def _finding(rule, decision: Decision) -> tuple[str, list[str]] | None:
+    """What a failed rule found: its subject (the worst layer, or the model) and the findings there
+    in words, without the rule's id (rules that found the same share one phrase)."""
     base = baseline_label(decision.baseline)
     if rule.status == RuleStatus.ERROR:
-        return f"could not be evaluated: {rule.reason}"
+        return f"{rule.rule_id} could not be evaluated", [rule.reason]
     if rule.metric == "num_nonfinite" and rule.observed is not None:
         count = int(rule.observed)
-        return f"{count} layer{'s' if count != 1 else ''} with NaN/Inf weights"
+        return f"{count} layer{'s' if count != 1 else ''} with NaN/Inf weights", []
     if rule.scope == "model" or not rule.offending_layers:
-        return f"{metric_words(rule.metric, base)}: {value_words(rule, rule.observed, base)}"
+        return "model", [f"{metric_words(rule.metric, base)} {value_words(rule, rule.observed, base)}"]
     # Non-finite values come from NaN/Inf weights, which the no-nonfinite rule already names.
     finite = [o for o in rule.offending_layers if isinstance(o.get("value"), (int, float)) and math.isfinite(o["value"])]
     if not finite:
         return None
     worst = rule.worst if rule.worst in finite else max(finite, key=lambda o: abs(o["value"]))
-    change = next((c for c in decision.changes if c["name"] == worst["name"]), None)
-    what = lead_words(change, rule.metric, base) if change else ""
+    change = next((c for c in decision.changes if c["name"] == worst["name"]), {})
+    lead = lead_words(change, rule.metric, base)
+    # the rule's own value where no unit reads better (e.g. "became random-like"), the cosine beside it
+    words = [lead] if lead else [value_words(rule, worst["value"], base), lead_words(change, "cosine_similarity", base)]
     more = len(finite) - 1
-    tail = f", +{more} more layer{'s' if more != 1 else ''}" if more else ""
-    return f"{worst['name']}: {what or value_words(rule, worst['value'], base)}{tail}"
+    if more:
+        words.append(f"+{more} more layer{'s' if more != 1 else ''}")
+    return worst["name"], [word for word in words if word]
