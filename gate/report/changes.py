@@ -99,7 +99,8 @@ def _unit_words(key: str, change: dict[str, Any], base: str) -> str:
     if key == "sigma_max_ratio":
         return f"largest singular value x{plain_number(value)} of {base}'s"
     if key == "stable_rank_change":
-        return f"stable rank {change['baseline_stable_rank']:.3g} -> {change['stable_rank']:.3g} ({value:+.0%})"
+        moved = f"{value:+.0%}" if round(value * 100) else "unchanged"
+        return f"stable rank {change['baseline_stable_rank']:.3g} -> {change['stable_rank']:.3g} ({moved})"
     if key == "alpha_change":
         return f"alpha {change['baseline_alpha']:.2f} -> {change['alpha']:.2f}"
     if key == "value_levels" and change.get("baseline_value_levels") not in (None, value):

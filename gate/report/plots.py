@@ -44,6 +44,7 @@ _CHAR_EM = 0.62  # DejaVu Sans' widest lower-case average, in em: how wide a lab
 _PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
 _MORE_TICKS = ((1.0,), (1.0, 2.0, 5.0), tuple(float(d) for d in range(1, 10)))
 NAMED_OFFENDERS = 4  # offending layers named on a depth chart; the report lists the rest under the charts
+_NAME_TOP, _NAME_ROW = 0.97, 0.085  # the names' rows, in axes fractions: 13 pt apart for 8 pt text
 
 
 class EsdChart:
@@ -179,8 +180,11 @@ class DepthChart:
         if not len(ok) and not band:
             axes.set_ylim(0, 1)
         axes.set_xlim(-0.5, max(len(ok) - 0.5, 0.5))
-        low, high = axes.get_ylim()
-        axes.set_ylim(low, high + (high - low) * 0.12 * min(int(bad.sum()), NAMED_OFFENDERS))  # room for the names
+        named = min(int(bad.sum()), NAMED_OFFENDERS)
+        if named:  # room above the data for the names' rows: the data keeps the axes below the last row
+            low, high = axes.get_ylim()
+            data_share = _NAME_TOP - _NAME_ROW * named - 0.03
+            axes.set_ylim(low, low + (high - low) / data_share)
         names = ok["name"].to_numpy()[bad]
         self._per_chart += self._name_offenders(depth[bad][:NAMED_OFFENDERS], values[bad][:NAMED_OFFENDERS],
                                                 names[:NAMED_OFFENDERS])
@@ -207,9 +211,11 @@ class DepthChart:
             share = _text_width(text, _FONT_PT) / width_pt
             at = (x - x_low) / (x_high - x_low)
             left = min(max(at - share / 2, 0.01), 0.99 - share)
-            labels.append(axes.annotate(text, (x, y), xytext=(left, 0.95 - 0.12 * row), textcoords="axes fraction",
+            labels.append(axes.annotate(text, (x, y), xytext=(left, _NAME_TOP - _NAME_ROW * row), textcoords="axes fraction",
                                         ha="left", va="top", fontsize=_FONT_PT, color=_BAD, gid=f"offender-{row}",
-                                        annotation_clip=False,
+                                        annotation_clip=False, zorder=5,
+                                        # drawn in row order on white: a lower name covers the lines above it
+                                        bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none"},
                                         arrowprops={"arrowstyle": "-", "color": _BAD, "linewidth": 0.6,
                                                     "shrinkA": 1, "shrinkB": 4}))
         return labels
