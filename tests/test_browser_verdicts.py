@@ -117,3 +117,31 @@ def test_report_says_the_same(browser, registry, name):
         assert "largest singular value x100 of v1's" in changed and "cosine 1 with v1" in changed
         assert page.locator("svg g#baseline-esd").count() == 1  # the offending layer's ESD over the baseline's
     page.screenshot(path=str(SCREENSHOTS / f"verdict-report-{name}.png"), full_page=True)
+
+
+def test_queue_counts_a_rescan_from_its_request(browser, registry):
+    """Last in this module: it queues v1 again. Before, nothing waits ("nothing pending", not "- s");
+    after, v1 has waited since the rescan was requested, not since its registration, and the gate
+    page says it waits, with the verdict it had."""
+    import json
+    import time
+
+    url, env = registry["url"], {**os.environ, **ENV}
+    queue = [sys.executable, "-m", "gate", "queue", "--tracking-uri", url]
+    idle = subprocess.run(queue, capture_output=True, text=True, timeout=300, env=env)
+    assert idle.returncode == 0 and idle.stdout.splitlines()[-1] == "nothing pending", idle.stdout + idle.stderr
+    version = registry["versions"]["approved"]
+    registered = registry["client"].get_model_version(MODEL, version).creation_timestamp / 1000
+    requested_after = time.time()
+    rescan = subprocess.run([sys.executable, "-m", "gate", "rescan", MODEL, version, "--tracking-uri", url],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert rescan.returncode == 0, rescan.stderr
+    waiting = subprocess.run(queue + ["--format", "json"], capture_output=True, text=True, timeout=300, env=env)
+    age = json.loads(waiting.stdout)["oldest_pending_age_seconds"]
+    # the tag has whole seconds: the request may read up to a second earlier than it was made
+    assert age <= time.time() - requested_after + 1.5 and requested_after - registered > 2
+    page = browser.new_context(java_script_enabled=False).new_page()
+    page.goto(f"{url}/weightgate/model?name={MODEL}")
+    cell = page.locator(f"tr#v{version} td.reason").inner_text()
+    assert cell.startswith("waiting for its scan") and "rescan requested by" in cell
+    assert f"last verdict: {EXPECTED['approved']}" in cell
