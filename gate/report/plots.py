@@ -35,7 +35,7 @@ from gate.vocabulary import LayerStatus
 _OK, _BAD, _BASE, _FIT, _XMIN, _MP = "#2e86c1", "#c0392b", "#444444", "#d35400", "#8e44ad", "#16a085"
 _BARS = "#aac7e8"
 _SIZE = (5.2, 3.6)  # inches: 374 pt wide, which the report shows 500 px wide (1 pt = 1.34 px there)
-# The smallest text is 8 pt, 10.7 px at the report's size (tests/test_browser.py measures it in Chromium).
+# The smallest text is 8 pt, 10.7 px at the report's size (tests/test_browser_charts.py measures it in Chromium).
 # axes.titley fixed: placing titles above tick labels automatically cost a tenth of each chart.
 _RC = {"svg.fonttype": "none", "svg.hashsalt": "weightgate", "font.size": 8, "axes.titlesize": 9,
        "legend.fontsize": 8, "axes.titley": 1.01}

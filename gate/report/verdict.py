@@ -39,11 +39,6 @@ class Tally:
     inconclusive: int = 0
     skipped: Counter = field(default_factory=Counter)
 
-    @property
-    def judged(self) -> int:
-        """Rules that reached a verdict on evidence (passed or failed)."""
-        return self.passed + self.failed
-
 
 def tally(decision: Decision) -> Tally:
     counts = Tally()
