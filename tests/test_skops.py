@@ -138,6 +138,12 @@ def test_hostile_and_broken_files_are_refused_without_importing_anything(tmp_pat
     _write_skops(tmp_path / "missing.skops", schema, {"w0.npy": weights})
     with pytest.raises(GateInputError, match="names w1.npy, which is not in the archive"):
         scan(tmp_path / "missing.skops")
+    _write_skops(tmp_path / "claims.skops", schema, {"w1.npy": weights})
+    with zipfile.ZipFile(tmp_path / "claims.skops", "a") as archive, archive.open("w0.npy", "w") as member:
+        np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False,
+                                                      "shape": (100_000, 100_000)})  # 80 GB claimed, none stored
+    with pytest.raises(GateInputError, match=r"w0.npy declares a \[100000, 100000\] float64 array but holds"):
+        scan(tmp_path / "claims.skops")
     with zipfile.ZipFile(tmp_path / "no_schema.skops", "w") as archive:
         archive.writestr("w0.npy", b"")
     with pytest.raises(GateInputError, match="not a skops file"):

@@ -18,7 +18,7 @@ from gate.errors import GateInputError
 MLMODEL = "MLmodel"
 # Flavors whose weights are in a folder of their own, in the order a directory's flavor is chosen.
 _FOLDER_FLAVORS = ("pytorch", "transformers", "sentence_transformers", "keras", "tensorflow")
-READ_FLAVORS_TEXT = ("pytorch, transformers, sentence_transformers, onnx, keras, sklearn (MLP estimators) and "
+_READ_FLAVORS_TEXT = ("pytorch, transformers, sentence_transformers, onnx, keras, sklearn (MLP estimators) and "
                      "tensorflow (Keras models)")
 _PYFUNC = "python_function"
 _PYTHON_MODEL_LOADER = "mlflow.pyfunc.model"  # the loader of mlflow.pyfunc.log_model(python_model=...)
@@ -50,7 +50,7 @@ class MlflowModelDir:
 
     def weights_dir(self) -> Path:
         """The folder holding the weights, from the flavor's own key (the sklearn flavor's weights
-        are one file: :meth:`sklearn_model_file`); the directory itself where no flavor says."""
+        are one file, named by :meth:`weights`); the directory itself where no flavor says."""
         flavors = self.flavors
         if "pytorch" in flavors:
             return self.path / flavors["pytorch"].get("model_data", "data")
@@ -68,20 +68,13 @@ class MlflowModelDir:
             return self.path / flavor.get("saved_model_dir", flavor.get("data", "data"))
         return self.path
 
-    def sklearn_model_file(self) -> Path | None:
-        """The sklearn flavor's estimator file (``model.skops``, or ``model.pkl`` written with
-        cloudpickle or pickle), or ``None`` for other flavors."""
-        flavor = self.flavors.get("sklearn")
-        if flavor is None:
-            return None
-        default = "model.skops" if flavor.get("serialization_format") == "skops" else "model.pkl"
-        return self.path / flavor.get("pickled_model", default)
-
     def weights(self) -> Path:
         """The file or folder to read; a :class:`GateInputError` naming the flavors where none stores
         weights weightgate reads, or where the flavor's weights are not in the directory."""
-        if "sklearn" in self.flavors:
-            return self.sklearn_model_file()
+        if "sklearn" in self.flavors:  # model.skops (the default), or model.pkl (cloudpickle, pickle)
+            flavor = self.flavors["sklearn"]
+            default = "model.skops" if flavor.get("serialization_format") == "skops" else "model.pkl"
+            return self.path / flavor.get("pickled_model", default)
         if "transformers" in self.flavors:
             self._refuse_hub_reference(self.flavors["transformers"])
         if any(flavor in self.flavors for flavor in _FOLDER_FLAVORS):
@@ -119,7 +112,7 @@ class MlflowModelDir:
                     "(mlflow.pyfunc.log_model(..., artifacts={'weights': 'model.safetensors'})). weightgate does "
                     "not unpickle a python_model: that would run its code")
         return (f"{self.path}: {self.described()}, which weightgate does not read: it reads the weights of "
-                f"MLflow's {READ_FLAVORS_TEXT} flavors; log the model with one of them, or export it to ONNX "
+                f"MLflow's {_READ_FLAVORS_TEXT} flavors; log the model with one of them, or export it to ONNX "
                 "(mlflow.onnx.log_model) and register that")
 
 

@@ -13,6 +13,7 @@ pipeline, so a model scans the same however mlflow.sklearn serialized it.
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -44,6 +45,10 @@ class SkopsSource(WeightSource):
         if member is None:
             return TensorInfo(name, (), "unknown", MLP_MODULE_TYPE, skip_reason=skip_reason)
         shape, dtype = _npy_header(self._zip, member, self.description)
+        stored = self._zip.getinfo(member).file_size
+        if math.prod(shape) * dtype.itemsize > stored:  # numpy would allocate the declared size before reading
+            raise GateInputError(f"{self.description}: {member} declares a {list(shape)} {dtype} array but holds "
+                                 f"{stored} bytes (truncated or corrupt); re-export the model")
         if dtype.kind != "f":
             return TensorInfo(name, shape, dtype.name, MLP_MODULE_TYPE,
                               skip_reason=f"{name} is stored with dtype {dtype}, not as a float array")
@@ -68,8 +73,8 @@ def open_skops_file(path: Path) -> SkopsSource:
     root = _read_schema(path)
     arrays: dict[str, str | None] = {}
     skip_reasons: dict[str, str] = {}
-    for name, node in _mlp_arrays(root, path):
-        arrays.setdefault(name, node.get("file") if _is_npy(node) else None)
+    for name, node in _mlp_arrays(root, path):  # names are paths in a tree: each appears once
+        arrays[name] = node["file"] if _is_npy(node) else None
         if not _is_npy(node):
             skip_reasons[name] = f"{name} is stored as {_class_of(node)}, not a float array"
     if not arrays:
@@ -95,9 +100,9 @@ def _read_schema(path: Path) -> dict:
     return root
 
 
-def _mlp_arrays(root: dict, path: Path) -> list[tuple[str, dict]]:
+def _mlp_arrays(root: dict, path: Path) -> list[tuple[str, object]]:
     """(tensor name, array node) of every MLP's coefs_ and intercepts_, walking the tree iteratively."""
-    found: list[tuple[str, dict]] = []
+    found: list[tuple[str, object]] = []
     pending: list[tuple[str, object]] = [("", root)]
     visits = 0
     while pending:
@@ -108,8 +113,9 @@ def _mlp_arrays(root: dict, path: Path) -> list[tuple[str, dict]]:
         state = _attributes(node)
         if state is not None and _loader(state.get("coefs_")) == "ListNode":
             for attribute in _MLP_ATTRIBUTES:
-                items = state.get(attribute, {}).get("content", []) if isinstance(state.get(attribute), dict) else []
-                found += [(f"{prefix}{attribute}.{i}", item) for i, item in enumerate(items) if isinstance(item, dict)]
+                listed = state.get(attribute)
+                items = listed.get("content") if _loader(listed) == "ListNode" else None
+                found += [(f"{prefix}{attribute}.{i}", item) for i, item in enumerate(items or ())]
             continue
         pending.extend(reversed([(f"{prefix}{key}.", child) for key, child in _children(node)]))
     return found
@@ -141,7 +147,7 @@ def _loader(node: object) -> str | None:
     return node.get("__loader__") if isinstance(node, dict) else None
 
 
-def _is_npy(node: dict) -> bool:
+def _is_npy(node: object) -> bool:
     return _loader(node) == "NdArrayNode" and node.get("type") == "numpy" and isinstance(node.get("file"), str)
 
 
