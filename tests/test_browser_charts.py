@@ -20,7 +20,7 @@ from gate.report.plots import NAMED_OFFENDERS, chart_style, report_charts
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.server, pytest.mark.slow]  # starts Chromium
 
 # For each inline chart: its texts' rendered font size (px), their boxes, and the chart's box.
 MEASURE = """() => [...document.querySelectorAll('.charts svg')].map(svg => {

@@ -25,7 +25,7 @@ ENV = {"WEIGHTGATE_WORKER_TOKEN": "verdict-test", "MLFLOW_DISABLE_TELEMETRY": "t
 SCREENSHOTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "test-output"
 MODEL = "minilm-verdicts"
 QUERY = "encoder.layer.2.attention.self.query.weight"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.server, pytest.mark.slow]  # starts an MLflow server and Chromium
 
 
 def _int4_per_row(weight: torch.Tensor) -> torch.Tensor:

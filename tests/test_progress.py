@@ -93,6 +93,7 @@ def test_quiet_and_machine_output_show_no_bars_even_on_a_terminal(models, args):
     assert stdout.strip()
 
 
+@pytest.mark.server
 @pytest.mark.slow
 def test_mlflow_download_bars_follow_ours(models, tmp_path):
     """MLflow draws "Downloading artifacts" with tqdm even on a pipe; weightgate turns it off where
