@@ -69,7 +69,7 @@ def test_chart_texts_are_readable_inside_their_frame_and_apart(page, report):
     out, names = report
     page.goto((out / "report.html").as_uri())
     charts = page.evaluate(MEASURE)
-    assert len(charts) == 3 + 4  # alpha, MLH, digits; four ESD charts
+    assert len(charts) == 4 + 4  # alpha, MLH, log_spectral_norm, digits; four ESD charts
     for chart in charts:
         frame = chart["frame"]
         for text in chart["texts"]:
@@ -85,12 +85,12 @@ def test_chart_texts_are_readable_inside_their_frame_and_apart(page, report):
     assert any("+2 more offending" in t["text"] for t in alpha["texts"])
     listed = page.locator("p.meta", has_text="Also offending").inner_text()
     assert all(name in listed for name in names[NAMED_OFFENDERS:])
-    for esd in charts[3:]:
+    for esd in charts[4:]:
         keyed = any("Marchenko-Pastur" in t["text"] for t in esd["texts"])
         assert keyed == ("mp-bulk-edge" in esd["ids"])  # the edge is drawn exactly when the key names it
         for axis in ("xtick", "ytick"):
             assert sum(1 for i in esd["ids"] if i.startswith(axis)) >= 3, (axis, esd["ids"])
-    offending_esd = [esd for esd in charts[3:] if any(names[0] in t["text"] for t in esd["texts"])]
+    offending_esd = [esd for esd in charts[4:] if any(names[0] in t["text"] for t in esd["texts"])]
     assert offending_esd and "baseline-esd" in offending_esd[0]["ids"]
     assert any("baseline's density" in t["text"] for t in offending_esd[0]["texts"])
 

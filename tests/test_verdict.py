@@ -116,6 +116,24 @@ def test_x100_layer_in_units_people_use(results, models):
     assert "not judged: 1 skipped by the scan, 1 output head" in text
 
 
+def test_x100_layer_stands_out_in_a_depth_chart(results, models, tmp_path):
+    """alpha and MLH are blind to scale; the log_spectral_norm chart shows the x100 layer 4 above its
+    baseline (log10 of the squared ratio of numpy's largest singular values) and names it."""
+    result = results["x100"]
+    damaged = load_file(str(models["x100"]))[f"{QUERY}.weight"].double().numpy()
+    healthy = load_file(str(models["healthy"]))[f"{QUERY}.weight"].double().numpy()
+    shift = 2 * np.log10(np.linalg.svd(damaged, compute_uv=False)[0] / np.linalg.svd(healthy, compute_uv=False)[0])
+    plotted = result.scan.layers.set_index("name")["log_spectral_norm"]
+    base = result.baseline_scan.layers.set_index("name")["log_spectral_norm"]
+    assert plotted[QUERY] - base[QUERY] == pytest.approx(shift, abs=1e-4) and round(shift) == 4
+    write_report(tmp_path, result.scan, result.decision, result.baseline_scan, pairs=result.pairs)
+    chart = ET.parse(tmp_path / "log_spectral_norm_by_depth.svg").getroot()
+    texts = ["".join(t.itertext()) for t in chart.iter("{http://www.w3.org/2000/svg}text")]
+    ids = {element.get("id") for element in chart.iter()}
+    assert QUERY in texts and "log_spectral_norm by depth" in texts
+    assert {"baseline", "offending"} <= ids
+
+
 def test_reinitialised_layer_shows_its_cosine(results, models):
     decision = results["reinit"].decision
     name = "encoder.layer.3.intermediate.dense"
@@ -179,4 +197,4 @@ def test_decision_files_are_as_readable_as_the_report(results, tmp_path):
     assert outcome.exit_code == 1, outcome.output  # blocked
     files = [path for path in (tmp_path / "r").rglob("*") if path.is_file()]
     assert {stat.S_IMODE(path.stat().st_mode) for path in files} == {0o644}
-    assert f"wrote {len(files)} files" in outcome.output and len(files) == 9  # 3 decision files, 3 charts, 2 ESD, the report
+    assert f"wrote {len(files)} files" in outcome.output and len(files) == 10  # 3 decision files, 4 charts, 2 ESD, the report

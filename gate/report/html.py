@@ -61,6 +61,10 @@ def write_report(out_dir: str | Path, scan, decision=None, baseline_scan=None, e
         unlabelled.update(drawn.depth.unlabelled)
         charts["mlh_by_depth.svg"] = drawn.depth.svg(scan.layers, "mlh", baseline_layers, offending=offending)
         unlabelled.update(drawn.depth.unlabelled)
+        # alpha and MLH do not see a layer rescaled x100 (both are scale-free); log10(lambda_max) moves by 4
+        charts["log_spectral_norm_by_depth.svg"] = drawn.depth.svg(scan.layers, "log_spectral_norm", baseline_layers,
+                                                                    offending=offending)
+        unlabelled.update(drawn.depth.unlabelled)
         if "benford_digit_counts" in scan.summary:
             charts["benford_digits.svg"] = drawn.digits.svg(scan.summary["benford_digit_counts"])
         esd = {name: drawn.esd.svg(name, scan.spectra[name], rows.loc[name].to_dict(),
