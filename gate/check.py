@@ -18,11 +18,12 @@ from gate.options import ScanOptions, resolve_device
 from gate.policy.decision import Decision, decide, now_utc, weightgate_version
 from gate.policy.evaluate import evaluate
 from gate.policy.schema import load_policy
+from gate.report.changes import against_baseline, layer_changes
 from gate.scanning.pipeline import scan
 from gate.scanning.result import ScanResult
 from gate.sources import WeightSource, open_source
 
-SUMMARY_KEYS = ("num_analysed", "num_skipped", "num_nonfinite", "num_degenerate", "alpha", "alpha_weighted",
+SUMMARY_KEYS = ("num_layers", "num_analysed", "num_skipped", "num_nonfinite", "num_degenerate", "alpha", "alpha_weighted",
                 "log_spectral_norm", "stable_rank", "mlh", "random_like_fraction")
 
 
@@ -31,7 +32,8 @@ class CheckResult:
     decision: Decision
     scan: ScanResult
     baseline_scan: ScanResult | None
-    # per-layer cosine / relative distance against the baseline, when the policy needed them
+    # per-layer cosine / relative distance against the baseline (local checks with a baseline, and
+    # checks on Ray whose policy needs them)
     pairs: pd.DataFrame | None = None
 
 
@@ -51,7 +53,10 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
     if train_accuracy is None and loaded.needs_train_accuracy():
         raise GateInputError(f"{loaded.path}: rules on eic, eic_scaled or eic_sr need the model's training accuracy; "
                              "pass --train-accuracy (Python: train_accuracy=0.93), or use a policy without them")
-    distances = baseline is not None and loaded.needs_baseline_weights()
+    # Distances to the baseline come from the scans' own pass locally (a few reductions per layer):
+    # the report shows every layer's cosine and distance. On Ray they need a second local read, so
+    # only a policy that judges them pays for it.
+    distances = baseline is not None and (ray_address is None or loaded.needs_baseline_weights())
     # A device that is not there fails before any model is read or downloaded. On Ray the scans'
     # device is the cluster's matter, but distances to the baseline are computed on this machine.
     torch_device = resolve_device(options.device) if ray_address is None or distances else None
@@ -75,6 +80,10 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
                 pairs = layer_distances(weights, base_weights, torch_device)
     preload.join()
     outcomes = evaluate(loaded, result, baseline_result, pairs)
+    changes = []
+    if baseline_result is not None:
+        offending = [o["name"] for rule in outcomes if not rule.passed for o in rule.offending_layers]
+        changes = layer_changes(against_baseline(result.layers, baseline_result.layers, pairs), offending)
     decision = Decision(
         decision=decide(outcomes),
         source=result.source,
@@ -86,6 +95,7 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
         summary={key: json_value(result.summary.get(key)) for key in SUMMARY_KEYS},  # strict JSON: a NaN mean is null
         timestamp=now_utc(),
         weightgate_version=weightgate_version(),
+        changes=changes,
     )
     return CheckResult(decision, result, baseline_result, pairs)
 

@@ -21,6 +21,7 @@ from gate.jsonvalues import json_value
 from gate.layers.plan import LayerPlan, PlanOptions, layer_matrices
 from gate.layers.planner import plan_layers
 from gate.options import Interval, ScanOptions, check_value, resolve_device
+from gate.progress import iterate
 from gate.scanning.pipeline import merge_partials
 from gate.scanning.result import LayerTableExport
 from gate.scanning.tensor_pass import TensorPass
@@ -105,7 +106,7 @@ def one_pass(source_a: WeightSource, source_b: WeightSource, source_init: Weight
     fed_b: set[str] = set()
     with cpu_threads_for_blas(device), TensorPass(plans_a, options, device) as pass_a, \
             TensorPass(plans_b, options, device) as pass_b:
-        for info in infos_a:
+        for info in iterate(infos_a, "reading", "tensor"):
             tensor_a = source_a.load(info.name)
             pass_a.feed(info.name, tensor_a)
             # A's tensor may pair with several of B's (an ONNX GRU's W holds both directions that

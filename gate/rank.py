@@ -82,6 +82,7 @@ def rank(sources: list[Any], by: str = "alpha_weighted", *, device: str = "auto"
         raise GateInputError("give at least one model to rank")
     import pandas as pd
 
+    from gate.progress import iterate
     from gate.scanning.pipeline import scan
 
     # Only the summary is ranked: no weights hash (nothing is recorded against it).
@@ -90,7 +91,7 @@ def rank(sources: list[Any], by: str = "alpha_weighted", *, device: str = "auto"
     names = expand_sources([s for s in sources if isinstance(s, str)], tracking_uri)
     objects = [s for s in sources if not isinstance(s, str)]
     rows = []
-    for source in names + objects:
+    for source in iterate(names + objects, "ranking", "model"):
         summary = scan(source, options, allow_pickle=allow_pickle, tracking_uri=tracking_uri).summary
         row: dict[str, Any] = {"source": source if isinstance(source, str) else f"<{type(source).__name__}>"}
         row.update({metric: float(summary.get(metric, math.nan)) for metric in RANK_METRICS})

@@ -44,6 +44,26 @@ class RuleStatus(Word):
     INCONCLUSIVE = "inconclusive"    # too little trustworthy evidence for a verdict
 
 
+class SkipReason(Word):
+    """Why a rule did not apply (``RuleOutcome.skipped_because``); verdicts count skipped rules by it."""
+
+    NO_BASELINE = "no-baseline"              # a rule against the baseline, and none was given
+    NOT_DESCENDANT = "not-descendant"        # a lineage rule, and the model does not descend from its baseline
+    NO_LAYER_IN_SCOPE = "no-layer-in-scope"  # the model has no layer the rule selects
+
+
+class LeftOut(Word):
+    """Why a layer rule did not judge one of the model's layers (``RuleOutcome.left_out`` counts them)."""
+
+    SKIPPED_BY_SCAN = "skipped-by-scan"    # not analysed (too small, unknown kind, unreadable, a mask)
+    FIRST_OR_LAST = "first-or-last"        # the rule's exclude_first_last
+    FILTERED = "filtered"                  # outside the rule's layer filters (types, M, experts, names)
+    OUTPUT_HEAD = "output-head"            # the rule's exclude_heads: the last layer and layers named as heads
+    NO_BASELINE_PARTNER = "no-baseline-partner"  # no layer of that name and shape in the baseline
+    NO_VALUE = "no-value"                  # no verdict for the metric here or in the baseline (too few values)
+    NOT_WELL_FITTED = "not-well-fitted"    # the rule counts well-fitted power laws only
+
+
 class Verdict(Word):
     """A decision (``Decision.decision``), and the severity of a rule (what its failure does)."""
 

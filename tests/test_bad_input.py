@@ -153,14 +153,18 @@ def test_missing_empty_and_unknown_files_exit_2(tmp_path):
     junk.write_bytes(bytes(noise))
     result = run_cli("scan", str(junk))
     assert result.exit_code == 2 and "unknown model file format" in result.stderr, result.stderr
+    formats = result.stderr.strip().rsplit("weightgate reads ", 1)[1]
+    assert ".keras" in formats and ".pkl/.joblib" in formats
     garbage_pt = tmp_path / "garbage.pt"
     garbage_pt.write_bytes(b"hello, not a checkpoint" * 10)
     result = run_cli("scan", str(garbage_pt))
     assert result.exit_code == 2 and "not a PyTorch checkpoint" in result.stderr
+    assert result.stderr.strip().endswith(f"weightgate reads {formats}")  # one list of formats, said alike
     no_weights = tmp_path / "emptydir"
     no_weights.mkdir()
     result = run_cli("scan", str(no_weights))
     assert result.exit_code == 2 and "no model weights found" in result.stderr
+    assert result.stderr.strip().endswith(f"expected {formats}")
 
 
 def test_pickled_whole_module_is_read_safely_and_allow_pickle_loads_the_rest(tmp_path):

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from gate.check import check
 from gate.cli.app import main
 from gate.policy.schema import PolicyError, load_policy
+from gate.report.verdict import reason_text
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +100,9 @@ def test_decision_of_a_model_with_no_analysed_layer_is_strict_json(tmp_path):
 
 def test_default_policy_approves_minilm_and_its_float16_copy(minilm_file, variants):
     alone = check(minilm_file, device="cpu")
-    assert alone.decision.decision == "approve", alone.decision.reason()
+    assert alone.decision.decision == "approve", reason_text(alone.decision)
     half = check(variants["float16"], baseline=minilm_file, device="cpu")
-    assert half.decision.decision == "approve", half.decision.reason()
+    assert half.decision.decision == "approve", reason_text(half.decision)
     assert all(rule.status == "passed" for rule in half.decision.rules)
     # MiniLM's pooler is never trained by sentence-transformers: random-like; so is at most one other
     # layer whose bulk is MP-like (layer 5's attention output: 6 spikes, 7% of its spectral mass)
@@ -129,7 +130,7 @@ def test_default_policy_blocks_a_reinitialised_hidden_layer(variants, minilm_fil
 
 def test_default_policy_approves_a_bfloat16_copy_and_blocks_an_int4_round_trip(variants, minilm_file):
     bf16 = check(variants["bfloat16"], baseline=minilm_file, device="cpu")
-    assert bf16.decision.decision == "approve", bf16.decision.reason()
+    assert bf16.decision.decision == "approve", reason_text(bf16.decision)
     int4 = check(variants["int4"], baseline=minilm_file, device="cpu")
     assert int4.decision.decision == "block"
     assert "coarse-quantisation" in _failed(int4)
@@ -551,7 +552,7 @@ def test_poorly_fitted_layers_make_a_rule_inconclusive_not_a_block(tmp_path):
     rule = result.decision.rules[0]
     assert rule.status == "inconclusive" and result.decision.decision == "approve"
     assert "0 of 4 layers have a well-fitted power law" in rule.reason and "fewer than 10" in rule.reason
-    assert result.decision.reason().startswith("all 0 conclusive rules passed | inconclusive: alpha-max: ")
+    assert reason_text(result.decision).startswith("approved: 0 rules passed, 1 inconclusive\nINCONCLUSIVE alpha-max [")
     assert set(result.scan.layers["fit_quality"]) == {"poor"}
     v1 = check(state, policy=str(write_policy(tmp_path, GOOD_RULE.replace("{max: 6}", "{max: 0.5}"))), device="cpu")
     assert v1.decision.decision == "block"  # schema 1 counted every alpha, fitted or not

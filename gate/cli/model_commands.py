@@ -20,6 +20,9 @@ from gate.rank import RANK_BY, RANK_METRICS
 from gate.report.html import ESD_CAP
 
 OUTPUT_FORMATS = ("table", "json", "csv")
+# Progress bars (tensors read, layers solved, MLflow's downloads) go to stderr when it is a terminal;
+# --quiet and machine formats turn them off, MLflow's included (gate.progress).
+quiet_option = click.option("--quiet", is_flag=True, help="no progress bars (machine formats never show them)")
 
 
 @click.command()
@@ -30,7 +33,7 @@ OUTPUT_FORMATS = ("table", "json", "csv")
               "max_evals", "conv2d_method")
 @source_options
 @scan_options("train_accuracy", "tail_estimators")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@quiet_option
 @click.option("--base", default=None, help="SOURCE is a LoRA adapter: analyse the base model BASE with it merged (W + dW)")
 @ray_option
 def scan(source: str, output_format: str, allow_pickle: bool, tracking_uri: str | None, quiet: bool,
@@ -41,6 +44,7 @@ def scan(source: str, output_format: str, allow_pickle: bool, tracking_uri: str 
     an MLflow URI (models:/name/1, models:/name@alias, models:/m-<id>, runs:/<id>/path).
     """
     from gate.options import ScanOptions
+    from gate.progress import shown
 
     options = ScanOptions.of(**changes)
     opened = {"allow_pickle": allow_pickle, "tracking_uri": tracking_uri}
@@ -57,12 +61,14 @@ def scan(source: str, output_format: str, allow_pickle: bool, tracking_uri: str 
         from gate.sources import open_merged
 
         resolve_device(options.device)  # before either model is opened
-        with open_merged(source, base, allow_pickle, tracking_uri) as merged:
-            result = run_scan(merged, options, progress=not quiet)
+        with shown(not quiet and output_format == "table"), open_merged(source, base, allow_pickle,
+                                                                        tracking_uri) as merged:
+            result = run_scan(merged, options)
     else:
         from gate.scanning.pipeline import scan as run_scan
 
-        result = run_scan(source, options, progress=not quiet, **opened)
+        with shown(not quiet and output_format == "table"):
+            result = run_scan(source, options, **opened)
     from gate.cli.table import SCAN_COLUMNS, render_table
 
     _emit(result, output_format, lambda: render_table([f"source: {result.source}"], result.layers, SCAN_COLUMNS,
@@ -78,8 +84,9 @@ def scan(source: str, output_format: str, allow_pickle: bool, tracking_uri: str 
 @click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="table", show_default=True)
 @scan_option("device")
 @source_options
+@quiet_option
 def compare(a: str, b: str, init: str | None, threshold: float, output_format: str, device: str, allow_pickle: bool,
-            tracking_uri: str | None) -> None:
+            tracking_uri: str | None, quiet: bool) -> None:
     """Distance between the weights of model A and reference B, layer by layer.
 
     Layers are matched by name and shape; deltas (alpha, log spectral norm, stable rank, MLH) are
@@ -88,9 +95,11 @@ def compare(a: str, b: str, init: str | None, threshold: float, output_format: s
     """
     from gate.cli.table import COMPARE_COLUMNS, render_table
     from gate.compare import compare as run_compare
+    from gate.progress import shown
 
-    result = run_compare(a, b, init=init, changed_threshold=threshold, device=device, allow_pickle=allow_pickle,
-                         tracking_uri=tracking_uri)
+    with shown(not quiet and output_format == "table"):
+        result = run_compare(a, b, init=init, changed_threshold=threshold, device=device, allow_pickle=allow_pickle,
+                             tracking_uri=tracking_uri)
     heading = [f"A: {result.a}", f"B: {result.b}"] + ([f"init: {result.init}"] if result.init else [])
     _emit(result, output_format, lambda: render_table(heading, result.layers, COMPARE_COLUMNS, result.summary))
 
@@ -107,15 +116,18 @@ def compare(a: str, b: str, init: str | None, threshold: float, output_format: s
 @click.option("--base", default=None, help="SOURCE is a LoRA adapter: check the base model BASE with it merged (W + dW)")
 @source_options
 @ray_option
+@quiet_option
 def check(source: str, policy_file: str | None, baseline: str | None, output_format: str, out_dir: str | None,
           device: str, train_accuracy: float | None, allow_pickle: bool, tracking_uri: str | None,
-          base: str | None, ray_address: str | None) -> None:
+          base: str | None, ray_address: str | None, quiet: bool) -> None:
     """Check SOURCE against a policy before deployment.
 
     Exit status: 0 approve or warn (warnings printed), 1 block, 2 error (bad input or policy).
     """
     from gate.check import check as run_check
-    from gate.policy.report import render_decision, write_outputs
+    from gate.policy.report import write_outputs
+    from gate.progress import shown
+    from gate.report.text import render_decision
     from gate.vocabulary import Verdict
 
     if base is not None:
@@ -128,7 +140,7 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
         resolve_device(device)  # before either model is opened
         source = open_merged(source, base, allow_pickle, tracking_uri)  # this command owns it: closed below
     started = time.perf_counter()
-    with source if base is not None else nullcontext():
+    with source if base is not None else nullcontext(), shown(not quiet and output_format == "table"):
         result = run_check(source, policy=policy_file, baseline=baseline, device=device, train_accuracy=train_accuracy,
                            allow_pickle=allow_pickle, tracking_uri=tracking_uri, ray_address=ray_address)
     if out_dir is not None:
@@ -151,22 +163,26 @@ def check(source: str, policy_file: str | None, baseline: str | None, output_for
 @click.option("--esd-charts", type=click.IntRange(min=0), default=ESD_CAP, show_default=True,
               help="ESD charts to draw: offending layers first, then the lowest and highest alpha")
 @source_options
+@quiet_option
 def report(source: str, out_dir: str, baseline: str | None, policy_file: str | None, device: str, esd_charts: int,
-           allow_pickle: bool, tracking_uri: str | None) -> None:
+           allow_pickle: bool, tracking_uri: str | None, quiet: bool) -> None:
     """Write a self-contained HTML report with ESD plots, alpha/MLH by depth and Benford digits.
 
     Also writes decision.json and the layer table(s); exit status as for `check`.
     """
     from gate.check import check as run_check
     from gate.policy.report import write_outputs
+    from gate.progress import shown
     from gate.report.html import write_report
     from gate.vocabulary import Verdict
 
-    result = run_check(source, policy=policy_file, baseline=baseline, device=device, allow_pickle=allow_pickle,
-                       tracking_uri=tracking_uri, keep_spectra=True)
-    write_outputs(result, out_dir)
-    files = write_report(out_dir, result.scan, result.decision, result.baseline_scan, esd_charts=esd_charts)
-    click.echo(f"decision {result.decision.decision}; wrote {len(files) + 2} files, open {out_dir}/report.html")
+    with shown(not quiet):
+        result = run_check(source, policy=policy_file, baseline=baseline, device=device, allow_pickle=allow_pickle,
+                           tracking_uri=tracking_uri, keep_spectra=True)
+    files = write_outputs(result, out_dir)
+    files += write_report(out_dir, result.scan, result.decision, result.baseline_scan, esd_charts=esd_charts,
+                          pairs=result.pairs)
+    click.echo(f"decision {result.decision.decision}; wrote {len(files)} files, open {out_dir}/report.html")
     sys.exit(EXIT_BLOCKED if result.decision.decision == Verdict.BLOCK else 0)
 
 
@@ -179,18 +195,21 @@ def report(source: str, out_dir: str, baseline: str | None, policy_file: str | N
               show_default=True, help="table for people, json/csv for machines")
 @scan_option("device")
 @source_options
+@quiet_option
 def rank(sources: tuple[str, ...], by: str, output_format: str, device: str, allow_pickle: bool,
-         tracking_uri: str | None) -> None:
+         tracking_uri: str | None, quiet: bool) -> None:
     """Order models of one architecture by the quality their weights predict, best first.
 
     SOURCES: any sources `scan` reads; models:/NAME (no version) means every version of NAME.
     Each row also gives the source's place under every metric (rank_<metric>).
     """
     from gate.cli.table import render_table
+    from gate.progress import shown
     from gate.rank import COLUMNS
     from gate.rank import rank as run_rank
 
-    result = run_rank(list(sources), by, device=device, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
+    with shown(not quiet and output_format == "table"):
+        result = run_rank(list(sources), by, device=device, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
     heading = [f"ranked by {by} ({RANK_METRICS[by]} is better), best first"]
     _emit(result, output_format, lambda: render_table(heading, result.table, COLUMNS, {}).rstrip("\n"))
 

@@ -132,7 +132,8 @@ def webhook_receiver(tracking_uri: str, secret: str, host: str, port: int, polic
 @click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI")
 @click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def queue(tracking_uri: str, output_format: str) -> None:
-    """Model versions by gate status, and the age of the oldest pending one (for monitoring)."""
+    """Model versions by gate status, and how long the oldest pending one has waited (for monitoring):
+    since its registration, or since a rescan was requested for it."""
     import json
     import time
     from collections import Counter
@@ -144,20 +145,34 @@ def queue(tracking_uri: str, output_format: str) -> None:
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     counts: Counter[str] = Counter()
-    oldest_pending_ms = None
+    oldest_pending = None
     for version in all_model_versions(client):
         status = (version.tags or {}).get(STATUS, NO_STATUS)
         counts[status] += 1
         if status in (VersionStatus.PENDING, NO_STATUS):
-            created = version.creation_timestamp
-            oldest_pending_ms = created if oldest_pending_ms is None else min(oldest_pending_ms, created)
-    age = None if oldest_pending_ms is None else round(time.time() - oldest_pending_ms / 1000, 1)
+            waiting_since = _waiting_since(version)
+            oldest_pending = waiting_since if oldest_pending is None else min(oldest_pending, waiting_since)
+    age = None if oldest_pending is None else round(time.time() - oldest_pending, 1)
     if output_format == "json":
         click.echo(json.dumps({"by_status": dict(counts), "oldest_pending_age_seconds": age}))
     else:
         for status, count in sorted(counts.items()):
             click.echo(f"{status:12s} {count}")
-        click.echo(f"oldest pending: {age if age is not None else '-'} s")
+        click.echo("nothing pending" if age is None else f"oldest pending: waiting {age:g} s")
+
+
+def _waiting_since(version) -> float:
+    """Epoch seconds since a pending version waits: its registration, or the rescan requested last."""
+    import calendar
+    import time
+
+    from gate.vocabulary import RESCAN_REQUESTED, TIMESTAMP_FORMAT
+
+    registered = version.creation_timestamp / 1000
+    requested = (version.tags or {}).get(RESCAN_REQUESTED)
+    if not requested:
+        return registered
+    return max(registered, calendar.timegm(time.strptime(requested, TIMESTAMP_FORMAT)))
 
 
 @click.command()

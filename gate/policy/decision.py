@@ -2,6 +2,7 @@
 
 Everything but ``timestamp`` is a function of the inputs (weights, baseline weights, policy), so
 identical inputs give identical records apart from the time; weightgate's version is recorded too.
+gate.report.verdict words the record for people (``gate.reason``, ``gate.summary``, the report).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class Decision:
     summary: dict[str, Any] = field(default_factory=dict)
     timestamp: str = ""
     weightgate_version: str = ""
+    # The layers failed rules name, side by side with the baseline (gate.report.changes.layer_changes).
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    # Why this baseline, or why none, in a few words from whoever chose it (the registry worker:
+    # "first version"); empty when a caller simply gave one or none.
+    baseline_note: str = ""
 
     @property
     def failed_rules(self) -> list[RuleOutcome]:
@@ -36,18 +42,6 @@ class Decision:
     @property
     def inconclusive_rules(self) -> list[RuleOutcome]:
         return [rule for rule in self.rules if rule.status == RuleStatus.INCONCLUSIVE]
-
-    def reason(self) -> str:
-        """One line: why the model is blocked or warned, or that all rules passed; inconclusive
-        rules (not violations) follow separately, so a reader sees which checks had no verdict."""
-        failed = self.failed_rules
-        line = ("; ".join(f"{r.rule_id} ({r.severity}): {r.reason}" for r in failed) if failed
-                else f"all {len(self.rules) - len(self.inconclusive_rules)} conclusive rules passed"
-                if self.inconclusive_rules else f"all {len(self.rules)} rules passed")
-        inconclusive = self.inconclusive_rules
-        if inconclusive:
-            line += " | inconclusive: " + "; ".join(f"{r.rule_id}: {r.reason}" for r in inconclusive)
-        return line
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

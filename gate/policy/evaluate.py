@@ -28,7 +28,7 @@ from gate.metrics.fit_quality import fit_quality
 from gate.policy.metrics import PAIR_METRICS, UNJUDGED_WHEN_NAN
 from gate.policy.schema import HEAD_PATTERN, Policy, PolicyError, Rule
 from gate.scanning.result import ScanResult
-from gate.vocabulary import LayerStatus, RuleStatus, Verdict, WhenNoBaseline
+from gate.vocabulary import LayerStatus, LeftOut, RuleStatus, SkipReason, Verdict, WhenNoBaseline
 
 MODEL_ROW = "<model>"
 # A model descends from its baseline (fine-tune, quantisation, new head) when the median |cosine|
@@ -43,7 +43,17 @@ LINEAGE_COSINE = 0.8
 @dataclass
 class RuleOutcome:
     """One rule's verdict: ``status`` is passed, failed, error (fails closed), skipped, or
-    inconclusive (too little trustworthy evidence: recorded and shown, not a violation)."""
+    inconclusive (too little trustworthy evidence: recorded and shown, not a violation).
+
+    ``observed``: a model rule's value (or change); a layer rule's share of judged layers within
+    bounds. The facts a reader needs beside it (gate.report.rules words them):
+    ``judged``: how many of the model's layers a layer rule compared with its bounds (None for model
+    rules and rules that did not get that far); ``left_out``: the model's other layers, counted by
+    why the rule did not judge them (gate.vocabulary.LeftOut), so ``judged`` + the counts is the
+    number of layers in the scan; ``worst``: the judged layer whose value lies furthest towards or
+    beyond the bounds, ``{"name", "value"}``; ``skipped_because``: why a skipped rule did not apply
+    (gate.vocabulary.SkipReason).
+    """
 
     rule_id: str
     severity: Verdict
@@ -55,6 +65,10 @@ class RuleOutcome:
     offending_layers: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
     description: str = ""
+    judged: int | None = None
+    left_out: dict[str, int] = field(default_factory=dict)
+    worst: dict[str, Any] | None = None
+    skipped_because: SkipReason | None = None
 
     @property
     def passed(self) -> bool:
@@ -89,30 +103,37 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
                           description=rule.description)
     if rule.needs_baseline and baseline is None:
         outcome.status, outcome.reason = RuleStatus.SKIPPED, "no baseline given"
+        outcome.skipped_because = SkipReason.NO_BASELINE
         return outcome
     if rule.lineage == "descendant":
         median = lineage_cosine(pairs)
         if not median >= LINEAGE_COSINE:
-            outcome.status = RuleStatus.SKIPPED
+            outcome.status, outcome.skipped_because = RuleStatus.SKIPPED, SkipReason.NOT_DESCENDANT
             outcome.reason = (f"the model does not descend from its baseline (median layer |cosine| {_fmt(median)} "
                               f"< {LINEAGE_COSINE:g}): a retrain from scratch has no per-layer lineage to judge")
             return outcome
-    frame = _rule_frame(rule, scan, baseline, pairs)
+    frame = _rule_frame(rule, scan, baseline, pairs, outcome.left_out)
     if frame.empty and rule.scoped:
         # schema 2: a rule scoped to layers a model does not have (dense M >= 128 in a small CNN) does
         # not apply to it; schema 1 kept failing closed, and still does
         outcome.status, outcome.reason = RuleStatus.SKIPPED, "no layer in the rule's scope"
+        outcome.skipped_because = SkipReason.NO_LAYER_IN_SCOPE
         return outcome
     if frame.empty:
         outcome.status, outcome.reason = RuleStatus.ERROR, "no layer matches the rule's filters, so there is no evidence"
         return outcome
     if rule.fit == "well_fitted":
-        frame, inconclusive = _well_fitted(rule, frame, scan)
+        fitted, inconclusive = _well_fitted(rule, frame, scan)
+        if not inconclusive and len(fitted) < len(frame):
+            outcome.left_out[LeftOut.NOT_WELL_FITTED] = len(frame) - len(fitted)
+        frame = fitted
         if inconclusive:
             outcome.status, outcome.reason = RuleStatus.INCONCLUSIVE, inconclusive
             return outcome
     values = frame["value"].astype(float)
     low, high = rule.condition.low, rule.condition.high
+    if rule.scope == "layer":
+        outcome.judged, outcome.worst = len(frame), _worst(frame["name"], values, low, high)
     outside = (high + 1.0) if high is not None else (low - 1.0)
     frame = frame.assign(value=values.fillna(outside).replace([np.inf, -np.inf], outside))
     result = validator.between(frame, low, high, rule.mostly if rule.scope == "layer" else 1.0)
@@ -168,20 +189,21 @@ def _well_fitted(rule: Rule, frame: pd.DataFrame, scan: ScanResult) -> tuple[pd.
 
 
 def _rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None,
-                pairs: pd.DataFrame | None = None) -> pd.DataFrame:
+                pairs: pd.DataFrame | None = None, left_out: dict[str, int] | None = None) -> pd.DataFrame:
     """Columns ``name`` and ``value``: the metric (or its change against the baseline). Layers
     with an undetermined verdict (too few eigenvalues for the random-like test, too few weights to
     count value levels) and layers without a baseline partner for a pair metric give no evidence
-    and are left out."""
+    and are left out (counted in ``left_out`` by why)."""
+    left_out = {} if left_out is None else left_out
     if rule.scope == "model":
         value = scan.summary.get(rule.metric, math.nan)
         if rule.condition.kind == "change":
             value = _change(value, baseline.summary.get(rule.metric, math.nan), rule.condition.relative)
         return pd.DataFrame({"name": [MODEL_ROW], "value": [value]})
-    layers = _select_layers(rule, scan.layers)
+    layers = _select_layers(rule, scan.layers, left_out)
     if rule.metric in PAIR_METRICS:
         by_name = pairs.set_index("name")[rule.metric]
-        layers = layers[layers["name"].isin(by_name.index)]
+        layers = _keep(layers, layers["name"].isin(by_name.index), LeftOut.NO_BASELINE_PARTNER, left_out)
         return pd.DataFrame({"name": layers["name"].to_numpy(),
                              "value": [float(by_name[n]) for n in layers["name"]]})
     changes = rule.condition.kind == "change"
@@ -189,9 +211,9 @@ def _rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None,
         reference = baseline.layers.set_index("name")
         base_values = reference[rule.metric] if rule.metric in reference.columns else pd.Series(dtype=float)
     if rule.metric in UNJUDGED_WHEN_NAN and rule.metric in layers.columns:
-        layers = layers[layers[rule.metric].notna()]
+        layers = _keep(layers, layers[rule.metric].notna(), LeftOut.NO_VALUE, left_out)
         if changes:
-            layers = layers[layers["name"].isin(base_values.dropna().index)]
+            layers = _keep(layers, layers["name"].isin(base_values.dropna().index), LeftOut.NO_VALUE, left_out)
     if rule.metric not in layers.columns:
         values = pd.Series(math.nan, index=layers.index)
     else:
@@ -202,29 +224,56 @@ def _rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None,
     return pd.DataFrame({"name": layers["name"].to_numpy(), "value": values.to_numpy(dtype=float)})
 
 
-def _select_layers(rule: Rule, layers: pd.DataFrame) -> pd.DataFrame:
-    """Layers a rule looks at: not skipped (too small by design), then the rule's filters."""
-    selected = layers[layers["status"] != LayerStatus.SKIPPED]
+def _select_layers(rule: Rule, layers: pd.DataFrame, left_out: dict[str, int] | None = None) -> pd.DataFrame:
+    """Layers a rule looks at: not skipped (too small by design), then the rule's filters; the
+    layers dropped are counted in ``left_out`` by why."""
+    left_out = {} if left_out is None else left_out
+    selected = _keep(layers, layers["status"] != LayerStatus.SKIPPED, LeftOut.SKIPPED_BY_SCAN, left_out)
     filters = rule.layers
     if filters.exclude_first_last and len(selected) > 2:
-        selected = selected.iloc[1:-1]
+        inner = pd.Series(True, index=selected.index)
+        inner.iloc[[0, -1]] = False
+        selected = _keep(selected, inner, LeftOut.FIRST_OR_LAST, left_out)
+    in_filters = pd.Series(True, index=selected.index)
     if filters.types:
-        selected = selected[selected["layer_type"].isin(filters.types)]
+        in_filters &= selected["layer_type"].isin(filters.types)
     if filters.exclude_types:
-        selected = selected[~selected["layer_type"].isin(filters.exclude_types)]
+        in_filters &= ~selected["layer_type"].isin(filters.exclude_types)
     if filters.experts != "all":
-        selected = _select_experts(selected, filters.experts)
+        in_filters &= selected.index.isin(_select_experts(selected, filters.experts).index)
     if filters.name_pattern:
-        selected = selected[selected["name"].map(lambda n: re.search(filters.name_pattern, n) is not None)]
+        in_filters &= selected["name"].map(lambda n: re.search(filters.name_pattern, n) is not None)
     if filters.exclude_pattern:
-        selected = selected[selected["name"].map(lambda n: re.search(filters.exclude_pattern, n) is None)]
+        in_filters &= selected["name"].map(lambda n: re.search(filters.exclude_pattern, n) is None)
     if filters.min_M:
-        selected = selected[selected["M"] >= filters.min_M]
+        in_filters &= selected["M"] >= filters.min_M
+    selected = _keep(selected, in_filters, LeftOut.FILTERED, left_out)
     if filters.exclude_heads and len(selected):
         last = layers.loc[layers["status"] != LayerStatus.SKIPPED, "name"].iloc[-1] if (layers["status"] != LayerStatus.SKIPPED).any() else None
-        selected = selected[(selected["name"] != last)
-                            & selected["name"].map(lambda n: re.search(HEAD_PATTERN, n) is None)]
+        selected = _keep(selected, (selected["name"] != last)
+                         & selected["name"].map(lambda n: re.search(HEAD_PATTERN, n) is None), LeftOut.OUTPUT_HEAD, left_out)
     return selected
+
+
+def _keep(layers: pd.DataFrame, mask: pd.Series, why: LeftOut, left_out: dict[str, int]) -> pd.DataFrame:
+    """``layers[mask]``, counting the rows dropped under ``why``."""
+    dropped = int((~mask.astype(bool)).sum())
+    if dropped:
+        left_out[why] = left_out.get(why, 0) + dropped
+    return layers[mask.astype(bool).to_numpy()]
+
+
+def _worst(names: pd.Series, values: pd.Series, low: float | None, high: float | None) -> dict[str, Any] | None:
+    """The layer whose value lies furthest towards or beyond the bounds (a missing value counts as
+    furthest: it is a violation)."""
+    if not len(values):
+        return None
+    below = (low - values) if low is not None else pd.Series(-math.inf, index=values.index)
+    above = (values - high) if high is not None else pd.Series(-math.inf, index=values.index)
+    excess = np.fmax(below.to_numpy(dtype=float), above.to_numpy(dtype=float))
+    excess[~np.isfinite(values.to_numpy(dtype=float))] = math.inf
+    at = int(np.argmax(excess))
+    return {"name": str(names.iloc[at]), "value": metric_value(values.iloc[at])}
 
 
 def _select_experts(layers: pd.DataFrame, experts: str | tuple[int, ...]) -> pd.DataFrame:

@@ -1,40 +1,16 @@
-"""People-facing renderings of policies and decisions, and the files ``check --out`` writes."""
+"""The policy in words (``policy show``) and the files ``check --out`` writes (decisions in words: gate.report)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 import textwrap
 from pathlib import Path
 
 from gate.errors import GateInputError
-from gate.policy.decision import Decision
 from gate.policy.evaluate import LINEAGE_COSINE
 from gate.policy.schema import Policy
-from gate.vocabulary import RuleStatus, WhenNoBaseline
-
-_MARK = {RuleStatus.PASSED: "PASS", RuleStatus.FAILED: "FAIL", RuleStatus.ERROR: "ERROR", RuleStatus.SKIPPED: "SKIP",
-         RuleStatus.INCONCLUSIVE: "INCONCLUSIVE"}
-
-
-def render_decision(decision: Decision) -> str:
-    lines = [
-        f"decision: {decision.decision.upper()}",
-        f"source:   {decision.source}",
-        f"baseline: {decision.baseline or '(none)'}",
-        f"policy:   {decision.policy['name']} ({decision.policy['path']}, sha256 {decision.policy['sha256'][:12]})",
-        "",
-    ]
-    for rule in decision.rules:
-        head = f"{_MARK[rule.status]:5s} {rule.rule_id} [{rule.severity}]"
-        if rule.status == RuleStatus.INCONCLUSIVE:
-            continue  # listed apart below: no verdict is not a pass
-        lines.append(head + (f": {rule.reason}" if rule.reason else ""))
-    inconclusive = decision.inconclusive_rules
-    if inconclusive:
-        lines += ["", f"inconclusive ({len(inconclusive)}; not violations, too little trustworthy evidence):"]
-        lines += [f"  {rule.rule_id} [{rule.severity}]: {rule.reason}" for rule in inconclusive]
-    return "\n".join(lines)
+from gate.vocabulary import WhenNoBaseline
 
 
 def render_policy(policy: Policy) -> str:
@@ -76,22 +52,25 @@ def _scope_notes(rule) -> str:
     return "; ".join(notes)
 
 
-def write_outputs(result, out_dir: str) -> None:
-    """decision.json, layers.csv (and baseline_layers.csv), each written whole or not at all."""
+def write_outputs(result, out_dir: str) -> list[Path]:
+    """decision.json, layers.csv (and baseline_layers.csv), each written whole or not at all; returns the files."""
     directory = Path(out_dir)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         files = {"decision.json": result.decision.to_json(), "layers.csv": result.scan.to_csv()}
         if result.baseline_scan is not None:
             files["baseline_layers.csv"] = result.baseline_scan.to_csv()
-        for name, text in files.items():
-            _write_atomically(directory / name, text)
+        return [_write_atomically(directory / name, text) for name, text in files.items()]
     except OSError as err:
         raise GateInputError(f"{out_dir}: cannot write the decision files: {err.strerror or err}") from err
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def _write_atomically(path: Path, text: str) -> Path:
+    """A temporary file beside ``path``, renamed over it once written. Created 0666 less the umask,
+    as open() creates the report and charts beside it (mkstemp's 0600 made the decision unreadable
+    to the group that reads the report)."""
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
@@ -99,3 +78,4 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+    return path

@@ -17,7 +17,6 @@ form, fed tensors that the caller loads (gate.compare feeds two models in step).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -33,6 +32,7 @@ from gate.metrics.benford import ModelDigits
 from gate.metrics.random_like import random_like_fraction
 from gate.metrics.spectral import add_peer_ratios
 from gate.options import ScanOptions, resolve_device
+from gate.progress import iterate, shown
 from gate.scanning.fingerprint import combine
 from gate.scanning.result import LEADING_COLUMNS, ScanResult
 from gate.scanning.summary import summarize, tensor_counts
@@ -47,7 +47,7 @@ def scan(
     *,
     allow_pickle: bool = False,
     tracking_uri: str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     **changes: Any,
 ) -> ScanResult:
     """Scan a model's weights.
@@ -55,19 +55,22 @@ def scan(
     ``source``: path, MLflow URI, ``nn.Module`` or state dict. ``options`` (default: the defaults)
     with ``changes``, keyword arguments named as :class:`ScanOptions`'s fields (e.g.
     ``device="cuda"``, ``mp_fit=True``, ``randomize=True``), checked before the source is opened.
-    ``progress`` shows a bar on stderr when it is a terminal.
+    ``progress``: True shows bars (tensors read, layers solved, downloads) on stderr when it is a
+    terminal, False shows none; None (the default) leaves it to the caller's
+    :func:`gate.progress.shown` (off unless a caller turned bars on).
     """
     parsed = ScanOptions.of(options, **changes)
     device = resolve_device(parsed.device)
     started = time.perf_counter()
-    weights = open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
-    # A WeightSource passed in belongs to the caller: leave it open.
-    with nullcontext() if weights is source else weights:
-        infos = weights.tensor_infos()
-        plans = plan_layers(infos, PlanOptions.of(parsed))
-        names = _progress([info.name for info in infos], progress)
-        partial = analyse_tensors(weights, plans, names, parsed, device)
-        description = weights.description
+    with nullcontext() if progress is None else shown(progress):
+        weights = open_source(source, allow_pickle=allow_pickle, tracking_uri=tracking_uri)
+        # A WeightSource passed in belongs to the caller: leave it open.
+        with nullcontext() if weights is source else weights:
+            infos = weights.tensor_infos()
+            plans = plan_layers(infos, PlanOptions.of(parsed))
+            names = iterate([info.name for info in infos], "reading", "tensor")
+            partial = analyse_tensors(weights, plans, names, parsed, device)
+            description = weights.description
     return merge_partials([partial], description, infos, parsed, device, time.perf_counter() - started)
 
 
@@ -116,10 +119,3 @@ def _layer_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
         table["expert"] = table["expert"].astype("Int64")
     return table[LEADING_COLUMNS + rest]
 
-
-def _progress(items: list, enabled: bool):
-    if not enabled or not sys.stderr.isatty():
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc="scanning", unit="tensor", file=sys.stderr)

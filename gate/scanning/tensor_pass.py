@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gate import progress
 from gate.layers.plan import LayerPlan, layer_matrices
 from gate.metrics.benford import DigitCounts, ModelDigits, digit_counts
 from gate.metrics.fit_quality import fit_quality
@@ -80,8 +81,10 @@ class TensorPass:
         self._stack = ExitStack()
         strategy = None if options.strategy == "auto" else options.strategy
         self._batcher = SpectrumBatcher(device, self._precision, strategy=strategy, on_result=self._on_solved)
+        self._solving = progress.bar("solving", "layer", total=0)  # the total grows as layers are queued
 
     def __enter__(self) -> TensorPass:
+        self._stack.enter_context(self._solving)
         self._stack.enter_context(self._batcher)
         self._hasher = self._stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="weightgate-hash"))
         return self
@@ -132,6 +135,7 @@ class TensorPass:
                     self._batcher.submit(SolveKey(plan.index, k, randomized=True), matrix, RANDOMIZED_SOLVE_DTYPE,
                                          transform=self._shuffle)
             self._submitted.append(plan)
+            self._solving.total = len(self._submitted)
 
     def finish(self, reload: Callable[[str], torch.Tensor]) -> PartialScan:
         """Solve what is queued (each layer is fitted as its last solve completes), solve again in
@@ -167,12 +171,14 @@ class TensorPass:
         unresolved is set aside for the float64 solve instead of being fitted further."""
         row = self._partial.rows[plan.index]
         if not _add_spectral_row(row, results, plan, self._device):
+            self._solving.update(1)
             return  # non-finite or all-zero weights: the row says which
         if not final and tail_unresolved(self._precision, _widest(results, plan), row["eig_error_bound"], row["xmin"]):
             with self._lock:
                 self._unresolved.append(plan)
             return
         self._pooled[plan.index] = self._add_fit_rows(row, results, plan)
+        self._solving.update(1)
 
     def _add_fit_rows(self, row: dict[str, Any], results: dict[SolveKey, SolveResult], plan: LayerPlan) -> np.ndarray:
         """The metrics of one analysable layer beyond its fit: MP comparison, fit quality and the

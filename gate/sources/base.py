@@ -54,6 +54,11 @@ ONNX_RECURRENT_STATE = "onnx.recurrent_state"
 # legacy Keras .h5's optimizer_weights: moments, step counters): training state, not weights; counted, not analysed.
 OPTIMIZER_STATE = "optimizer_state"
 
+# What weightgate reads, as every "not a format weightgate reads" message lists it.
+SUPPORTED_FORMATS = (".safetensors, model.safetensors.index.json, .pt/.pth/.bin/.ckpt, .pt2, .onnx, .gguf, "
+                     ".keras/.h5/.weights.h5 (Keras), .pkl/.joblib (scikit-learn MLPs, pickled torch modules), "
+                     ".skops (scikit-learn MLPs), or a model directory")
+
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 

@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 from gate.errors import GateInputError
-from gate.sources.base import WeightSource
+from gate.sources.base import SUPPORTED_FORMATS, WeightSource
 from gate.sources.composite import CompositeSource
 from gate.sources.gguf_file import GgufSource
 from gate.sources.keras.source import SAVED_MODEL_REFUSAL, KerasSource, is_hdf5, is_keras_archive
@@ -23,9 +23,6 @@ from gate.sources.torch_files import open_torch_file
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # .weights.h5 ends in .h5
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
-SUPPORTED = (".safetensors, model.safetensors.index.json, .pt/.pth/.bin/.ckpt, .pt2, .onnx, .gguf, "
-             ".keras/.h5/.weights.h5 (Keras), .pkl/.joblib (scikit-learn MLPs, pickled torch modules), "
-             ".skops (scikit-learn MLPs), or a model directory")
 # A TensorFlow SavedModel's graph file: refused with a message saying what to do instead.
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
@@ -112,7 +109,7 @@ def _open_by_content(path: Path, allow_pickle: bool) -> WeightSource:
         return GgufSource(path)
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
         return SafetensorsSource([path], str(path))  # u64 header length, then the JSON header
-    raise GateInputError(f"{path}: unknown model file format; weightgate reads {SUPPORTED}")
+    raise GateInputError(f"{path}: unknown model file format; weightgate reads {SUPPORTED_FORMATS}")
 
 
 def _open_bin_index(index_path: Path, allow_pickle: bool) -> WeightSource:
@@ -163,7 +160,7 @@ def _open_weight_files(directory: Path, allow_pickle: bool) -> WeightSource:
     subdirs = [p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if len(subdirs) == 1:  # e.g. an MLflow model's data/ folder or a single exported model
         return _open_directory(subdirs[0], allow_pickle)
-    raise GateInputError(f"{directory}: no model weights found in this directory; expected {SUPPORTED}")
+    raise GateInputError(f"{directory}: no model weights found in this directory; expected {SUPPORTED_FORMATS}")
 
 
 def _weights_dir(directory: Path) -> Path:

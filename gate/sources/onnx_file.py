@@ -5,11 +5,17 @@ Exporters differ in where weights live: torch's exporter and most others write i
 Paddle2ONNX and some tf2onnx graphs hold them in ``Constant`` nodes, and large models keep the data
 in external files (``onnx.save(..., save_as_external_data=True)``), read here tensor by tensor.
 torch.onnx.export names the weights it rewrote (transposed MatMul weights, LSTM/GRU weights with
-their gates reordered) ``onnx::<Op>_<n>``; such tensors are listed under the torch parameter name
-read off the consuming node's scope (``/lstm/LSTM`` -> ``lstm.weight_ih_l0``), so that the rows of
-an ONNX export match the rows of the model's own state dict or safetensors file. A MatMul weight
-so renamed (stored [in, out]) reads transposed, as torch's Linear weight [out, in]; recurrent
+their gates reordered, folded constants) ``onnx::<Op>_<n>``, and older exporters number them
+(``135``); such tensors are listed under the torch parameter name read off the consuming node's
+scope (``/lstm/LSTM`` -> ``lstm.weight_ih_l0``), so that the rows of an ONNX export match the rows
+of the model's own state dict or safetensors file, and a node without a scope names its weight
+(``/MatMul_1`` -> ``MatMul_1.weight``; an unnamed node: ``MatMul_<position>.weight``). A MatMul
+weight so renamed (stored [in, out]) reads transposed, as torch's Linear weight [out, in]; recurrent
 weights keep ONNX's [directions, gates*hidden, .] layout, which the layer planner splits.
+
+Tensors are listed in forward order: by the position of their first consuming node in the graph,
+which ONNX requires to be topologically sorted (initializers are stored in whatever order the
+exporter chose: ddddocr's output Gemm comes first); tensors no node reads come last.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ _RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 # torch parameter names of the inputs of recurrent operators (W, R, B), with the layer index appended.
 _RECURRENT_INPUTS = {1: "weight_ih", 2: "weight_hh", 3: "bias"}
 _ANONYMOUS = "onnx::"
+_INPUT_NAMES = {1: "weight", 2: "bias"}  # Gemm, MatMul, Conv: the input slot a weight (bias) takes
 
 
 class OnnxSource(WeightSource):
@@ -54,6 +61,8 @@ class OnnxSource(WeightSource):
                 f"{path}: the ONNX graph has neither initializers nor Constant tensors, so there are no weights to analyse"
             )
         consumers = _consumers(model.graph)
+        unread = len(model.graph.node)
+        stored = dict(sorted(stored.items(), key=lambda item: consumers[item[0]][3] if item[0] in consumers else unread))
         readable_names = _torch_names(stored, consumers)
         self._tensors = {readable_names.get(name, name): tensor for name, tensor in stored.items()}
         self._transposed = {readable_names[name] for name in readable_names
@@ -92,18 +101,19 @@ def _constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return tensors
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, tuple[onnx.NodeProto, int, int]]:
-    """For each value, its first consumer: the node, the input slot, and for recurrent operators the
-    layer number among the recurrent nodes of the same scope (torch's ``_l<k>``)."""
-    consumers: dict[str, tuple[onnx.NodeProto, int, int]] = {}
+def _consumers(graph: onnx.GraphProto) -> dict[str, tuple[onnx.NodeProto, int, int, int]]:
+    """For each value, its first consumer: the node, the input slot, for recurrent operators the
+    layer number among the recurrent nodes of the same scope (torch's ``_l<k>``), and the node's
+    position in the (topologically sorted) graph."""
+    consumers: dict[str, tuple[onnx.NodeProto, int, int, int]] = {}
     recurrent_seen: dict[str, int] = defaultdict(int)
-    for node in graph.node:
+    for position, node in enumerate(graph.node):
         layer = 0
         if node.op_type in _RECURRENT_OPS:
             layer = recurrent_seen[_scope(node)]
             recurrent_seen[_scope(node)] += 1
         for slot, input_name in enumerate(node.input):
-            consumers.setdefault(input_name, (node, slot, layer))
+            consumers.setdefault(input_name, (node, slot, layer, position))
     return consumers
 
 
@@ -114,32 +124,37 @@ def _scope(node: onnx.NodeProto) -> str:
 
 
 def _torch_names(stored: dict[str, onnx.TensorProto], consumers: dict) -> dict[str, str]:
-    """Anonymous ``onnx::Op_n`` tensors -> the torch parameter name their consumer's scope gives."""
+    """Anonymous tensors (``onnx::Op_n``, ``135``) -> the torch parameter name their consumer's scope
+    gives, or a name after the consuming node itself."""
     renamed: dict[str, str] = {}
     taken = set(stored)
     for name in stored:
-        if not name.startswith(_ANONYMOUS) or name not in consumers:
+        if not (name.startswith(_ANONYMOUS) or name.isdigit()) or name not in consumers:
             continue
-        node, slot, layer = consumers[name]
-        scope = _scope(node)
-        if not scope:
-            continue
+        node, slot, layer, position = consumers[name]
+        scope = _scope(node) or _node_label(node, position)
         if node.op_type in _RECURRENT_OPS:
             if slot not in _RECURRENT_INPUTS:
                 continue
             candidate = f"{scope}.{_RECURRENT_INPUTS[slot]}_l{layer}"
         else:
-            candidate = f"{scope}.{'bias' if slot == 2 else 'weight'}"
+            candidate = f"{scope}.{_INPUT_NAMES.get(slot, f'input_{slot}')}"
         if candidate not in taken:
             renamed[name] = candidate
             taken.add(candidate)
     return renamed
 
 
-def _module_type(consumer: tuple[onnx.NodeProto, int, int] | None) -> str | None:
+def _node_label(node: onnx.NodeProto, position: int) -> str:
+    """A node without a module scope, as a name: ``/MatMul_1`` -> ``MatMul_1``; unnamed: ``<Op>_<position>``."""
+    label = ".".join(part for part in node.name.split("/") if part)
+    return label or f"{node.op_type}_{position}"
+
+
+def _module_type(consumer: tuple[onnx.NodeProto, int, int, int] | None) -> str | None:
     if consumer is None:
         return None
-    node, slot, _ = consumer
+    node, slot, _, _ = consumer
     if node.op_type in _RECURRENT_OPS and slot not in _RECURRENT_INPUTS:
         return ONNX_RECURRENT_STATE  # sequence_lens, initial_h, initial_c
     return _OP_TO_MODULE.get(node.op_type, node.op_type)

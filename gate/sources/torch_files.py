@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from gate.errors import GateInputError, UnsafePickleError
-from gate.sources.base import TensorInfo, WeightSource, dtype_name
+from gate.sources.base import SUPPORTED_FORMATS, TensorInfo, WeightSource, dtype_name
 from gate.sources.module import ModuleSource
 from gate.sources.pickled.module_graph import STATE_DICT_KEYS
 from gate.sources.pickled.objects import describe
@@ -64,7 +64,7 @@ def open_torch_file(path: Path, allow_pickle: bool = False) -> WeightSource:
     if head[:2] != _ZIP_MAGIC and head[:1] != _PICKLE_PROTOCOL:
         raise GateInputError(
             f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle stream); "
-            "weightgate reads .safetensors, .pt/.pth/.bin/.ckpt, .pt2, .onnx or a model directory"
+            f"weightgate reads {SUPPORTED_FORMATS}"
         )
     content, found = read_pickled(path)
     if found:

@@ -62,6 +62,14 @@ class VersionView:
     def anchor(self) -> str:
         return f"v{self.version}"
 
+    @property
+    def reason_lines(self) -> tuple[str, list[str]]:
+        """``gate.reason`` as the verdict's fold-out shows it: the first line (the rule counts) and
+        then one line per rule that did not pass, the changed layers and the rules that passed
+        (gate.report.verdict.reason_text writes it so)."""
+        head, *rest = self.reason.splitlines() or [""]
+        return head, rest
+
 
 def model_page_path(name: str, version: Any | None = None) -> str:
     """Where a model (and one version's row) is on the gate page, relative to the server root."""

@@ -177,8 +177,10 @@ class VersionJudge:
                     words.SOURCE: version.source, words.DECIDED_AT: words.utc_timestamp(),
                     words.ATTEMPTS: str(getattr(err, "attempts", attempts))}
         decision = result.decision
+        from gate.report.verdict import reason_text
+
         return {
-            words.REASON: words.fit_tag_value(decision.reason()),
+            words.REASON: words.fit_tag_value(reason_text(decision)),
             words.DECISION_RUN: run_id,
             words.POLICY_SHA256: decision.policy["sha256"],
             words.POLICY: decision.policy["name"],
@@ -249,11 +251,16 @@ class VersionJudge:
                     return self._without_baseline(uri, passed_over)
                 continue
             head = f"baseline {baseline}: {why}" if baseline else "no baseline: no approved or overridden version"
+            if baseline is None:  # the verdict's words for the rules that need one (gate.report.verdict)
+                result.decision.baseline_note = ("first version" if not choice.candidates and not choice.passed_over
+                                                 else "no approved earlier version" if not choice.candidates
+                                                 else "no readable baseline")
             return result, head + ("; passed over: " + "; ".join(passed_over) if passed_over else ""), attempts
         raise AssertionError("unreachable: the last candidate (no baseline) returns or raises")
 
     def _without_baseline(self, uri: str, passed_over: list[str]):
         result, attempts = with_retries(f"checking {uri}", lambda: self.check(uri, None), self.settings.retry)
+        result.decision.baseline_note = "no usable baseline"
         return result, "no baseline; passed over: " + "; ".join(passed_over), attempts
 
     def check(self, uri: str, baseline: str | None):
@@ -326,7 +333,7 @@ class VersionJudge:
             from gate.report.html import write_report
 
             write_outputs(result, scratch)
-            write_report(scratch, result.scan, result.decision, result.baseline_scan)
+            write_report(scratch, result.scan, result.decision, result.baseline_scan, pairs=result.pairs)
             self.client.log_artifacts(run_id, scratch, artifact_path="weightgate")
         self.client.set_terminated(run_id)
         return run_id
