@@ -59,6 +59,22 @@ class WhenNoBaseline(Word):
     SKIP = "skip"    # the rule is skipped and says so
 
 
+class WhenInconclusive(Word):
+    """What a policy rule without a verdict (too little evidence) does to the decision."""
+
+    PASS = "pass"    # recorded and shown, not a violation
+    WARN = "warn"    # the decision is at least a warning
+    BLOCK = "block"  # the decision is a block (only a block rule may say so)
+
+
+class WeightProblem(Word):
+    """A layer table row's ``weight_problem``: weights no other rule can read (the layer is not
+    evaluable; only the rules on these problems judge it)."""
+
+    NONFINITE = "nonfinite"  # NaN or infinite weights, or weights whose squares overflow
+    ALL_ZERO = "all_zero"    # every weight is zero
+
+
 class VersionStatus(Word):
     """The value of the ``gate.status`` tag of a model version."""
 

@@ -6,6 +6,7 @@ meets its plan only in :func:`layer_matrices`, once the tensor is loaded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +44,15 @@ class LayerPlan:
     @property
     def num_evals(self) -> int:
         return self.M * self.rf
+
+    @property
+    def num_weights(self) -> int:
+        """The weights this row stands for: its slices' N x M each, or the whole stored tensor for a
+        row that is not cut into matrices (a skipped tensor of unknown kind). What the share of a
+        model a rule judged is counted in."""
+        if self.slices == ((),):
+            return math.prod(self.shape)
+        return self.N * self.M * len(self.slices)
 
 
 @dataclass(frozen=True)

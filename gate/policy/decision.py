@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from gate.policy.evaluate import RuleOutcome
-from gate.vocabulary import RuleStatus, Verdict
+from gate.vocabulary import RuleStatus, Verdict, WhenInconclusive
 
 
 @dataclass
@@ -39,12 +39,14 @@ class Decision:
 
     def reason(self) -> str:
         """One line: why the model is blocked or warned, or that all rules passed; inconclusive
-        rules (not violations) follow separately, so a reader sees which checks had no verdict."""
+        rules that did not act (``when_inconclusive: pass``) follow separately, so a reader sees
+        which checks had no verdict. An inconclusive rule that warns or blocks is among the
+        reasons, marked ``inconclusive ... -> warn|block``."""
         failed = self.failed_rules
-        line = ("; ".join(f"{r.rule_id} ({r.severity}): {r.reason}" for r in failed) if failed
+        line = ("; ".join(_failure(r) for r in failed) if failed
                 else f"all {len(self.rules) - len(self.inconclusive_rules)} conclusive rules passed"
                 if self.inconclusive_rules else f"all {len(self.rules)} rules passed")
-        inconclusive = self.inconclusive_rules
+        inconclusive = [r for r in self.inconclusive_rules if r.passed]
         if inconclusive:
             line += " | inconclusive: " + "; ".join(f"{r.rule_id}: {r.reason}" for r in inconclusive)
         return line
@@ -58,11 +60,23 @@ class Decision:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
 
 
+def _failure(rule: RuleOutcome) -> str:
+    if rule.status == RuleStatus.INCONCLUSIVE:
+        return f"{rule.rule_id} ({rule.severity}, inconclusive -> {rule.inconclusive_effect}): {rule.reason}"
+    return f"{rule.rule_id} ({rule.severity}): {rule.reason}"
+
+
 def decide(outcomes: list[RuleOutcome]) -> Verdict:
-    """Block on any failed or erroring block rule and on any evaluation error; warn on failed warn rules."""
-    if any(o.status == RuleStatus.ERROR or (o.status == RuleStatus.FAILED and o.severity == Verdict.BLOCK) for o in outcomes):
+    """Block on any failed or erroring block rule, on any evaluation error and on an inconclusive
+    rule whose ``inconclusive_effect`` is block; warn on failed warn rules and inconclusive rules
+    whose effect is warn."""
+    def blocks(o: RuleOutcome) -> bool:
+        return (o.status == RuleStatus.ERROR or (o.status == RuleStatus.FAILED and o.severity == Verdict.BLOCK)
+                or (o.status == RuleStatus.INCONCLUSIVE and o.inconclusive_effect == WhenInconclusive.BLOCK))
+
+    if any(blocks(o) for o in outcomes):
         return Verdict.BLOCK
-    if any(o.status == RuleStatus.FAILED for o in outcomes):
+    if any(o.status == RuleStatus.FAILED or not o.passed for o in outcomes):
         return Verdict.WARN
     return Verdict.APPROVE
 

@@ -28,9 +28,11 @@ def render_decision(decision: Decision) -> str:
     for rule in decision.rules:
         head = f"{_MARK[rule.status]:5s} {rule.rule_id} [{rule.severity}]"
         if rule.status == RuleStatus.INCONCLUSIVE:
-            continue  # listed apart below: no verdict is not a pass
+            if rule.passed:
+                continue  # listed apart below: no verdict is not a pass
+            head += f" (inconclusive -> {rule.inconclusive_effect})"
         lines.append(head + (f": {rule.reason}" if rule.reason else ""))
-    inconclusive = decision.inconclusive_rules
+    inconclusive = [rule for rule in decision.inconclusive_rules if rule.passed]
     if inconclusive:
         lines += ["", f"inconclusive ({len(inconclusive)}; not violations, too little trustworthy evidence):"]
         lines += [f"  {rule.rule_id} [{rule.severity}]: {rule.reason}" for rule in inconclusive]

@@ -64,7 +64,7 @@ def scan(
     # A WeightSource passed in belongs to the caller: leave it open.
     with nullcontext() if weights is source else weights:
         infos = weights.tensor_infos()
-        plans = plan_layers(infos, PlanOptions.of(parsed))
+        plans = plan_layers(infos, PlanOptions.of(parsed), weights.model_config)
         names = _progress([info.name for info in infos], progress)
         partial = analyse_tensors(weights, plans, names, parsed, device)
         description = weights.description
