@@ -81,3 +81,14 @@ def layer_matrices(plan: LayerPlan, tensor: torch.Tensor) -> list[torch.Tensor]:
         matrix = tensor[index] if index else tensor
         matrices.append(matrix.T if matrix.ndim == 2 and matrix.shape[0] < matrix.shape[1] else matrix)
     return matrices
+
+
+def channel_rows(plan: LayerPlan, tensor: torch.Tensor) -> torch.Tensor:
+    """The layer's weights as [output channels, inputs], as stored (not oriented): the rows a
+    per-channel or group-wise quantiser gives their own grid. Pooled kernel positions belong to their
+    channel's row."""
+    if len(plan.slices) > 1:
+        return tensor.reshape(tensor.shape[0], -1)
+    index = plan.slices[0]
+    matrix = tensor[index] if index else tensor
+    return matrix if matrix.ndim == 2 else matrix.reshape(matrix.shape[0], -1)

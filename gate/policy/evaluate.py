@@ -28,8 +28,9 @@ import pandas as pd
 
 from gate.jsonvalues import metric_value
 from gate.metrics.fit_quality import fit_quality
-from gate.policy.frames import MODEL_ROW, rule_frame
+from gate.policy.frames import MODEL_ROW, QUANTISATION_ERROR, rule_frame
 from gate.policy.metrics import FRACTION_METRICS, LAYER_COUNT_METRICS
+from gate.policy.quantisation import quantisation_finding
 from gate.policy.schema import Policy, PolicyError, Rule
 from gate.scanning.result import ScanResult
 from gate.scanning.summary import judged_evidence
@@ -137,7 +138,7 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
     built = rule_frame(rule, scan, baseline, pairs)
     frame = built.values
     outcome.in_scope, outcome.not_evaluable = built.in_scope, built.not_evaluable
-    if frame.empty and built.not_evaluable:
+    if frame.empty and built.not_evaluable and len(built.not_evaluable) == built.in_scope:
         outcome.status, outcome.judged = RuleStatus.INCONCLUSIVE, 0
         outcome.reason = f"no layer in the rule's scope can be judged: {_problems(built.not_evaluable)}"
         return outcome
@@ -183,6 +184,8 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
     if not result.success:
         outcome.status = RuleStatus.FAILED
         outcome.reason = _failure_reason(rule, outcome, len(frame), scan)
+        if rule.metric == QUANTISATION_ERROR:  # name the scheme first: "4-bit per-channel quantisation of v1, ..."
+            outcome.reason = f"{quantisation_finding(scan, baseline, pairs)}: {outcome.reason}"
     return outcome
 
 

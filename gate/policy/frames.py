@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from gate.policy.metrics import ANALYSED_LAYER_METRICS, LAYER_COUNT_METRICS, PAIR_METRICS, UNJUDGED_WHEN_NAN
+from gate.policy.quantisation import newly_quantised
 from gate.policy.schema import HEAD_PATTERN, Rule
 from gate.scanning.result import ScanResult
 from gate.vocabulary import LayerStatus
 
 MODEL_ROW = "<model>"
+QUANTISATION_ERROR = "quantisation_error"
 
 
 @dataclass
@@ -55,7 +57,7 @@ def rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pairs:
         left_out += [{"name": name, "problem": f"the baseline's: {partners[name]}"}
                      for name in layers["name"] if name in partners and name not in {o["name"] for o in left_out}]
     layers = layers[~layers["name"].isin({o["name"] for o in left_out})]
-    frame = _layer_values(rule, layers, baseline, pairs)
+    frame = _layer_values(rule, layers, scan, baseline, pairs)
     return RuleFrame(frame, in_scope, left_out)
 
 
@@ -67,10 +69,13 @@ def unusable_layers(layers: pd.DataFrame) -> list[dict[str, str]]:
     return [{"name": name, "problem": reason} for name, reason in zip(bad["name"], bad["reason"])]
 
 
-def _layer_values(rule: Rule, layers: pd.DataFrame, baseline: ScanResult | None,
+def _layer_values(rule: Rule, layers: pd.DataFrame, scan: ScanResult, baseline: ScanResult | None,
                   pairs: pd.DataFrame | None) -> pd.DataFrame:
     if rule.metric in PAIR_METRICS:
         finite = pairs[pairs["status"] == LayerStatus.OK]
+        if rule.metric == QUANTISATION_ERROR:  # layers that moved onto an integer grid: their relative distance
+            flags = newly_quantised(scan, baseline)
+            finite = finite[finite["name"].isin(flags[flags].index)].assign(quantisation_error=finite["relative_distance"])
         by_name = finite.set_index("name")[rule.metric]
         layers = layers[layers["name"].isin(by_name.index)]
         return pd.DataFrame({"name": layers["name"].to_numpy(),

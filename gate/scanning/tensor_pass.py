@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from gate.layers.plan import LayerPlan, layer_matrices
+from gate.layers.plan import LayerPlan, channel_rows, layer_matrices
 from gate.metrics.benford import DigitCounts, ModelDigits, digit_counts
 from gate.metrics.fit_quality import fit_quality
+from gate.metrics.quant_grid import grid_columns
 from gate.metrics.random_like import random_like_statistics
 from gate.metrics.spectral import spectral_metrics
-from gate.metrics.value_grid import MASK_REASON, is_zero_one_mask, value_grid_columns
+from gate.metrics.value_grid import MASK_REASON, MIN_WEIGHTS, even_sample, is_zero_one_mask, value_grid_columns
 from gate.options import ScanOptions
 from gate.scanning.fingerprint import tensor_digest
 from gate.solver.lapack import usable_cores
@@ -118,6 +119,8 @@ class TensorPass:
                 digits = tensor_digits if len(group) == 1 else sum(map(digit_counts, matrices), DigitCounts.empty())
                 row["mlh"] = digits.mlh()
             row.update(value_grid_columns(matrices))
+            if plan.num_weights >= MIN_WEIGHTS:
+                row.update(grid_columns(channel_rows(plan, tensor), even_sample(matrices)))
             if plan.skip_reason:
                 row.update(status=LayerStatus.SKIPPED, reason=plan.skip_reason)
                 continue

@@ -54,7 +54,9 @@ def open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
     source = _open_local(path, allow_pickle)
     config_dir = _weights_dir(path if path.is_dir() else path.parent)
     opened = dequantizing(source, read_quantization_config(config_dir))
-    opened.model_config = read_model_config(config_dir)
+    config = read_model_config(config_dir)
+    if config:  # else the source's own (a GGUF's metadata), or none
+        opened.model_config = config
     return opened
 
 
