@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from deploy.local.lane import allow_processes
+
 _SERVER_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
@@ -36,6 +38,7 @@ def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str,
     worker processes per server; the gate uses no server jobs, so it is off unless the caller's
     ``env`` or this process's environment sets it.
     """
+    allow_processes("an MLflow server")
     port = port or free_port()
     url = f"http://127.0.0.1:{port}{static_prefix or ''}"
     command = [
