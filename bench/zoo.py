@@ -371,6 +371,7 @@ def main() -> None:
     records: list[dict] = []
     siblings: dict[str, list[dict[str, torch.Tensor]]] = defaultdict(list)
     done: list[str] = []
+    finished: set[str] = set()  # stage keys (STAGES) run to the end; `done` also names each pretrained model
 
     def flush(stage: str) -> None:
         """ZOO.md after every stage, so a run cut short still reports what it measured."""
@@ -380,16 +381,19 @@ def main() -> None:
         Path("bench/out").mkdir(parents=True, exist_ok=True)
         Path("bench/out/zoo.json").write_text(json.dumps({"records": records, "spread": spread, "stages": done},
                                                          default=float))
-        Path(args.out).write_text(render(records, spread, elapsed, done, len(done) == len(STAGES)))
+        Path(args.out).write_text(render(records, spread, elapsed, done, finished == set(STAGES)))
         print(f"{stage}: wrote {args.out} ({len(records)} checks, {elapsed:.0f} s)", flush=True)
 
-    for stage in (s for s in STAGES if s in stages):
+    for stage in dict.fromkeys(stages):  # in the order given, so a short run can put new families first
         if stage == "pretrained":
-            for name, state in pretrained_models():
+            models = pretrained_models()
+            for index, (name, state) in enumerate(models):
                 members = {"healthy": state, "untrained": untrained_like(state, 0), **weight_defects(state, 0)}
                 for kind, member in members.items():
                     records.append(record_of(name, "pretrained", name, kind, member,
                                              None if kind == "healthy" else state, math.nan))
+                if index == len(models) - 1:
+                    finished.add(stage)
                 flush(name)
         elif stage == "stdlib-text/gpt2":
             for family, arch_name, members, _ in lm_family(1):  # two siblings (learning rates): CPU minutes
@@ -398,9 +402,11 @@ def main() -> None:
                     records.append(record_of(family, "stdlib-text", arch_name, kind, state,
                                              None if kind == "healthy" else members["healthy"], math.nan))
             add_sibling_versions(records, siblings, "stdlib-text/gpt2")
+            finished.add(stage)
             flush(stage)
         else:
             run_trainable(stage, args.seeds, records, siblings)
+            finished.add(stage)
             flush(stage)
     print(f"done: {len(records)} checks, {time.perf_counter() - started:.0f} s")
 

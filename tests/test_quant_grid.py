@@ -82,3 +82,22 @@ def test_a_quantised_descendant_is_named_with_how_far_it_moved(tmp_path):
         f"4-bit per-channel quantisation of {tmp_path / 'base.safetensors'}, weights moved {moved:.1%} (2 of 2 layers)")
     same = check(tmp_path / "int4.safetensors", baseline=tmp_path / "int4.safetensors", device="cpu")
     assert same.decision.summary["quantisation"] is None  # a baseline on the same grid: no change
+
+
+def test_default_policy_warns_on_a_descendant_that_quantisation_moved_over_five_percent(tmp_path):
+    """quantisation-error (default policy, warn): per-layer ||W_q - W|| / ||W|| computed here with
+    numpy float64; 8-bit per-channel stays below 5% and passes, 4-bit per-channel moves more and
+    fails, naming the scheme."""
+    base = torch.from_numpy(WEIGHT).float()
+    save_file({"a.weight": base}, str(tmp_path / "base.safetensors"))
+    outcomes = {}
+    for bits in (8, 4):
+        grid = on_grid(bits, "channel")
+        error = np.linalg.norm(grid - WEIGHT) / np.linalg.norm(WEIGHT)
+        assert (error < 0.05) == (bits == 8)  # the reference on each side of the threshold
+        save_file({"a.weight": torch.from_numpy(grid).float()}, str(tmp_path / f"int{bits}.safetensors"))
+        result = check(tmp_path / f"int{bits}.safetensors", baseline=tmp_path / "base.safetensors", device="cpu")
+        outcomes[bits] = next(r for r in result.decision.rules if r.rule_id == "quantisation-error")
+    assert outcomes[8].status == "passed"
+    assert outcomes[4].status == "failed" and outcomes[4].severity == "warn"
+    assert outcomes[4].reason.startswith("4-bit per-channel quantisation of")
