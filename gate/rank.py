@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gate.errors import GateInputError
 from gate.options import Choices, ScanOptions, check_value, resolve_device
+from gate.vocabulary import NO_STATUS, VersionStatus
+from gate.vocabulary import STATUS as GATE_STATUS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,13 +28,17 @@ if TYPE_CHECKING:
 RANK_METRICS: dict[str, str] = {"alpha_weighted": "lower", "alpha": "lower", "log_alpha_norm": "lower",
                                 "mlh": "higher"}
 RANK_BY = Choices(tuple(RANK_METRICS))  # what rank's ``by`` allows
-COLUMNS = ("rank", "source", *RANK_METRICS, "num_analysed")  # what the terminal table shows
+COLUMNS = ("rank", "source", *RANK_METRICS, "num_analysed", "gate_status")  # what the terminal table shows (and reason)
+# a registered version: models:/NAME/VERSION or models:/NAME@ALIAS
+_REGISTERED = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/@]+))")
 
 
 @dataclass
 class RankResult:
     """``table``: one row per source, best predicted first by ``by``; ``rank_<metric>`` columns give
-    each source's place under every metric (1 = best), so agreement between metrics shows."""
+    each ranked source's place under every metric (1 = best), so agreement between metrics shows.
+    Sources that cannot be ranked come last with a ``reason`` (and no places); registered versions
+    carry their ``gate_status``."""
 
     by: str
     table: "pd.DataFrame"
@@ -72,11 +79,27 @@ def expand_sources(sources: list[str], tracking_uri: str | None = None) -> list[
     return expanded
 
 
+def registry_status(source: str, tracking_uri: str | None = None) -> str | None:
+    """The ``gate.status`` of a registered version (``models:/NAME/V`` or ``models:/NAME@ALIAS``):
+    a :class:`~gate.vocabulary.VersionStatus` word, ``none`` for a version without one; None for
+    sources outside the registry."""
+    match = _REGISTERED.fullmatch(source)
+    if match is None:
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    name, version, alias = match.group("name", "version", "alias")
+    found = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
+    return (found.tags or {}).get(GATE_STATUS, NO_STATUS)
+
+
 def rank(sources: list[Any], by: str = "alpha_weighted", *, device: str = "auto", allow_pickle: bool = False,
          tracking_uri: str | None = None) -> RankResult:
     """Scan every source (paths, URIs, modules; ``models:/NAME`` means all its versions) and order
-    them by ``by``. A source whose ``by`` metric is missing (no analysable layer) goes last, with
-    a reason."""
+    them by ``by``. Sources that cannot be ranked go last, each with its reason: non-finite or
+    all-zero weights (those layers would drop out of the means and flatter the model), no
+    analysable layer, or a registered version whose ``gate.status`` is blocked."""
     check_value("by", by, RANK_BY)
     if not sources:
         raise GateInputError("give at least one model to rank")
@@ -96,12 +119,34 @@ def rank(sources: list[Any], by: str = "alpha_weighted", *, device: str = "auto"
         row: dict[str, Any] = {"source": source if isinstance(source, str) else f"<{type(source).__name__}>"}
         row.update({metric: float(summary.get(metric, math.nan)) for metric in RANK_METRICS})
         row["num_analysed"] = int(summary.get("num_analysed", 0))
-        row["reason"] = "" if math.isfinite(row[by]) else f"no {by}: no layer could be analysed"
+        status = registry_status(source, tracking_uri) if isinstance(source, str) else None
+        if status is not None:
+            row["gate_status"] = status
+        row["reason"] = _unranked_reason(summary, row, by, status)
         rows.append(row)
     table = pd.DataFrame(rows)
+    usable = table["reason"] == ""
     for metric, better in RANK_METRICS.items():
-        table[f"rank_{metric}"] = table[metric].rank(method="min", ascending=better == "lower",
-                                                     na_option="bottom").astype(int)
-    table = table.sort_values(by, ascending=RANK_METRICS[by] == "lower", na_position="last", kind="stable")
+        places = table.loc[usable, metric].rank(method="min", ascending=better == "lower", na_option="bottom")
+        table[f"rank_{metric}"] = places.reindex(table.index).astype("Int64")
+    table = pd.concat([table[usable].sort_values(by, ascending=RANK_METRICS[by] == "lower", kind="stable"),
+                       table[~usable]])
     table.insert(0, "rank", range(1, len(table) + 1))
     return RankResult(by, table.reset_index(drop=True))
+
+
+def _unranked_reason(summary: dict[str, Any], row: dict[str, Any], by: str, status: str | None) -> str:
+    """Why a source is not ranked ("" when it is)."""
+    reasons = []
+    nonfinite, zero = int(summary.get("num_nonfinite", 0)), int(summary.get("num_all_zero", 0))
+    if nonfinite:
+        reasons.append(f"{nonfinite} layer{'s' if nonfinite != 1 else ''} with NaN/Inf weights")
+    if zero:
+        reasons.append(f"{zero} all-zero layer{'s' if zero != 1 else ''}")
+    if row["num_analysed"] == 0:
+        reasons.append("no layer could be analysed")
+    elif not math.isfinite(row[by]):
+        reasons.append(f"no {by}")
+    if status == VersionStatus.BLOCKED:
+        reasons.append(f"{GATE_STATUS} is {status}")
+    return "; ".join(reasons)

@@ -62,6 +62,8 @@ class LeftOut(Word):
     NO_BASELINE_PARTNER = "no-baseline-partner"  # no layer of that name and shape in the baseline
     NO_VALUE = "no-value"                  # no verdict for the metric here or in the baseline (too few values)
     NOT_WELL_FITTED = "not-well-fitted"    # the rule counts well-fitted power laws only
+    NOT_EVALUABLE = "not-evaluable"        # NaN/Inf or all-zero weights (here or in the baseline): judged by their own rule
+    NOT_NEWLY_QUANTISED = "not-newly-quantised"  # quantisation_error: the layer did not move onto an integer grid
 
 
 class Verdict(Word):
@@ -77,6 +79,22 @@ class WhenNoBaseline(Word):
 
     ERROR = "error"  # an input error: the check needs --baseline
     SKIP = "skip"    # the rule is skipped and says so
+
+
+class WhenInconclusive(Word):
+    """What a policy rule without a verdict (too little evidence) does to the decision."""
+
+    PASS = "pass"    # recorded and shown, not a violation
+    WARN = "warn"    # the decision is at least a warning
+    BLOCK = "block"  # the decision is a block (only a block rule may say so)
+
+
+class WeightProblem(Word):
+    """A layer table row's ``weight_problem``: weights no other rule can read (the layer is not
+    evaluable; only the rules on these problems judge it)."""
+
+    NONFINITE = "nonfinite"  # NaN or infinite weights, or weights whose squares overflow
+    ALL_ZERO = "all_zero"    # every weight is zero
 
 
 class VersionStatus(Word):

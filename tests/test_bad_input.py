@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner, Result
@@ -43,10 +44,12 @@ def three_layers() -> dict[str, torch.Tensor]:
 def test_nan_and_inf_layers_are_reported_and_scan_goes_on(three_layers):
     three_layers["a.weight"][3, 4] = float("nan")
     three_layers["b.weight"][0, 0] = float("inf")
+    three_layers["b.weight"][1, :3] = float("nan")
     layers = gate.scan(three_layers, device="cpu").layers.set_index("name")
-    assert layers.loc["a", "status"] == "nonfinite"
-    assert layers.loc["a", "reason"] == "1 of 2048 weights are NaN or infinite"
+    assert layers.loc["a", "status"] == "nonfinite" and layers.loc["a", "weight_problem"] == "nonfinite"
+    assert layers.loc["a", "reason"] == "1 NaN weight (of 2048)"
     assert layers.loc["b", "status"] == "nonfinite"
+    assert layers.loc["b", "reason"] == "3 NaN and 1 infinite weights (of 1024)"
     assert layers.loc["c", "status"] == "ok" and layers.loc["c", "alpha"] > 1
 
 
@@ -56,8 +59,10 @@ def test_all_zero_and_constant_matrices_are_degenerate(three_layers):
     result = gate.scan(three_layers, device="cpu")
     layers = result.layers.set_index("name")
     assert (layers.loc["a", "status"], layers.loc["a", "reason"]) == ("degenerate", "all weights are zero")
-    assert layers.loc["b", "status"] == "degenerate"
+    assert layers.loc["a", "weight_problem"] == "all_zero"
+    assert layers.loc["b", "status"] == "degenerate" and pd.isna(layers.loc["b", "weight_problem"])  # no fit, but usable
     assert result.summary["num_degenerate"] == 2 and result.summary["num_analysed"] == 1
+    assert result.summary["num_all_zero"] == 1
 
 
 def test_huge_bfloat16_weights_fall_back_to_a_float64_gram(three_layers):

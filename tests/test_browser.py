@@ -83,7 +83,7 @@ def test_gate_page_shows_status_reason_queue_and_history(page_without_javascript
     assert page.get_by_role("heading", name="weightgate gate page").is_visible()
     row = page.locator(f"tr#v{gated_version['version']}")
     assert row.locator(".badge").inner_text() == "blocked"
-    assert "blocked: 1 layer with NaN/Inf weights" in row.inner_text()
+    assert f"blocked: encoder.layer.0.output.dense: 1 NaN weight (of {1536 * 384})" in row.inner_text()
     assert page.get_by_text("Nothing is waiting for a scan.").is_visible()
     assert row.get_by_role("link", name="report").get_attribute("href").endswith(
         f"/runs/{gated_version['run_id']}/artifacts/weightgate/report.html")
@@ -105,7 +105,7 @@ def test_model_version_page_shows_gate_tags(page, gated_version):
     assert page.get_by_text("blocked", exact=True).count() >= 1
     assert page.get_by_text("gate.decision_run", exact=True).count() == 1
     assert page.get_by_text("gate.summary", exact=True).count() == 1
-    assert page.get_by_text("blocked: 1 layer with NaN/Inf weights").count() >= 1
+    assert page.get_by_text(f"blocked: encoder.layer.0.output.dense: 1 NaN weight (of {1536 * 384})").count() >= 1
     page.screenshot(path=str(SCREENSHOTS / "model-version-gate-tags.png"), full_page=True)
 
 

@@ -76,11 +76,13 @@ def browser():
 
 
 EXPECTED = {  # the gate.summary each version gets (first line of its row and of its report)
-    "approved": "approved: 5 rules passed, 7 need a baseline (first version)",
-    "nan": "blocked: 1 layer with NaN/Inf weights (no-nonfinite-layers) | ",
+    "approved": "approved: 6 rules passed, 8 need a baseline (first version)",
+    # one cause, one finding: the NaN layer is named once, with what is wrong with it
+    "nan": f"blocked: encoder.layer.1.attention.self.key: 1 NaN weight (of {384 * 384}) (no-nonfinite-layers)"
+           " | 1 rule failed, 12 passed, 1 skipped (no layer in scope)",
     "x100": "blocked: encoder.layer.2.attention.self.query: largest singular value x100 of v1's (spectral-norm-change)"
-            " | 1 rule failed, 11 passed",
-    "int4": "warned: model: MLH (Benford) -0.",
+            " | 1 rule failed, 12 passed, 1 skipped (no layer in scope)",
+    "int4": "warned: model: 4-bit per-channel quantisation of v1, weights moved ",
 }
 
 
@@ -92,7 +94,7 @@ def test_gate_page_says_what_was_checked(browser, registry):
         assert EXPECTED[name] in row.locator(".summary").inner_text(), (name, row.inner_text())
         row.locator("details.rules summary").click()  # the fold-out opens without scripts
     approved = rows["approved"].locator("details.rules")
-    assert approved.locator("summary").inner_text() == "5 rules passed, 7 need a baseline (first version)"
+    assert approved.locator("summary").inner_text() == "6 rules passed, 8 need a baseline (first version)"
     assert "failed" not in approved.inner_text()  # no "all failed rules" fold-out on an approved version
     assert approved.locator("li").first.inner_text().startswith("SKIP (need a baseline: first version): ")
     x100 = rows["x100"].locator("details.rules")

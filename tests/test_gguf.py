@@ -171,3 +171,33 @@ def test_truncated_gguf_exits_2_naming_the_file(gguf_model, tmp_path):
     outcome = CliRunner().invoke(main, ["scan", str(truncated)])
     assert outcome.exit_code == 2
     assert str(truncated) in outcome.output and "truncated" in outcome.output
+
+
+def test_gguf_expert_stacks_are_read_by_the_expert_count(tmp_path):
+    """A MoE GGUF: ffn_*_exps stacks hold E experts (numpy [E, out, in]; GGUF dims innermost first),
+    and the metadata's <arch>.expert_count says so. Each expert becomes its own dense row; without the
+    count the stacks (no router inside their module, no channel chain) stay unread, with the reason."""
+    def write(path, experts: int | None):
+        writer = gguf.GGUFWriter(str(path), "qwen2moe")
+        writer.add_block_count(1)
+        if experts is not None:
+            writer.add_expert_count(experts)
+        stack = RNG.standard_normal((4, 48, 64)).astype(np.float32)
+        writer.add_tensor("blk.0.ffn_gate_exps.weight", stack)
+        writer.add_tensor("blk.0.ffn_down_exps.weight", np.ascontiguousarray(stack.transpose(0, 2, 1)[:, :, :40]))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return stack
+
+    stack = write(tmp_path / "moe.gguf", 4)
+    layers = scan(tmp_path / "moe.gguf", device="cpu").layers.set_index("name")
+    gate_rows = layers[layers["tensor"] == "blk.0.ffn_gate_exps.weight"]
+    assert list(gate_rows.index) == [f"blk.0.ffn_gate_exps.{e}.weight" for e in range(4)]
+    assert set(gate_rows["N"]) == {64} and set(gate_rows["M"]) == {48} and set(gate_rows["status"]) == {"ok"}
+    top = float(np.linalg.svd(stack[2].astype(np.float64), compute_uv=False)[0] ** 2)
+    assert gate_rows.loc["blk.0.ffn_gate_exps.2.weight", "lambda_max"] == pytest.approx(top, rel=1e-5)
+    write(tmp_path / "bare.gguf", None)
+    bare = scan(tmp_path / "bare.gguf", device="cpu").layers
+    assert set(bare["status"]) == {"skipped"} and bare["reason"].str.contains("expert stack").all()

@@ -41,10 +41,12 @@ def test_summary_line_names_the_worst_layers(damaged):
     healthy = load_file(str(damaged / "healthy.safetensors"))["block2.weight"].double().numpy()
     broken = load_file(str(damaged / "broken.safetensors"))["block2.weight"].double().numpy()
     cosine = float((healthy * broken).sum() / np.linalg.norm(healthy) / np.linalg.norm(broken))
-    assert line.startswith("blocked: 1 layer with NaN/Inf weights (no-nonfinite-layers); ")
+    # one cause, one finding: the NaN layer is named once, by the rule on non-finite weights
+    assert line.startswith(f"blocked: block1: 1 NaN weight (of {96 * 64}) (no-nonfinite-layers); ")
+    assert line.count("block1") == 1
     # one phrase for block2, whichever rules found what there: its cosine first (the first rule that names it)
     assert f"; block2: cosine {cosine:.2g} with healthy.safetensors, stable rank " in line
-    assert line.endswith(" | 6 rules failed, 4 passed, 2 skipped (no layer in scope)") and len(line) <= 300
+    assert line.endswith(" | 6 rules failed, 5 passed, 3 skipped (no layer in scope)") and len(line) <= 300
     singular = [np.linalg.svd(matrix, compute_uv=False) for matrix in (healthy, broken)]
     ranks = [float((s ** 2).sum() / (s ** 2).max()) for s in singular]
     assert f"stable rank {ranks[0]:.3g} -> {ranks[1]:.3g} ({ranks[1] / ranks[0] - 1:+.0%})" in reason_text(result.decision)
@@ -84,17 +86,19 @@ def test_junit_one_case_per_rule_in_the_shape_ci_reads(damaged, tmp_path):
     assert set(failed) == {r.rule_id for r in decision.rules if r.status == "failed"}
     assert int(suite.get("failures")) == len(failed) and int(suite.get("tests")) == len(cases)
     assert failed["no-nonfinite-layers"].get("type") == "block"
-    assert "block2" in failed["stable-rank-collapse"].text and "offending layers (2):" in failed["stable-rank-collapse"].text
+    assert "block2" in failed["stable-rank-collapse"].text and "offending layers (1):" in failed["stable-rank-collapse"].text
+    assert "block1" not in failed["stable-rank-collapse"].text.split("not judged")[0]  # the NaN layer: not evaluable
     # the rule in words: its threshold as a sentence and the result against the model's 4 layers
     assert failed["stable-rank-collapse"].get("message").startswith(
         "stable-rank-collapse [block]: stable rank falls by at most 50% from healthy.safetensors's, in every judged "
-        "layer; 2 of the model's 4 layers outside")
+        "layer; 1 of the model's 4 layers outside")
     skipped = {c.get("name"): c.find("skipped").get("message") for c in cases if c.find("skipped") is not None}
     assert skipped == {"alpha-change": "skipped: no layer in the rule's scope",
-                       "alpha-band-dense": "skipped: no layer in the rule's scope"}
-    assert int(suite.get("skipped")) == 2
+                       "alpha-band-dense": "skipped: no layer in the rule's scope",
+                       "quantisation-error": "skipped: no layer in the rule's scope"}
+    assert int(suite.get("skipped")) == 3
     verdict = {p.get("name"): p.get("value") for p in suite.find("properties")}["verdict"]
-    assert verdict == "6 rules failed, 4 passed, 2 skipped (no layer in scope)"
+    assert verdict == "6 rules failed, 5 passed, 3 skipped (no layer in scope)"
     reference = _shape(_pytest_junit_reference(tmp_path))
     ours = _shape(root)
     for tag, attributes in ours.items():

@@ -82,7 +82,8 @@ def test_conv3d_and_conv_transpose_pool_their_kernel_slices():
 
 
 def test_three_d_tensors_of_unknown_kind():
-    """A file's 3-D tensor is a Conv1d kernel only with a small last dimension or 'conv' in its name."""
+    """Alone (no config, router or channel chain), a file's 3-D tensor is a Conv1d kernel only with a
+    small last dimension or 'conv' in its name."""
     torch.manual_seed(0)
     state = {
         "encoder.kernel": torch.randn(24, 16, 5),          # small last dim: Conv1d
@@ -95,6 +96,48 @@ def test_three_d_tensors_of_unknown_kind():
     skipped = layers.loc["lstm_stack"]
     assert skipped["status"] == "skipped"
     assert "lstm_stack" in skipped["reason"] and "last dimension 40" in skipped["reason"] and "<= 16" in skipped["reason"]
+
+
+def test_three_d_tensors_read_from_their_neighbours(tmp_path):
+    """Issue 27: an unnamed long-kernel Conv1d stack ([C, 1, k] front end, [C, C, k] middle, [1, C, k]
+    head) is read as convolutions by its chain of channels; an unnamed expert stack by its router or
+    its sibling stack; a tensor with signs of both is skipped with a reason naming them."""
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    state = {"net.0.weight": randn(32, 1, 101), "net.0.bias": randn(32), "net.2.weight": randn(32, 32, 41),
+             "net.2.bias": randn(32), "net.4.weight": randn(1, 32, 9),
+             "blocks.0.moe.router.weight": randn(8, 64), "blocks.0.moe.w_in": randn(8, 96, 64),
+             "blocks.1.moe.w_in": randn(6, 48, 64), "blocks.1.moe.w_out": randn(6, 64, 48),
+             "odd.proj.weight": randn(40, 5, 30), "odd.mix.w": randn(5, 40, 24), "odd.mix.gate.weight": randn(5, 24)}
+    layers = gate.scan(state, device="cpu").layers.set_index("name")
+    for name, rf, M in (("net.0", 101, 1), ("net.2", 41, 32), ("net.4", 9, 1)):
+        assert (layers.loc[name, "layer_type"], layers.loc[name, "rf"], layers.loc[name, "M"]) == ("conv1d", rf, M)
+    experts = layers[layers["tensor"] == "blocks.0.moe.w_in"]
+    assert list(experts.index) == [f"blocks.0.moe.{e}.w_in" for e in range(8)]
+    assert set(experts["layer_type"]) == {"dense"} and set(experts["N"]) == {96} and set(experts["M"]) == {64}
+    assert len(layers[layers["tensor"].isin(["blocks.1.moe.w_in", "blocks.1.moe.w_out"])]) == 12  # sibling stacks
+    odd = layers.loc["odd.mix.w"]
+    assert odd["status"] == "skipped" and "an expert stack (router odd.mix.gate.weight" in odd["reason"]
+    assert "a convolution (its 40 in-channels are the out-channels of odd.proj.weight" in odd["reason"]
+
+
+def test_three_d_tensors_read_from_config_json(tmp_path):
+    """config.json beside the weights: an expert count equal to the first dimension, a kernel size equal
+    to the last, decide for tensors no name or neighbour explains; without it they stay unread."""
+    generator = torch.Generator().manual_seed(1)
+    state = {"a.w": torch.randn(4, 64, 32, generator=generator), "b.w": torch.randn(32, 16, 30, generator=generator)}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    bare = gate.scan(tmp_path, device="cpu").layers
+    assert set(bare["status"]) == {"skipped"} and bare["reason"].str.contains("config.json").all()
+    (tmp_path / "config.json").write_text('{"model_type": "toy", "text_config": {"num_local_experts": 4}, '
+                                          '"conv_kernel": [30, 3]}')
+    layers = gate.scan(tmp_path, device="cpu").layers.set_index("name")
+    assert list(layers.index) == ["a.0.w", "a.1.w", "a.2.w", "a.3.w", "b.w"]
+    assert layers.loc["b.w", "layer_type"] == "conv1d" and layers.loc["b.w", "rf"] == 30
+    assert set(layers.loc["a.0.w":"a.3.w", "M"]) == {32}
 
 
 class Recurrent(torch.nn.Module):
@@ -252,7 +295,7 @@ def test_quantized_weight_without_scale_and_other_tensors_are_accounted_for(tmp_
 def test_policy_expert_filter(tmp_path):
     import pandas as pd
 
-    from gate.policy.evaluate import _select_layers
+    from gate.policy.frames import select_layers
     from gate.policy.schema import PolicyError, parse_policy
 
     def policy(experts) -> str:
@@ -261,7 +304,7 @@ def test_policy_expert_filter(tmp_path):
 
     layers = pd.DataFrame({"name": ["router", "e.0.up", "e.1.up", "e.2.up"], "layer_type": ["dense"] * 4,
                            "status": ["ok"] * 4, "expert": pd.array([None, 0, 1, 2], dtype="Int64")})
-    selected = {experts: list(_select_layers(parse_policy(policy(experts), "p.yaml").rules[0], layers)["name"])
+    selected = {experts: list(select_layers(parse_policy(policy(experts), "p.yaml").rules[0], layers)["name"])
                 for experts in ("all", "only", "exclude", "[0, 2]")}
     assert selected == {"all": ["router", "e.0.up", "e.1.up", "e.2.up"], "only": ["e.0.up", "e.1.up", "e.2.up"],
                         "exclude": ["router"], "[0, 2]": ["e.0.up", "e.2.up"]}

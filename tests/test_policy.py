@@ -103,7 +103,9 @@ def test_default_policy_approves_minilm_and_its_float16_copy(minilm_file, varian
     assert alone.decision.decision == "approve", reason_text(alone.decision)
     half = check(variants["float16"], baseline=minilm_file, device="cpu")
     assert half.decision.decision == "approve", reason_text(half.decision)
-    assert all(rule.status == "passed" for rule in half.decision.rules)
+    # float16 puts no layer on an integer grid: the quantisation-error rule has nothing to judge
+    statuses = {rule.rule_id: rule.status for rule in half.decision.rules}
+    assert statuses.pop("quantisation-error") == "skipped" and set(statuses.values()) == {"passed"}
     # MiniLM's pooler is never trained by sentence-transformers: random-like; so is at most one other
     # layer whose bulk is MP-like (layer 5's attention output: 6 spikes, 7% of its spectral mass)
     layers = alone.scan.layers.set_index("name")
@@ -172,7 +174,40 @@ def test_default_policy_blocks_nan(variants):
     assert result.decision.decision == "block"
     assert "no-nonfinite-layers" in _failed(result)
     rule = next(r for r in result.decision.rules if r.rule_id == "no-nonfinite-layers")
-    assert rule.observed == 1.0 and "num_nonfinite is 1" in rule.reason
+    # one finding, naming the layer and what is wrong with it: one NaN among its 384 x 384 weights
+    assert rule.observed == 1.0 and rule.reason == "encoder.layer.1.attention.self.key: 1 NaN weight (of 147456)"
+    assert rule.offending_layers == [{"name": "encoder.layer.1.attention.self.key", "value": None,
+                                      "problem": "1 NaN weight (of 147456)"}]
+
+
+def test_one_cause_is_one_finding(variants, minilm_file, tmp_path):
+    """A NaN weight fails no-nonfinite-layers only: every other rule leaves the layer out and names it
+    (before, it also failed reinitialised-hidden-layer, stable-rank-collapse, spectral-norm-change and
+    stable-rank-vs-peers). An all-zero layer is said to be one, by its own rule, once."""
+    nan = check(variants["nan"], baseline=minilm_file, device="cpu")
+    assert _failed(nan) == {"no-nonfinite-layers"}
+    layer = {"name": "encoder.layer.1.attention.self.key", "problem": "1 NaN weight (of 147456)"}
+    for rule_id in ("stable-rank-vs-peers", "reinitialised-hidden-layer", "stable-rank-collapse", "spectral-norm-change",
+                    "layer-became-random-like", "untrained-model"):
+        rule = next(r for r in nan.decision.rules if r.rule_id == rule_id)
+        assert rule.status == "passed" and rule.not_evaluable == [layer], rule_id
+    text = reason_text(nan.decision)
+    assert "NaN," not in text and " is NaN" not in text
+    state = load_file(str(minilm_file))
+    state["encoder.layer.2.attention.self.query.weight"].zero_()
+    save_file(state, str(tmp_path / "zeroed.safetensors"))
+    zeroed = check(tmp_path / "zeroed.safetensors", baseline=minilm_file, device="cpu")
+    assert _failed(zeroed) == {"no-all-zero-layers"}
+    rule = next(r for r in zeroed.decision.rules if r.rule_id == "no-all-zero-layers")
+    assert rule.reason == "encoder.layer.2.attention.self.query: all weights are zero" and rule.observed == 1.0
+    peers = next(r for r in zeroed.decision.rules if r.rule_id == "stable-rank-vs-peers")
+    assert peers.not_evaluable == [{"name": "encoder.layer.2.attention.self.query", "problem": "all weights are zero"}]
+    # the zeroed layer as the baseline's: change rules leave its partner out and say why
+    back = check(minilm_file, baseline=tmp_path / "zeroed.safetensors", device="cpu")
+    collapse = next(r for r in back.decision.rules if r.rule_id == "stable-rank-collapse")
+    assert collapse.not_evaluable == [{"name": "encoder.layer.2.attention.self.query",
+                                       "problem": "the baseline's: all weights are zero"}]
+    assert back.decision.decision == "approve", reason_text(back.decision)
 
 
 def test_default_policy_blocks_rank_collapse(variants, minilm_file):
@@ -300,6 +335,17 @@ KNOWN_POLICIES = {
     (GOOD_RULE + "  - id: alpha-max\n    description: again\n    metric: alpha\n    scope: layer\n"
                  "    condition: {min: 1}\n    severity: warn\n", ":9: rules[1].id: duplicate rule id"),
     (GOOD_RULE.replace("    severity: block\n", ""), "missing required field 'severity'"),
+    (GOOD_RULE.replace("scope: layer", "scope: layer\n    when_inconclusive: warn"),
+     "field 'when_inconclusive' needs schema_version: 2"),
+    (GOOD_RULE.replace("schema_version: 1", "schema_version: 2").replace("severity: block", "severity: warn\n"
+                                                                         "    when_inconclusive: block"),
+     ":9: rules[0].when_inconclusive: a warn rule cannot block"),
+    (GOOD_RULE.replace("schema_version: 1", "schema_version: 2").replace("scope: layer", "scope: layer\n"
+                                                                         "    when_inconclusive: sometimes"),
+     "rules[0].when_inconclusive: must be 'pass', 'warn' or 'block', not 'sometimes'"),
+    (GOOD_RULE.replace("schema_version: 1", "schema_version: 2").replace("scope: layer", "scope: layer\n"
+                                                                         "    min_judged_share: 0.3"),
+     "rules[0].min_judged_share: only model rules on a share of layers (random_like_fraction, fraction_alpha_in_2_4)"),
 ])
 def test_malformed_policies_are_rejected_with_line_and_field(tmp_path, body, message):
     path = write_policy(tmp_path, body)
@@ -463,16 +509,24 @@ def test_missing_baseline_for_a_baseline_rule_is_an_error(tmp_path, minilm_file)
         check(minilm_file, policy=str(path), device="cpu")
 
 
-def test_nan_metric_is_a_violation_and_empty_selection_fails_closed(tmp_path, variants):
+def test_unusable_layers_are_not_evaluable_and_empty_selection_fails_closed(tmp_path, variants):
     path = write_policy(tmp_path, GOOD_RULE.replace("condition: {max: 6}", "condition: {max: 100}")
                         + "  - id: no-such-layers\n    description: filters that match nothing\n    metric: alpha\n"
                           "    scope: layer\n    condition: {max: 100}\n    severity: warn\n"
-                          "    layers: {name_pattern: '^nothing-matches$'}\n")
+                          "    layers: {name_pattern: '^nothing-matches$'}\n"
+                          "  - id: only-the-nan-layer\n    description: a layer whose weights are unusable\n"
+                          "    metric: alpha\n    scope: layer\n    condition: {max: 100}\n    severity: block\n"
+                          "    layers: {name_pattern: 'layer\\.1\\.attention\\.self\\.key'}\n")
     result = check(variants["nan"], policy=str(path), device="cpu")
     alpha = next(r for r in result.decision.rules if r.rule_id == "alpha-max")
-    assert alpha.status == "failed"  # the NaN layer's alpha is not "missing", it is a violation
-    assert [o["name"] for o in alpha.offending_layers] == ["encoder.layer.1.attention.self.key"]
-    assert alpha.offending_layers[0]["value"] is None
+    # the NaN layer's alpha is neither "missing" (a pass) nor a violation: the layer is not evaluable
+    assert alpha.status == "passed" and alpha.offending_layers == []
+    assert alpha.not_evaluable == [{"name": "encoder.layer.1.attention.self.key", "problem": "1 NaN weight (of 147456)"}]
+    # every 2-D weight with at least min_evals = 8 eigenvalues is in scope, the NaN layer is left out
+    matrices = sum(1 for v in load_file(variants["nan"]).values() if v.ndim == 2 and min(v.shape) >= 8)
+    assert (alpha.in_scope, alpha.judged) == (matrices, matrices - 1)
+    nan_only = next(r for r in result.decision.rules if r.rule_id == "only-the-nan-layer")
+    assert nan_only.status == "inconclusive" and nan_only.judged == 0 and "1 NaN weight" in nan_only.reason
     empty = next(r for r in result.decision.rules if r.rule_id == "no-such-layers")
     assert empty.status == "error" and result.decision.decision == "block"
 
@@ -575,3 +629,61 @@ def test_eic_rules_need_the_training_accuracy_before_any_scan(tmp_path):
         check(never_read, policy=str(policy))
     result = CliRunner().invoke(main, ["check", str(never_read), "--policy", str(policy)])
     assert result.exit_code == 2 and "--train-accuracy" in result.output and "no such file" not in result.output
+
+
+SHARE_RULE = """\
+schema_version: 2
+rules:
+  - id: most-layers-random
+    description: most of the judged layers are random-like
+    metric: random_like_fraction
+    scope: model
+    condition: {max: 0.5}
+    severity: block
+"""
+
+
+@pytest.mark.parametrize("extra, decision", [("", "approve"), ("    when_inconclusive: warn\n", "warn"),
+                                             ("    when_inconclusive: block\n", "block"),
+                                             ("    min_judged_share: 0.1\n", "block")])
+def test_a_share_of_layers_weighs_how_much_of_the_model_was_judged(tmp_path, extra, decision):
+    """i.i.d. weights: a [256, 1, 64] Conv1d front end (64 slices of one column: no spectrum, no verdict)
+    and one judged 64 x 48 layer. 1 of 2 layers judged, 3072 of 3072 + 16384 weights (15.8%): below the
+    default 50% the rule is inconclusive, and its when_inconclusive decides; with a share of 0.1 asked,
+    the one judged (random) layer decides."""
+    generator = torch.Generator().manual_seed(7)
+    state = {"front_conv.weight": torch.randn(256, 1, 64, generator=generator),
+             "dense.weight": torch.randn(64, 48, generator=generator)}
+    result = check(state, policy=str(write_policy(tmp_path, SHARE_RULE + extra)), device="cpu")
+    rule = result.decision.rules[0]
+    share = 64 * 48 / (64 * 48 + 256 * 64)
+    assert rule.judged == 1 and rule.in_scope == 2 and rule.judged_weight_share == pytest.approx(share)
+    assert result.decision.decision == decision
+    if "0.1" in extra:
+        assert rule.status == "failed" and rule.observed == 1.0
+        return
+    assert rule.status == "inconclusive" and rule.observed is None
+    assert rule.reason.startswith(f"1 of 2 layers judged, {share:.1%} of the weights (needs >= 50%); e.g. front_conv: "
+                                  "each of the 64 slices is a 256x1 vector")
+    assert rule.passed == (decision == "approve")
+    assert rule.inconclusive_effect == (extra.split(": ")[1].strip() if extra else "pass")
+    text = reason_text(result.decision)
+    acted = "" if decision == "approve" else " (1 counted against the model)"
+    assert text.splitlines()[0].endswith(f"0 rules passed, 1 inconclusive{acted}")
+    effect = "inconclusive" if decision == "approve" else f"inconclusive, counted as {decision} (when_inconclusive)"
+    assert "INCONCLUSIVE most-layers-random [block]: " in text and f"{effect}: 1 of 2 layers judged" in text
+    record = json.loads(result.decision.to_json())["rules"][0]
+    assert record["judged"] == 1 and record["inconclusive_effect"] == rule.inconclusive_effect
+
+
+def test_a_model_without_a_verdict_is_inconclusive_not_a_violation(tmp_path):
+    """No layer with enough eigenvalues: random_like_fraction is NaN, which is no evidence; the
+    reason never shows a NaN as an observed value."""
+    generator = torch.Generator().manual_seed(8)
+    state = {"a.weight": torch.randn(16, 64, generator=generator), "b.weight": torch.randn(10, 16, generator=generator)}
+    result = check(state, policy=str(write_policy(tmp_path, SHARE_RULE)), device="cpu")
+    rule = result.decision.rules[0]
+    assert math.isnan(result.scan.summary["random_like_fraction"])
+    assert rule.status == "inconclusive" and rule.judged == 0 and rule.judged_weight_share == 0.0
+    assert rule.reason.startswith("0 of 2 layers judged, 0.0% of the weights") and "NaN" not in rule.reason
+    assert result.decision.decision == "approve"

@@ -7,10 +7,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import integrate
 
+import gate
 from gate.metrics.fit_quality import fit_quality
-from gate.metrics.random_like import mp_cdf, random_like_statistics
+from gate.metrics.random_like import RANDOM_MIN_EVALS, mp_cdf, mp_statistics, random_like_statistics
 from gate.solver.powerlaw_fit import fit_power_law
 
 
@@ -46,7 +48,28 @@ def test_too_few_eigenvalues_give_no_random_like_verdict():
     rng = np.random.default_rng(1)
     W = rng.standard_normal((64, 10))
     stats = random_like_statistics(np.linalg.eigvalsh(W.T @ W), 64, 10)
-    assert math.isnan(stats["random_like"]) and stats["mp_ks"] >= 0
+    assert all(math.isnan(stats[key]) for key in ("random_like", "mp_ks", "mp_spikes", "mp_spike_mass"))
+    assert "10 eigenvalues" in stats["random_like_reason"] and str(RANDOM_MIN_EVALS) in stats["random_like_reason"]
+    # the same verdict as a plain comparison: too few for the gate, whatever the statistic says
+    assert 10 < RANDOM_MIN_EVALS
+
+
+def test_pooled_vectors_have_no_spectrum_to_judge():
+    """A Conv1d with one input channel [C, 1, k]: each kernel position is a C x 1 column whose one
+    eigenvalue is its squared norm (numpy), so k pooled positions are k squared norms, not an ESD."""
+    rng = np.random.default_rng(4)
+    kernel = rng.standard_normal((128, 1, 40))
+    norms = np.sort((kernel[:, 0, :] ** 2).sum(axis=0))
+    stats = random_like_statistics(norms, 128, 1, rf=40)
+    assert math.isnan(stats["random_like"]) and math.isnan(stats["mp_ks"])
+    assert "each of the 40 slices is a 128x1 vector" in stats["random_like_reason"]
+    assert mp_statistics(norms, 128, 1)["mp_ks"] >= 0  # the ungated statistic exists; no verdict is drawn from it
+    layers = gate.scan({"front.weight": torch.from_numpy(kernel).float(),
+                        "body.weight": torch.randn(128, 128, 40, generator=torch.Generator().manual_seed(4))},
+                       device="cpu").layers.set_index("name")
+    assert layers.loc["front", "layer_type"] == "conv1d" and math.isnan(layers.loc["front", "random_like"])
+    assert layers.loc["front", "random_like_reason"] == stats["random_like_reason"]
+    assert layers.loc["body", "random_like"] == 1.0 and layers.loc["body", "random_like_reason"] == ""
 
 
 def test_fit_verdicts_on_samples_from_known_laws():

@@ -93,15 +93,51 @@ def test_table_and_bad_input(scaled_models, tmp_path):
     assert missing.exit_code == 2 and "absent.safetensors" in missing.output
 
 
+def test_unusable_weights_go_last_with_the_reason(scaled_models, tmp_path):
+    """A NaN (or all-zero) layer drops out of the means, which then flatter the model (issue 26: a model
+    with NaN weights ranked first); such models come after every rankable one, unranked, with the reason."""
+    paths, states = scaled_models
+    broken = {k: v.clone() for k, v in states[4.0].items()}
+    broken["dec.weight"][0, 0] = float("nan")
+    save_file(broken, str(tmp_path / "nan.safetensors"))
+    zeroed = {k: v.clone() for k, v in states[4.0].items()}
+    zeroed["dec.weight"].zero_()
+    save_file(zeroed, str(tmp_path / "zero.safetensors"))
+    result = invoke(str(tmp_path / "nan.safetensors"), str(paths[2.0]), str(tmp_path / "zero.safetensors"),
+                    str(paths[1.0]), "--format", "json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["versions"]
+    assert [r["source"] for r in rows] == [str(paths[1.0]), str(paths[2.0]), str(tmp_path / "nan.safetensors"),
+                                           str(tmp_path / "zero.safetensors")]
+    assert [r["reason"] for r in rows] == ["", "", "1 layer with NaN/Inf weights", "1 all-zero layer"]
+    assert [r["rank_alpha_weighted"] for r in rows] == [1, 2, None, None] and [r["rank"] for r in rows] == [1, 2, 3, 4]
+    table = invoke(str(tmp_path / "nan.safetensors"), str(paths[1.0]), "--device", "cpu")
+    last = table.stdout.splitlines()[4]
+    assert last.split()[:2] == ["2", str(tmp_path / "nan.safetensors")] and last.endswith("1 layer with NaN/Inf weights")
+
+
 def test_all_versions_of_a_registered_model(scaled_models, mlflow_tracking_uri):
     from mlflow import MlflowClient
+
+    from gate.vocabulary import STATUS
 
     paths, _ = scaled_models
     client = MlflowClient(mlflow_tracking_uri, mlflow_tracking_uri)
     versions = {scale: register_file(client, "ranked", paths[scale]) for scale in SCALES}
+    client.set_model_version_tag("ranked", versions[4.0], STATUS, "approved")
     result = invoke("models:/ranked", "--tracking-uri", mlflow_tracking_uri, "--format", "json", "--device", "cpu")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["versions"]
     assert [r["source"] for r in rows] == [f"models:/ranked/{versions[s]}" for s in (1.0, 2.0, 4.0)]
+    assert [r["gate_status"] for r in rows] == ["none", "none", "approved"]
+    # a blocked version goes last, whatever its weights predict; the table shows gate.status
+    client.set_model_version_tag("ranked", versions[1.0], STATUS, "blocked")
+    result = invoke("models:/ranked", "--tracking-uri", mlflow_tracking_uri, "--format", "json", "--device", "cpu")
+    rows = json.loads(result.stdout)["versions"]
+    assert [r["source"] for r in rows] == [f"models:/ranked/{versions[s]}" for s in (2.0, 4.0, 1.0)]
+    assert rows[-1]["reason"] == "gate.status is blocked" and rows[-1]["rank_alpha_weighted"] is None
+    table = invoke("models:/ranked", "--tracking-uri", mlflow_tracking_uri, "--device", "cpu")
+    assert table.stdout.splitlines()[1].split() == ["rank", "source", "alpha_weighted", "alpha", "log_alpha_norm", "mlh",
+                                                    "num_analysed", "gate_status", "note"]
     unknown = invoke("models:/no-such-model", "--tracking-uri", mlflow_tracking_uri)
     assert unknown.exit_code == 2 and "no-such-model" in unknown.output

@@ -37,7 +37,7 @@ def test_report_is_self_contained_and_decision_first(tmp_path, minilm_dir):
     assert "<script" not in html.lower()
     assert not re.search(r"(src|href)\s*=\s*['\"]?https?:", html)  # nothing fetched from anywhere
     assert html.index("BLOCK") < html.index("<h2>Charts") < html.index("<h2>Layers")
-    assert "blocked: 1 layer with NaN/Inf weights" in html.split("<h2>Rules")[0]
+    assert f"blocked: encoder.layer.1.attention.self.key: 1 NaN weight (of {384 * 384})" in html.split("<h2>Rules")[0]
     assert "no-nonfinite-layers" in html.split("<h2>Rules")[0]  # the reason comes with the decision
     assert re.search(r'<tr class="bad"><td>encoder\.layer\.1\.attention\.self\.key</td>', html)
     assert "baseline alpha" in html

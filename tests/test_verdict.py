@@ -61,7 +61,8 @@ def results(models):
 
 def _needs_baseline(rule: dict) -> bool:
     """Read off the shipped policy file itself: a change condition or a metric of two models' weights."""
-    return "change" in rule["condition"] or rule["metric"] in ("cosine_similarity", "relative_distance")
+    return "change" in rule["condition"] or rule["metric"] in ("cosine_similarity", "relative_distance",
+                                                              "quantisation_error")
 
 
 def test_first_version_counts_skipped_rules_apart_on_every_surface(results, tmp_path):
@@ -70,7 +71,7 @@ def test_first_version_counts_skipped_rules_apart_on_every_surface(results, tmp_
     decision = results["first"].decision
     assert decision.decision == Verdict.APPROVE
     counts = f"{len(shipped) - need} rules passed, {need} need a baseline (none given)"
-    assert count_sentence(decision) == counts and need == 7
+    assert count_sentence(decision) == counts and need == 8
     assert summary_line(decision) == f"approved: {counts}"
     assert reason_text(decision).splitlines()[0] == f"approved: {counts}"
     assert render_decision(decision).splitlines()[0] == f"decision: APPROVE: {counts}"
@@ -108,7 +109,7 @@ def test_x100_layer_in_units_people_use(results, models):
     assert change["cosine_similarity"] == pytest.approx(1.0, abs=1e-6)
     assert change["relative_distance"] == pytest.approx(np.linalg.norm(damaged - healthy) / np.linalg.norm(healthy), rel=1e-6)
     assert summary_line(decision) == (f"blocked: {QUERY}: largest singular value x100 of model.safetensors's "
-                                      "(spectral-norm-change) | 1 rule failed, 11 passed")
+                                      "(spectral-norm-change) | 1 rule failed, 12 passed, 1 skipped (no layer in scope)")
     text = render_decision(decision)
     assert ("FAIL  spectral-norm-change [block]: lambda_max within 10x of model.safetensors's either way, in every "
             "judged layer") in text

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 
 from gate.layers.plan import CONV1D, CONV2D, CONV3D, LayerPlan, PlanOptions
 from gate.sources.base import TensorInfo
@@ -14,16 +13,6 @@ _CONV_TYPES = {1: CONV1D, 2: CONV2D, 3: CONV3D}  # by number of kernel dimension
 
 
 CONV2D_SCALE = math.sqrt(0.5)  # WeightWatcher's conv2d_norm: pooled slice eigenvalues x 0.5
-
-
-# A file's 3-D tensor that no module, name or config explains is a Conv1d kernel only when its last
-# dimension is this small: speech and sequence models use kernels of 2-10 (Whisper 3, wav2vec2's
-# feature encoder 2-10, Mamba 4); stacks such as ONNX recurrent weights or fused experts end in a
-# model width instead. Larger kernels need a module type or "conv" in the name.
-CONV1D_MAX_KERNEL = 16
-
-
-_CONV_NAME = re.compile(r"conv", re.IGNORECASE)
 
 
 # torch modules, ONNX operators, and Keras layer classes (gate/sources/keras/roles.py hands their kernels over
@@ -35,12 +24,11 @@ _CONV_MODULES = {"Conv", "ConvTranspose", "Conv1d", "Conv2d", "Conv3d",
 
 
 def is_convolution(info: TensorInfo) -> bool:
-    """Modules and ONNX operators that say so; a file's bare 3-D tensor only by name or a small kernel."""
+    """Modules and ONNX operators that say so; a file's 4-D and 5-D tensors (WeightWatcher's reading
+    too). A file's 3-D tensors are read in gate.layers.three_d."""
     if info.module_type is not None:
         return info.module_type in _CONV_MODULES
-    if len(info.shape) != 3:
-        return True  # 4-D and 5-D tensors of files: convolution kernels (WeightWatcher's reading too)
-    return bool(_CONV_NAME.search(info.name)) or info.shape[-1] <= CONV1D_MAX_KERNEL
+    return len(info.shape) in (4, 5)
 
 
 def conv_plans(info: TensorInfo, base: str, options: PlanOptions, start: int):

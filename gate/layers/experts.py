@@ -9,22 +9,21 @@ from gate.layers.plan import DENSE, LayerPlan
 from gate.sources.base import TensorInfo
 
 # Fused experts: transformers' *Experts modules hold [E, ., .] parameters named experts.<proj>.
-_FUSED_EXPERTS = re.compile(r"(^|\.)experts\.([A-Za-z_][A-Za-z0-9_]*?)(\.weight)?$")
+FUSED_EXPERTS_NAME = re.compile(r"(^|\.)experts\.([A-Za-z_][A-Za-z0-9_]*?)(\.weight)?$")
 
 
 _EXPERT_INDEX = re.compile(r"(?:^|\.)experts\.(\d+)\.")
 
 
 def is_fused_experts(info: TensorInfo) -> bool:
-    if info.module_type is not None:
-        return info.module_type.endswith("Experts")
-    return bool(_FUSED_EXPERTS.search(info.name))
+    """By module type (transformers' *Experts modules); files' tensors are read in gate.layers.three_d."""
+    return info.module_type is not None and info.module_type.endswith("Experts")
 
 
 def fused_expert_plans(info: TensorInfo, by_name: dict[str, TensorInfo], start: int):
     """[E, a, b] expert stacks: one dense row per expert (and per half of a fused gate_up_proj),
     named like the per-expert layout (``experts.3.gate_proj``) so both layouts compare."""
-    match = _FUSED_EXPERTS.search(info.name)
+    match = FUSED_EXPERTS_NAME.search(info.name)
     prefix, leaf = (info.name[:match.start(2) - 1], match.group(2)) if match else info.name.rsplit(".", 1)
     experts, rows, cols = info.shape
     parts: list[tuple[str, tuple]] = [(leaf, (slice(None), slice(None)))]

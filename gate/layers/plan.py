@@ -6,6 +6,7 @@ meets its plan only in :func:`layer_matrices`, once the tensor is loaded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +45,15 @@ class LayerPlan:
     def num_evals(self) -> int:
         return self.M * self.rf
 
+    @property
+    def num_weights(self) -> int:
+        """The weights this row stands for: its slices' N x M each, or the whole stored tensor for a
+        row that is not cut into matrices (a skipped tensor of unknown kind). What the share of a
+        model a rule judged is counted in."""
+        if self.slices == ((),):
+            return math.prod(self.shape)
+        return self.N * self.M * len(self.slices)
+
 
 @dataclass(frozen=True)
 class PlanOptions:
@@ -71,3 +81,14 @@ def layer_matrices(plan: LayerPlan, tensor: torch.Tensor) -> list[torch.Tensor]:
         matrix = tensor[index] if index else tensor
         matrices.append(matrix.T if matrix.ndim == 2 and matrix.shape[0] < matrix.shape[1] else matrix)
     return matrices
+
+
+def channel_rows(plan: LayerPlan, tensor: torch.Tensor) -> torch.Tensor:
+    """The layer's weights as [output channels, inputs], as stored (not oriented): the rows a
+    per-channel or group-wise quantiser gives their own grid. Pooled kernel positions belong to their
+    channel's row."""
+    if len(plan.slices) > 1:
+        return tensor.reshape(tensor.shape[0], -1)
+    index = plan.slices[0]
+    matrix = tensor[index] if index else tensor
+    return matrix if matrix.ndim == 2 else matrix.reshape(matrix.shape[0], -1)

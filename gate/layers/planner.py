@@ -13,21 +13,29 @@ silently.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from gate.layers.conv import CONV1D_MAX_KERNEL, conv_plans, is_convolution
+from gate.layers.conv import conv_plans, is_convolution
 from gate.layers.experts import expert_column, fused_expert_plans, is_fused_experts
 from gate.layers.kinds import is_embedding, tensor_kind
 from gate.layers.plan import DENSE, EMBEDDING, LayerPlan, PlanOptions
 from gate.layers.recurrent import RECURRENT_WEIGHT, onnx_recurrent_op, onnx_recurrent_plans, recurrent_plans
+from gate.layers.three_d import CONV, EXPERTS, ModelHints, read_three_d
 from gate.options import CONV2D_METHODS
 from gate.sources.base import TensorInfo
 
 
-def plan_layers(infos: list[TensorInfo], options: PlanOptions = PlanOptions()) -> list[LayerPlan]:
-    """All analysable matrices of a model, in storage order, including skipped ones with reasons."""
+def plan_layers(infos: list[TensorInfo], options: PlanOptions = PlanOptions(),
+                config: Mapping[str, Any] | None = None) -> list[LayerPlan]:
+    """All analysable matrices of a model, in storage order, including skipped ones with reasons.
+    ``config``: the model's config.json where the source has one (``WeightSource.model_config``):
+    expert counts and kernel sizes tell a file's 3-D tensors apart (gate.layers.three_d)."""
     if options.conv2d_method not in CONV2D_METHODS:
         raise ValueError(f"conv2d_method must be one of {CONV2D_METHODS}, not {options.conv2d_method!r}")
     by_name = {info.name: info for info in infos}
+    context = _Context(by_name, [info for info in infos if _bare_three_d(info)], ModelHints.of(config))
     plans: list[LayerPlan] = []
     for info in infos:
         if info.consumed_by is not None:
@@ -37,7 +45,7 @@ def plan_layers(infos: list[TensorInfo], options: PlanOptions = PlanOptions()) -
             continue
         if tensor_kind(info, by_name) is not None:
             continue  # biases, norms, integer buffers, scales: counted in the summary, not matrices
-        for plan in _plans_for_tensor(info, by_name, options, len(plans)):
+        for plan in _plans_for_tensor(info, context, options, len(plans)):
             plans.append(dataclasses.replace(_with_size_check(plan, options), quantization=info.quantization,
                                              columns=plan.columns + info.columns))
     return plans
@@ -52,7 +60,23 @@ def _source_skip(info: TensorInfo, index: int) -> LayerPlan:
                      quantization=info.quantization, columns=info.columns, unreadable=True)
 
 
-def _plans_for_tensor(info: TensorInfo, by_name: dict[str, TensorInfo], options: PlanOptions, start: int):
+@dataclass(frozen=True)
+class _Context:
+    """What planning one tensor may look at besides it: every tensor by name, the 3-D tensors
+    without a module type in storage order, and what config.json says."""
+
+    by_name: dict[str, TensorInfo]
+    three_d: list[TensorInfo]
+    hints: ModelHints
+
+
+def _bare_three_d(info: TensorInfo) -> bool:
+    return (len(info.shape) == 3 and info.is_floating and info.module_type is None and info.consumed_by is None
+            and info.skip_reason is None and onnx_recurrent_op(info) is None)
+
+
+def _plans_for_tensor(info: TensorInfo, context: _Context, options: PlanOptions, start: int):
+    by_name = context.by_name
     base = info.name.removesuffix(".weight")
     shape = info.shape
     ndim = len(shape)
@@ -66,6 +90,15 @@ def _plans_for_tensor(info: TensorInfo, by_name: dict[str, TensorInfo], options:
                         module_type=info.module_type, columns=expert_column(info.name))
     elif ndim == 3 and onnx_recurrent_op(info) is not None:
         yield from onnx_recurrent_plans(info, onnx_recurrent_op(info), start)
+    elif _bare_three_d(info):
+        reading = read_three_d(info, context.three_d, by_name, context.hints)
+        if reading.kind == EXPERTS:
+            yield from fused_expert_plans(info, by_name, start)
+        elif reading.kind == CONV:
+            yield from conv_plans(info, base, options, start)
+        else:
+            yield LayerPlan(start, base, info.name, "other", shape, max(shape), min(shape), 1,
+                            skip_reason=reading.why)
     elif ndim == 3 and is_fused_experts(info):
         yield from fused_expert_plans(info, by_name, start)
     elif ndim in (3, 4, 5) and is_convolution(info):
@@ -77,9 +110,6 @@ def _plans_for_tensor(info: TensorInfo, by_name: dict[str, TensorInfo], options:
 
 def _unknown_kind_reason(info: TensorInfo) -> str:
     kind = info.module_type or "unknown module"
-    if len(info.shape) == 3 and info.module_type is None:
-        return (f"3-D tensor {info.name} of unknown kind: its last dimension {info.shape[-1]} is too large for a "
-                f"Conv1d kernel (<= {CONV1D_MAX_KERNEL}) and no module, name or config says what it is")
     return f"{len(info.shape)}-D parameter of {kind}: not a dense, convolution, embedding, expert or recurrent weight"
 
 

@@ -8,6 +8,7 @@ stay in gate.metrics.marchenko_pastur behind their scan options.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -20,14 +21,32 @@ from gate.vocabulary import LayerStatus
 RANDOM_KS = 0.1
 RANDOM_SPIKE_MASS = 0.1
 RANDOM_MIN_EVALS = 32
+RANDOM_MIN_M = 8  # provisional: bench/random_like_power.py decides
+# Columns a shape without a verdict leaves NaN (rules on them leave the layer out).
+MP_VERDICTS = ("mp_ks", "mp_spikes", "mp_spike_mass", "random_like")
 _MP_GRID = 2049
 
 
-def random_like_statistics(evals: np.ndarray, N: int, M: int) -> dict[str, float]:
+def random_like_statistics(evals: np.ndarray, N: int, M: int, rf: int = 1) -> dict[str, Any]:
     """``mp_ks`` (KS distance between the ESD and the MP law of the same variance), ``mp_edge``,
     ``mp_spikes``/``mp_spike_mass`` (count and share of sum(lambda) beyond the edge, with a
-    Tracy-Widom margin of 2 M^(-2/3)) and ``random_like`` (1, 0, or NaN below
-    ``RANDOM_MIN_EVALS`` eigenvalues, where finite-size effects overlap trained and random layers).
+    Tracy-Widom margin of 2 M^(-2/3)) and ``random_like`` (1 or 0), for ``rf`` pooled N x M slices.
+
+    Only where the slices' shape gives the test its power (:func:`random_like_unsupported`);
+    elsewhere every Marchenko-Pastur verdict is NaN and ``random_like_reason`` says why.
+    """
+    reason = random_like_unsupported(N, M, rf)
+    if reason:
+        return {**dict.fromkeys(MP_VERDICTS, math.nan), "random_like_reason": reason}
+    stats = mp_statistics(evals, N, M)
+    if not math.isfinite(stats["mp_spike_mass"]):
+        return {**stats, "random_like": math.nan, "random_like_reason": "no spectral mass: every eigenvalue is zero"}
+    return {**stats, "random_like": float(is_random_like(stats)), "random_like_reason": ""}
+
+
+def mp_statistics(evals: np.ndarray, N: int, M: int) -> dict[str, float]:
+    """The Marchenko-Pastur comparison of an ESD, for any shape (bench/random_like_power.py studies
+    where it has power): ``mp_ks``, ``mp_edge``, ``mp_bulk_min``, ``mp_spikes``, ``mp_spike_mass``.
 
     The variance is sigma^2 = ||W||_F^2 / (N M) per slice (sum of the pooled eigenvalues over N
     times their number), so pooled Conv2d slices, scaled or not, compare against one MP law.
@@ -41,12 +60,32 @@ def random_like_statistics(evals: np.ndarray, N: int, M: int) -> dict[str, float
     ks = float(max(np.max(ranks / n - cdf), np.max(cdf - (ranks - 1) / n)))
     beyond = evals > high * (1 + 2 * M ** (-2 / 3))
     mass = float(evals[beyond].sum() / evals.sum()) if evals.sum() > 0 else math.nan
-    if n < RANDOM_MIN_EVALS or not math.isfinite(mass):
-        random_like = math.nan
-    else:
-        random_like = float(ks <= RANDOM_KS and mass <= RANDOM_SPIKE_MASS)
-    return {"mp_ks": ks, "mp_edge": high, "mp_bulk_min": low, "mp_spikes": int(beyond.sum()),
-            "mp_spike_mass": mass, "random_like": random_like}
+    return {"mp_ks": ks, "mp_edge": high, "mp_bulk_min": low, "mp_spikes": int(beyond.sum()), "mp_spike_mass": mass}
+
+
+def is_random_like(stats: dict[str, float]) -> bool:
+    """The verdict on :func:`mp_statistics`: an MP bulk (KS) with little mass beyond its edge."""
+    return stats["mp_ks"] <= RANDOM_KS and stats["mp_spike_mass"] <= RANDOM_SPIKE_MASS
+
+
+def random_like_unsupported(N: int, M: int, rf: int = 1) -> str:
+    """Why ``rf`` pooled N x M slices cannot carry a random-like verdict ("" when they can).
+
+    A slice with M = 1 is a vector: its one eigenvalue is a squared norm, so a pooled ESD of
+    such slices (a Conv1d/Conv2d with one input or output channel) holds no spectrum to compare.
+    Below ``RANDOM_MIN_M`` columns per slice, or ``RANDOM_MIN_EVALS`` eigenvalues in all, the test
+    has no power: trained and i.i.d. matrices of that size overlap (bench/RESULTS.md, "Random-like
+    test: power by matrix shape").
+    """
+    if M <= 1:
+        return (f"each of the {rf} slices is a {N}x{M} vector: its one eigenvalue is a squared norm, "
+                "not a spectrum to compare with the Marchenko-Pastur law") if rf > 1 else (
+                f"a {N}x{M} vector has one eigenvalue, not a spectrum")
+    if M < RANDOM_MIN_M:
+        return f"slices of {N}x{M}: below {RANDOM_MIN_M} columns the Marchenko-Pastur test has no power"
+    if M * rf < RANDOM_MIN_EVALS:
+        return f"{M * rf} eigenvalues: below {RANDOM_MIN_EVALS} the Marchenko-Pastur test has no power"
+    return ""
 
 
 def mp_cdf(x: np.ndarray, N: int, M: int, sigma2: float) -> np.ndarray:

@@ -31,7 +31,7 @@ def value_grid_columns(matrices: list[torch.Tensor]) -> dict[str, float]:
     layer with fewer than ``MIN_WEIGHTS`` weights."""
     if sum(matrix.numel() for matrix in matrices) < MIN_WEIGHTS:
         return {"value_levels": math.nan, "coarse_grid": math.nan}
-    levels = _distinct_values(_even_sample(matrices))
+    levels = _distinct_values(even_sample(matrices))
     return {"value_levels": float(levels), "coarse_grid": float(levels <= COARSE_GRID_LEVELS)}
 
 
@@ -49,7 +49,7 @@ def is_zero_one_mask(name: str, tensor: torch.Tensor) -> bool:
     leaf = name.rsplit(".", 1)[-1]
     if not (leaf.endswith("mask") or (leaf == "bias" and tensor.ndim >= 2)):
         return False
-    sample = _even_sample([tensor])
+    sample = even_sample([tensor])
     if not bool(((sample == 0) | (sample == 1)).all()):
         return False
     return bool(((tensor == 0) | (tensor == 1)).all()) and bool((tensor == 1).any())
@@ -66,7 +66,7 @@ def _distinct_values(sample: torch.Tensor) -> int:
     return int(np.unique(values.numpy(), equal_nan=False).size)
 
 
-def _even_sample(tensors: list[torch.Tensor]) -> torch.Tensor:
+def even_sample(tensors: list[torch.Tensor]) -> torch.Tensor:
     """About ``SAMPLE_SIZE`` elements spread evenly over the tensors (one stride for all)."""
     stride = max(1, sum(tensor.numel() for tensor in tensors) // SAMPLE_SIZE)
     return torch.cat([tensor.reshape(-1)[::stride] for tensor in tensors])

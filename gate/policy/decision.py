@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from gate.policy.evaluate import RuleOutcome
-from gate.vocabulary import RuleStatus, Verdict
+from gate.vocabulary import RuleStatus, Verdict, WhenInconclusive
 
 
 @dataclass
@@ -53,10 +53,16 @@ class Decision:
 
 
 def decide(outcomes: list[RuleOutcome]) -> Verdict:
-    """Block on any failed or erroring block rule and on any evaluation error; warn on failed warn rules."""
-    if any(o.status == RuleStatus.ERROR or (o.status == RuleStatus.FAILED and o.severity == Verdict.BLOCK) for o in outcomes):
+    """Block on any failed or erroring block rule, on any evaluation error and on an inconclusive
+    rule whose ``inconclusive_effect`` is block; warn on failed warn rules and inconclusive rules
+    whose effect is warn."""
+    def blocks(o: RuleOutcome) -> bool:
+        return (o.status == RuleStatus.ERROR or (o.status == RuleStatus.FAILED and o.severity == Verdict.BLOCK)
+                or (o.status == RuleStatus.INCONCLUSIVE and o.inconclusive_effect == WhenInconclusive.BLOCK))
+
+    if any(blocks(o) for o in outcomes):
         return Verdict.BLOCK
-    if any(o.status == RuleStatus.FAILED for o in outcomes):
+    if any(o.status == RuleStatus.FAILED or not o.passed for o in outcomes):
         return Verdict.WARN
     return Verdict.APPROVE
 

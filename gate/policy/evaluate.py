@@ -3,20 +3,24 @@
 Schema 2 adds how sure a verdict is: a rule on power-law metrics counts only well-fitted layers
 (gate.metrics.fit_quality; the likelihood-ratio part of the verdict runs here, only on layers that would
 otherwise count against the model) and is ``inconclusive`` when too few layers are well fitted;
-rules on the baseline's weights (cosine similarity, relative distance) read a table of layer pairs;
-``lineage: descendant`` rules apply only to a model that descends from its baseline.
+a rule on a share of layers (``random_like_fraction``) is inconclusive when its verdicts cover less
+of the model's weights than ``min_judged_share``; rules on the baseline's weights (cosine
+similarity, relative distance) read a table of layer pairs; ``lineage: descendant`` rules apply
+only to a model that descends from its baseline. What an inconclusive rule does to the decision is
+the rule's ``when_inconclusive`` (gate.policy.decision).
 
 Each rule becomes one expectation (values between bounds, with the rule's ``mostly`` share) run on
-an in-memory frame of the rule's layers, or of the single model row. Our own layer decides the
-outcome, because Great Expectations does not: NaN would pass its range checks as "missing", so a
-NaN value is replaced by one just outside the allowed range and counts as a violation; an
-expectation that raises (a missing column, say) is an evaluation error and fails closed.
+an in-memory frame of the rule's layers, or of the single model row (gate.policy.frames: layers with
+NaN/Inf or all-zero weights are left out and named, judged only by the rules on those problems).
+Our own layer decides the outcome, because Great Expectations does not: NaN would pass its range
+checks as "missing", so a layer's NaN value is replaced by one just outside the allowed range and
+counts as a violation; a model value that is NaN is no evidence (inconclusive); an expectation
+that raises (a missing column, say) is an evaluation error and fails closed.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +29,16 @@ import pandas as pd
 
 from gate.jsonvalues import metric_value
 from gate.metrics.fit_quality import fit_quality
-from gate.policy.metrics import PAIR_METRICS, UNJUDGED_WHEN_NAN
-from gate.policy.schema import HEAD_PATTERN, Policy, PolicyError, Rule
+from gate.policy.frames import MODEL_ROW, QUANTISATION_ERROR, rule_frame
+from gate.policy.metrics import FRACTION_METRICS, LAYER_COUNT_METRICS
+from gate.policy.quantisation import quantisation_finding
+from gate.policy.schema import Policy, PolicyError, Rule
 from gate.scanning.result import ScanResult
-from gate.vocabulary import LayerStatus, LeftOut, RuleStatus, SkipReason, Verdict, WhenNoBaseline
+from gate.scanning.summary import judged_evidence
+from gate.vocabulary import LayerStatus, LeftOut, RuleStatus, SkipReason, Verdict, WhenInconclusive, WhenNoBaseline
 
-MODEL_ROW = "<model>"
+__all__ = ["LINEAGE_COSINE", "MODEL_ROW", "RuleOutcome", "evaluate", "lineage_cosine"]
+
 # A model descends from its baseline (fine-tune, quantisation, new head) when the median |cosine|
 # between matched layers is at least this. bench/ZOO.md (median |cosine| with the parent, per kind):
 # healthy fine-tunes, new heads and every weight defect stay above 0.9; siblings from other seeds
@@ -43,16 +51,34 @@ LINEAGE_COSINE = 0.8
 @dataclass
 class RuleOutcome:
     """One rule's verdict: ``status`` is passed, failed, error (fails closed), skipped, or
-    inconclusive (too little trustworthy evidence: recorded and shown, not a violation).
+    inconclusive (too little trustworthy evidence: recorded and shown; a violation only where the
+    rule's ``when_inconclusive`` says so).
+
+    The evidence behind it, as structured fields (None where they do not apply):
+
+    - ``judged``: layers whose values decided the outcome (a layer rule's compared rows; for a
+      model rule on a share of layers, the layers with a verdict; None for a model rule on one
+      model-level number);
+    - ``in_scope``: layers the rule selected (its filters; for a share-of-layers model rule, every
+      weight layer of the model), judged or not;
+    - ``not_evaluable``: ``{"name", "problem"}`` of selected layers left out because their weights
+      (or their baseline partner's) are NaN/Inf or all zero; the rules on those problems
+      (no-nonfinite-layers, no-all-zero-layers) judge them instead, once;
+    - ``judged_weight_share``: for a share-of-layers model rule, the share of the model's weights in
+      the judged layers;
+    - ``inconclusive_effect``: for an inconclusive rule, what it did to the decision (the rule's
+      ``when_inconclusive``: pass, warn or block);
+    - ``left_out``: for a layer rule, the model's other layers counted by why the rule did not judge
+      them (gate.vocabulary.LeftOut, not-evaluable ones included), so ``judged`` + the counts is the
+      number of layers in the scan;
+    - ``worst``: for a layer rule, the judged layer whose value lies furthest towards or beyond the
+      bounds, ``{"name", "value"}``;
+    - ``skipped_because``: why a skipped rule did not apply (gate.vocabulary.SkipReason);
+    - ``finding``: what a failed rule found in a reader's words where its values do not say it
+      (the quantisation-error rule: ``4-bit per-channel quantisation of v1, weights moved 14%``).
 
     ``observed``: a model rule's value (or change); a layer rule's share of judged layers within
-    bounds. The facts a reader needs beside it (gate.report.rules words them):
-    ``judged``: how many of the model's layers a layer rule compared with its bounds (None for model
-    rules and rules that did not get that far); ``left_out``: the model's other layers, counted by
-    why the rule did not judge them (gate.vocabulary.LeftOut), so ``judged`` + the counts is the
-    number of layers in the scan; ``worst``: the judged layer whose value lies furthest towards or
-    beyond the bounds, ``{"name", "value"}``; ``skipped_because``: why a skipped rule did not apply
-    (gate.vocabulary.SkipReason).
+    bounds. gate.report.rules words all of these for people.
     """
 
     rule_id: str
@@ -66,13 +92,22 @@ class RuleOutcome:
     reason: str = ""
     description: str = ""
     judged: int | None = None
+    in_scope: int | None = None
+    not_evaluable: list[dict[str, str]] = field(default_factory=list)
+    judged_weight_share: float | None = None
+    inconclusive_effect: WhenInconclusive | None = None
     left_out: dict[str, int] = field(default_factory=dict)
     worst: dict[str, Any] | None = None
     skipped_because: SkipReason | None = None
+    finding: str = ""
 
     @property
     def passed(self) -> bool:
-        return self.status in (RuleStatus.PASSED, RuleStatus.SKIPPED, RuleStatus.INCONCLUSIVE)
+        """True unless the rule makes the decision a warning or block: failed, error, or inconclusive
+        with ``inconclusive_effect`` warn or block."""
+        if self.status == RuleStatus.INCONCLUSIVE:
+            return self.inconclusive_effect in (None, WhenInconclusive.PASS)
+        return self.status in (RuleStatus.PASSED, RuleStatus.SKIPPED)
 
 
 def evaluate(policy: Policy, scan: ScanResult, baseline: ScanResult | None = None,
@@ -88,7 +123,11 @@ def evaluate(policy: Policy, scan: ScanResult, baseline: ScanResult | None = Non
     if baseline is not None and pairs is None and policy.needs_baseline_weights():
         raise PolicyError(f"{policy.path}: rules compare the weights with the baseline's; pass the layer pairs")
     validator = _Validator()
-    return [_evaluate_rule(rule, scan, baseline, pairs, validator) for rule in policy.rules]
+    outcomes = [_evaluate_rule(rule, scan, baseline, pairs, validator) for rule in policy.rules]
+    for rule, outcome in zip(policy.rules, outcomes):
+        if outcome.status == RuleStatus.INCONCLUSIVE:
+            outcome.inconclusive_effect = rule.when_inconclusive
+    return outcomes
 
 
 def lineage_cosine(pairs: pd.DataFrame) -> float:
@@ -108,11 +147,18 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
     if rule.lineage == "descendant":
         median = lineage_cosine(pairs)
         if not median >= LINEAGE_COSINE:
+            measured = f"median layer |cosine| {median:.4g}" if math.isfinite(median) else "no layer pair with a finite cosine"
             outcome.status, outcome.skipped_because = RuleStatus.SKIPPED, SkipReason.NOT_DESCENDANT
-            outcome.reason = (f"the model does not descend from its baseline (median layer |cosine| {_fmt(median)} "
-                              f"< {LINEAGE_COSINE:g}): a retrain from scratch has no per-layer lineage to judge")
+            outcome.reason = (f"the model does not descend from its baseline ({measured} < {LINEAGE_COSINE:g}): "
+                              "a retrain from scratch has no per-layer lineage to judge")
             return outcome
-    frame = _rule_frame(rule, scan, baseline, pairs, outcome.left_out)
+    built = rule_frame(rule, scan, baseline, pairs)
+    frame = built.values
+    outcome.in_scope, outcome.not_evaluable, outcome.left_out = built.in_scope, built.not_evaluable, built.left_out
+    if frame.empty and built.not_evaluable and len(built.not_evaluable) == built.in_scope:
+        outcome.status, outcome.judged = RuleStatus.INCONCLUSIVE, 0
+        outcome.reason = f"no layer in the rule's scope can be judged: {_problems(built.not_evaluable)}"
+        return outcome
     if frame.empty and rule.scoped:
         # schema 2: a rule scoped to layers a model does not have (dense M >= 128 in a small CNN) does
         # not apply to it; schema 1 kept failing closed, and still does
@@ -122,20 +168,25 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
     if frame.empty:
         outcome.status, outcome.reason = RuleStatus.ERROR, "no layer matches the rule's filters, so there is no evidence"
         return outcome
+    if rule.scope == "model":
+        short = _model_evidence(rule, outcome, scan, float(frame["value"].iloc[0]))
+        if short:
+            outcome.status, outcome.reason = RuleStatus.INCONCLUSIVE, short
+            return outcome
     if rule.fit == "well_fitted":
         fitted, inconclusive = _well_fitted(rule, frame, scan)
         if not inconclusive and len(fitted) < len(frame):
             outcome.left_out[LeftOut.NOT_WELL_FITTED] = len(frame) - len(fitted)
         frame = fitted
         if inconclusive:
-            outcome.status, outcome.reason = RuleStatus.INCONCLUSIVE, inconclusive
+            outcome.status, outcome.reason, outcome.judged = RuleStatus.INCONCLUSIVE, inconclusive, 0
             return outcome
     values = frame["value"].astype(float)
     low, high = rule.condition.low, rule.condition.high
     if rule.scope == "layer":
         outcome.judged, outcome.worst = len(frame), _worst(frame["name"], values, low, high)
     outside = (high + 1.0) if high is not None else (low - 1.0)
-    frame = frame.assign(value=values.fillna(outside).replace([np.inf, -np.inf], outside))
+    frame = frame.assign(value=values.fillna(outside).replace([math.inf, -math.inf], outside))
     result = validator.between(frame, low, high, rule.mostly if rule.scope == "layer" else 1.0)
     exception = result.exception_info or {}
     raised = exception.get("raised_exception") or any(
@@ -153,8 +204,47 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
         outcome.observed = 1.0 - len(unexpected) / len(frame)  # share of layers within bounds
     if not result.success:
         outcome.status = RuleStatus.FAILED
-        outcome.reason = _failure_reason(rule, outcome, len(frame))
+        outcome.reason = _failure_reason(rule, outcome, len(frame), scan)
+        if rule.metric == QUANTISATION_ERROR:  # name the scheme first: "4-bit per-channel quantisation of v1, ..."
+            outcome.finding = quantisation_finding(scan, baseline, pairs)
+            outcome.reason = f"{outcome.finding}: {outcome.reason}"
     return outcome
+
+
+def _model_evidence(rule: Rule, outcome: RuleOutcome, scan: ScanResult, value: float) -> str:
+    """Why a model rule has no verdict ("" when it has one): a share of layers judged on too little
+    of the model, or no value at all (a NaN is no evidence, neither a pass nor a violation). Fills
+    the outcome's evidence fields for share-of-layers rules."""
+    column = FRACTION_METRICS.get(rule.metric)
+    if column is not None:
+        judged, in_scope, share = judged_evidence(scan.layers, column)
+        outcome.judged, outcome.in_scope, outcome.judged_weight_share = judged, in_scope, metric_value(share)
+        if judged == 0 or not share >= rule.min_judged_share:
+            covered = f"{share:.1%}" if math.isfinite(share) else "none"
+            return (f"{judged} of {in_scope} layers judged, {covered} of the weights (needs >= "
+                    f"{rule.min_judged_share:.0%}){_unjudged_examples(scan.layers, column)}")
+    if not math.isfinite(value):
+        what = f"the change of {rule.metric}" if rule.condition.kind == "change" else rule.metric
+        return f"{what} has no value for this model: there is nothing to compare"
+    return ""
+
+
+def _unjudged_examples(layers: pd.DataFrame, column: str, limit: int = 3) -> str:
+    """``; e.g. layers.0: <why it has no verdict>`` for the first weight layers without a verdict."""
+    why = layers["random_like_reason"] if column == "random_like" and "random_like_reason" in layers.columns \
+        else pd.Series("", index=layers.index)
+    unjudged = layers[(layers["status"] != LayerStatus.OK) | layers.get(column, pd.Series(index=layers.index)).isna()]
+    examples = []
+    for index, row in unjudged.head(limit).iterrows():
+        reason = row["reason"] if row["status"] != LayerStatus.OK else why.get(index, "")
+        examples.append(f"{row['name']}: {reason or 'no verdict'}")
+    return "; e.g. " + "; ".join(examples) if examples else ""
+
+
+def _problems(layers: list[dict[str, str]], limit: int = 5) -> str:
+    """``a: 1 NaN weight (of 2048); b: all weights are zero`` (the first ``limit``, then a count)."""
+    text = "; ".join(f"{o['name']}: {o['problem']}" for o in layers[:limit])
+    return text + (f"; and {len(layers) - limit} more" if len(layers) > limit else "")
 
 
 def _well_fitted(rule: Rule, frame: pd.DataFrame, scan: ScanResult) -> tuple[pd.DataFrame, str]:
@@ -188,81 +278,6 @@ def _well_fitted(rule: Rule, frame: pd.DataFrame, scan: ScanResult) -> tuple[pd.
     return frame[good.to_numpy()], ""
 
 
-def _rule_frame(rule: Rule, scan: ScanResult, baseline: ScanResult | None,
-                pairs: pd.DataFrame | None = None, left_out: dict[str, int] | None = None) -> pd.DataFrame:
-    """Columns ``name`` and ``value``: the metric (or its change against the baseline). Layers
-    with an undetermined verdict (too few eigenvalues for the random-like test, too few weights to
-    count value levels) and layers without a baseline partner for a pair metric give no evidence
-    and are left out (counted in ``left_out`` by why)."""
-    left_out = {} if left_out is None else left_out
-    if rule.scope == "model":
-        value = scan.summary.get(rule.metric, math.nan)
-        if rule.condition.kind == "change":
-            value = _change(value, baseline.summary.get(rule.metric, math.nan), rule.condition.relative)
-        return pd.DataFrame({"name": [MODEL_ROW], "value": [value]})
-    layers = _select_layers(rule, scan.layers, left_out)
-    if rule.metric in PAIR_METRICS:
-        by_name = pairs.set_index("name")[rule.metric]
-        layers = _keep(layers, layers["name"].isin(by_name.index), LeftOut.NO_BASELINE_PARTNER, left_out)
-        return pd.DataFrame({"name": layers["name"].to_numpy(),
-                             "value": [float(by_name[n]) for n in layers["name"]]})
-    changes = rule.condition.kind == "change"
-    if changes:
-        reference = baseline.layers.set_index("name")
-        base_values = reference[rule.metric] if rule.metric in reference.columns else pd.Series(dtype=float)
-    if rule.metric in UNJUDGED_WHEN_NAN and rule.metric in layers.columns:
-        layers = _keep(layers, layers[rule.metric].notna(), LeftOut.NO_VALUE, left_out)
-        if changes:
-            layers = _keep(layers, layers["name"].isin(base_values.dropna().index), LeftOut.NO_VALUE, left_out)
-    if rule.metric not in layers.columns:
-        values = pd.Series(math.nan, index=layers.index)
-    else:
-        values = layers[rule.metric]
-    if changes:
-        values = pd.Series([_change(v, base_values.get(n, math.nan), rule.condition.relative)
-                            for n, v in zip(layers["name"], values)], index=layers.index)
-    return pd.DataFrame({"name": layers["name"].to_numpy(), "value": values.to_numpy(dtype=float)})
-
-
-def _select_layers(rule: Rule, layers: pd.DataFrame, left_out: dict[str, int] | None = None) -> pd.DataFrame:
-    """Layers a rule looks at: not skipped (too small by design), then the rule's filters; the
-    layers dropped are counted in ``left_out`` by why."""
-    left_out = {} if left_out is None else left_out
-    selected = _keep(layers, layers["status"] != LayerStatus.SKIPPED, LeftOut.SKIPPED_BY_SCAN, left_out)
-    filters = rule.layers
-    if filters.exclude_first_last and len(selected) > 2:
-        inner = pd.Series(True, index=selected.index)
-        inner.iloc[[0, -1]] = False
-        selected = _keep(selected, inner, LeftOut.FIRST_OR_LAST, left_out)
-    in_filters = pd.Series(True, index=selected.index)
-    if filters.types:
-        in_filters &= selected["layer_type"].isin(filters.types)
-    if filters.exclude_types:
-        in_filters &= ~selected["layer_type"].isin(filters.exclude_types)
-    if filters.experts != "all":
-        in_filters &= selected.index.isin(_select_experts(selected, filters.experts).index)
-    if filters.name_pattern:
-        in_filters &= selected["name"].map(lambda n: re.search(filters.name_pattern, n) is not None)
-    if filters.exclude_pattern:
-        in_filters &= selected["name"].map(lambda n: re.search(filters.exclude_pattern, n) is None)
-    if filters.min_M:
-        in_filters &= selected["M"] >= filters.min_M
-    selected = _keep(selected, in_filters, LeftOut.FILTERED, left_out)
-    if filters.exclude_heads and len(selected):
-        last = layers.loc[layers["status"] != LayerStatus.SKIPPED, "name"].iloc[-1] if (layers["status"] != LayerStatus.SKIPPED).any() else None
-        selected = _keep(selected, (selected["name"] != last)
-                         & selected["name"].map(lambda n: re.search(HEAD_PATTERN, n) is None), LeftOut.OUTPUT_HEAD, left_out)
-    return selected
-
-
-def _keep(layers: pd.DataFrame, mask: pd.Series, why: LeftOut, left_out: dict[str, int]) -> pd.DataFrame:
-    """``layers[mask]``, counting the rows dropped under ``why``."""
-    dropped = int((~mask.astype(bool)).sum())
-    if dropped:
-        left_out[why] = left_out.get(why, 0) + dropped
-    return layers[mask.astype(bool).to_numpy()]
-
-
 def _worst(names: pd.Series, values: pd.Series, low: float | None, high: float | None) -> dict[str, Any] | None:
     """The layer whose value lies furthest towards or beyond the bounds (a missing value counts as
     furthest: it is a violation)."""
@@ -276,22 +291,6 @@ def _worst(names: pd.Series, values: pd.Series, low: float | None, high: float |
     return {"name": str(names.iloc[at]), "value": metric_value(values.iloc[at])}
 
 
-def _select_experts(layers: pd.DataFrame, experts: str | tuple[int, ...]) -> pd.DataFrame:
-    """MoE expert rows (``expert`` column filled): only them, all but them, or those indices."""
-    index = layers["expert"] if "expert" in layers.columns else pd.Series(pd.NA, index=layers.index)
-    if experts == "exclude":
-        return layers[index.isna()]
-    if experts == "only":
-        return layers[index.notna()]
-    return layers[index.isin(experts).fillna(False).astype(bool)]
-
-
-def _change(value: float, base: float, relative: bool) -> float:
-    if relative:
-        return (value - base) / abs(base) if base not in (0, None) and math.isfinite(base) else math.nan
-    return value - base
-
-
 def _threshold(rule: Rule) -> dict[str, Any]:
     described = rule.condition.describe()
     if rule.scope == "layer":
@@ -299,11 +298,21 @@ def _threshold(rule: Rule) -> dict[str, Any]:
     return described
 
 
-def _failure_reason(rule: Rule, outcome: RuleOutcome, total: int) -> str:
+def _failure_reason(rule: Rule, outcome: RuleOutcome, total: int, scan: ScanResult) -> str:
     what = f"change of {rule.metric}" if rule.condition.kind == "change" else rule.metric
     bounds = _bounds_text(rule)
+    if rule.scope == "model" and rule.metric in LAYER_COUNT_METRICS and rule.condition.kind != "change":
+        # one finding per cause: the layers and what is wrong with their weights
+        problem = LAYER_COUNT_METRICS[rule.metric]
+        table = scan.layers
+        bad = table[table["weight_problem"] == problem] if "weight_problem" in table.columns else table.iloc[0:0]
+        found = [{"name": n, "problem": r} for n, r in zip(bad["name"], bad["reason"])]
+        outcome.offending_layers = [{"name": o["name"], "value": None, "problem": o["problem"]} for o in found]
+        if found:
+            count = f"{len(found)} layers: " if len(found) > 1 else ""
+            return count + _problems(found)
     if rule.scope == "model":
-        return f"{what} is {_fmt(outcome.observed)}, outside {bounds}"
+        return f"{what} is {outcome.observed:.4g}, outside {bounds}"
     names = ", ".join(o["name"] for o in outcome.offending_layers[:5])
     more = f" and {len(outcome.offending_layers) - 5} more" if len(outcome.offending_layers) > 5 else ""
     return (f"{len(outcome.offending_layers)} of {total} layers have {what} outside {bounds} "
@@ -316,10 +325,6 @@ def _bounds_text(rule: Rule) -> str:
     if low is not None and high is not None:
         return f"[{low:g}, {high:g}]{suffix}"
     return (f">= {low:g}" if low is not None else f"<= {high:g}") + suffix
-
-
-def _fmt(value: float | None) -> str:
-    return "NaN" if value is None else f"{value:.4g}"
 
 
 def _exception_message(exception: dict[str, Any]) -> str:

@@ -26,9 +26,9 @@ from pydantic.types import StrictBool, StrictInt, StrictStr, StringConstraints
 
 from gate.errors import GateInputError
 from gate.policy.conditions import Condition, FiniteNumber
-from gate.policy.metrics import FIT_METRICS, METRICS_BY_SCOPE, PAIR_METRICS, V2_METRICS_BY_SCOPE
+from gate.policy.metrics import FIT_METRICS, FRACTION_METRICS, METRICS_BY_SCOPE, PAIR_METRICS, V2_METRICS_BY_SCOPE
 from gate.policy.problems import DocumentModel, line_index, located_problems, problem
-from gate.vocabulary import Verdict, WhenNoBaseline
+from gate.vocabulary import Verdict, WhenInconclusive, WhenNoBaseline
 
 SCHEMA_VERSION = 2  # what the shipped policy uses; SCHEMA_VERSIONS lists what loads
 SCHEMA_VERSIONS = (1, 2)
@@ -127,6 +127,11 @@ class Rule(DocumentModel):
     fit_choice: Literal["any", "well_fitted"] | None = Field(None, alias="fit", description="'any' or 'well_fitted'")
     # schema 2: below this share of well-fitted layers the rule is inconclusive
     min_well_fitted: FiniteNumber = Field(0.5, ge=0, le=1, description="a share in [0, 1]")
+    # schema 2: what an inconclusive outcome does to the decision (pass: recorded only; a warn rule may not block)
+    when_inconclusive: WhenInconclusive = Field(WhenInconclusive.PASS, description="'pass', 'warn' or 'block'")
+    # schema 2: a model rule on a share of layers (FRACTION_METRICS) is inconclusive when its layers'
+    # verdicts cover less than this share of the model's weights
+    min_judged_share: FiniteNumber = Field(0.5, ge=0, le=1, description="a share in [0, 1]")
     evidence: StrictStr = Field("", description="a text")  # schema 2: the figures behind the threshold (`policy show`)
     _schema_version: int = PrivateAttr(1)  # of the policy file the rule came from
 
@@ -186,6 +191,23 @@ class Rule(DocumentModel):
         if fit == "well_fitted" and None not in (scope, metric) and not (scope == "layer" and metric in FIT_METRICS):
             raise problem(f"only layer rules on power-law metrics ({', '.join(FIT_METRICS)}) judge fits")
         return fit
+
+    @field_validator("when_inconclusive")
+    @classmethod
+    def _no_more_than_a_failure(cls, choice: WhenInconclusive, info: ValidationInfo) -> WhenInconclusive:
+        _require_schema_2(info, "field", "when_inconclusive")
+        if choice == WhenInconclusive.BLOCK and info.data.get("severity") == Verdict.WARN:
+            raise problem("a warn rule cannot block: use 'pass' or 'warn'")
+        return choice
+
+    @field_validator("min_judged_share")
+    @classmethod
+    def _share_rules_only(cls, share: float, info: ValidationInfo) -> float:
+        _require_schema_2(info, "field", "min_judged_share")
+        scope, metric = info.data.get("scope"), info.data.get("metric")
+        if None not in (scope, metric) and not (scope == "model" and metric in FRACTION_METRICS):
+            raise problem(f"only model rules on a share of layers ({', '.join(FRACTION_METRICS)}) weigh how much was judged")
+        return share
 
     @field_validator("lineage", "min_well_fitted", "evidence")
     @classmethod

@@ -12,11 +12,11 @@ left out and why, so every rule of a model counts against the same number.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from gate.vocabulary import LeftOut, RuleStatus
+from gate.policy.quantisation import version_label
+from gate.vocabulary import LeftOut, RuleStatus, WhenInconclusive
 
 # What a metric is, for a reader; "{base}" is the baseline's label (v3, model.safetensors).
 METRIC_WORDS = {
@@ -43,6 +43,8 @@ LEFT_OUT_WORDS = {
     LeftOut.NO_BASELINE_PARTNER: ("without a partner in the baseline", "without a partner in the baseline"),
     LeftOut.NO_VALUE: ("without a value for the metric", "without a value for the metric"),
     LeftOut.NOT_WELL_FITTED: ("power law not well fitted", "power laws not well fitted"),
+    LeftOut.NOT_EVALUABLE: ("not evaluable (unusable weights)", "not evaluable (unusable weights)"),
+    LeftOut.NOT_NEWLY_QUANTISED: ("not newly on an integer grid", "not newly on an integer grid"),
 }
 
 
@@ -75,10 +77,18 @@ def rule_row(rule, total_layers: int | None, baseline: str | None) -> RuleRow:
     base = baseline_label(baseline)
     row = RuleRow(rule.rule_id, str(rule.severity), rule.status, threshold_sentence(rule, base))
     if rule.status in (RuleStatus.SKIPPED, RuleStatus.INCONCLUSIVE, RuleStatus.ERROR):
-        row.note = f"{rule.status}: {rule.reason}"
+        row.note = f"{inconclusive_words(rule) or rule.status}: {rule.reason}"
         return row
     if rule.scope == "model":
         row.result = f"{_metric(rule.metric, base)}: {value_words(rule, rule.observed, base)}"
+        if rule.judged is not None and rule.in_scope:
+            share = rule.judged_weight_share
+            row.result += (f" (judged on {rule.judged} of {rule.in_scope} layers"
+                           + (f", {share:.1%} of the weights)" if isinstance(share, (int, float)) else ")"))
+        if rule.not_evaluable:
+            row.not_judged = f"not evaluable: {len(rule.not_evaluable)} layer(s) with unusable weights"
+        row.offenders = [(o["name"], o.get("problem") or value_words(rule, o.get("value"), base))
+                         for o in rule.offending_layers]
         return row
     offending = rule.offending_layers
     total = total_layers if total_layers is not None else (rule.judged or 0) + sum(rule.left_out.values())
@@ -153,6 +163,17 @@ def value_words(rule, value: float | None, base: str = "the baseline") -> str:
     return f"{value:+.3g} vs {base}"
 
 
+def inconclusive_words(rule) -> str:
+    """``inconclusive`` for an inconclusive rule that did not act; ``inconclusive, counted as block
+    (when_inconclusive)`` for one whose policy made it act; empty for other statuses."""
+    if rule.status != RuleStatus.INCONCLUSIVE:
+        return ""
+    effect = rule.inconclusive_effect
+    if effect is None or effect == WhenInconclusive.PASS:
+        return str(RuleStatus.INCONCLUSIVE)
+    return f"{RuleStatus.INCONCLUSIVE}, counted as {effect} (when_inconclusive)"
+
+
 def not_judged_words(rule) -> str:
     """``not judged: 1 output head, 1 skipped by the scan`` (empty when the rule judged every layer)."""
     parts = [f"{count} {LEFT_OUT_WORDS[LeftOut(why)][count != 1]}" for why, count in rule.left_out.items() if count]
@@ -161,10 +182,7 @@ def not_judged_words(rule) -> str:
 
 def baseline_label(baseline: str | None) -> str:
     """``models:/name/3`` -> ``v3``; a path -> its file name; no baseline -> ``the baseline``."""
-    if not baseline:
-        return "the baseline"
-    match = re.fullmatch(r"models:/[^@]+/(\d+)", baseline)
-    return f"v{match.group(1)}" if match else baseline.rstrip("/").rsplit("/", 1)[-1]
+    return version_label(baseline) if baseline else "the baseline"
 
 
 def metric_words(metric: str, base: str = "the baseline") -> str:

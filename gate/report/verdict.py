@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from gate.policy.decision import Decision
+from gate.policy.metrics import LAYER_COUNT_METRICS
 from gate.report.changes import change_words, lead_words
 from gate.report.rules import baseline_label, metric_words, rule_row, value_words
 from gate.vocabulary import STATUS_OF_DECISION, RuleStatus, SkipReason, Verdict
@@ -37,6 +38,7 @@ class Tally:
     failed: int = 0
     errors: int = 0
     inconclusive: int = 0
+    inconclusive_acting: int = 0  # inconclusive rules whose when_inconclusive made them warn or block
     skipped: Counter = field(default_factory=Counter)
 
 
@@ -51,6 +53,7 @@ def tally(decision: Decision) -> Tally:
             counts.errors += 1
         elif rule.status == RuleStatus.INCONCLUSIVE:
             counts.inconclusive += 1
+            counts.inconclusive_acting += not rule.passed
         else:
             counts.skipped[rule.skipped_because] += 1
     return counts
@@ -69,7 +72,8 @@ def count_sentence(decision: Decision) -> str:
     if counts.passed or not parts:
         parts.append(f"{counts.passed} passed")
     if counts.inconclusive:
-        parts.append(f"{counts.inconclusive} inconclusive")
+        acting = f" ({counts.inconclusive_acting} counted against the model)" if counts.inconclusive_acting else ""
+        parts.append(f"{counts.inconclusive} inconclusive{acting}")
     for why, number in counts.skipped.items():
         parts.append(_skipped_words(why, number, decision, base))
     first = parts[0].split(" ", 1)
@@ -157,9 +161,15 @@ def _finding(rule, decision: Decision) -> tuple[str, list[str]] | None:
     base = baseline_label(decision.baseline)
     if rule.status == RuleStatus.ERROR:
         return f"{rule.rule_id} could not be evaluated", [rule.reason]
-    if rule.metric == "num_nonfinite" and rule.observed is not None:
-        count = int(rule.observed)
-        return f"{count} layer{'s' if count != 1 else ''} with NaN/Inf weights", []
+    if rule.status == RuleStatus.INCONCLUSIVE:
+        return "too little evidence", [rule.reason]
+    if rule.finding:
+        return "model", [rule.finding]
+    if rule.metric in LAYER_COUNT_METRICS and rule.offending_layers:
+        # one cause, one finding: the layer and what is wrong with its weights ("1 NaN weight")
+        first, more = rule.offending_layers[0], len(rule.offending_layers) - 1
+        return first["name"], [first.get("problem") or metric_words(rule.metric, base)] + (
+            [f"+{more} more layer{'s' if more != 1 else ''}"] if more else [])
     if rule.scope == "model" or not rule.offending_layers:
         return "model", [f"{metric_words(rule.metric, base)} {value_words(rule, rule.observed, base)}"]
     # Non-finite values come from NaN/Inf weights, which the no-nonfinite rule already names.

@@ -67,7 +67,7 @@ def scan(
         # A WeightSource passed in belongs to the caller: leave it open.
         with nullcontext() if weights is source else weights:
             infos = weights.tensor_infos()
-            plans = plan_layers(infos, PlanOptions.of(parsed))
+            plans = plan_layers(infos, PlanOptions.of(parsed), weights.model_config)
             names = iterate([info.name for info in infos], "reading", "tensor")
             partial = analyse_tensors(weights, plans, names, parsed, device)
             description = weights.description

@@ -7,8 +7,9 @@ from typing import Any
 import pandas as pd
 
 from gate.layers.kinds import NON_MATRIX_KINDS, tensor_kind
+from gate.metrics.value_grid import MASK_REASON
 from gate.sources.base import TensorInfo
-from gate.vocabulary import LayerStatus
+from gate.vocabulary import LayerStatus, WeightProblem
 
 # The means WeightWatcher 0.7.7's get_summary() reports, over analysed layers.
 WW_SUMMARY_METRICS = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm",
@@ -32,7 +33,27 @@ def summarize(layers: pd.DataFrame) -> dict[str, Any]:
     if "alpha" in analysed.columns and len(analysed):
         in_band = analysed["alpha"].between(2.0, 4.0)
         summary["fraction_alpha_in_2_4"] = float(in_band.mean())
+    problems = layers["weight_problem"] if "weight_problem" in layers.columns else pd.Series(dtype=object)
+    summary["num_all_zero"] = int((problems == WeightProblem.ALL_ZERO).sum())
+    judged, _, share = judged_evidence(layers, "random_like")
+    summary["random_like_judged"], summary["random_like_judged_share"] = judged, share
     return summary
+
+
+def judged_evidence(layers: pd.DataFrame, column: str) -> tuple[int, int, float]:
+    """How much of a model a per-layer verdict covers: (layers judged, weight layers in the model,
+    share of the model's weights in the judged layers). Judged: analysed rows (status ``ok``) whose
+    ``column`` has a value. Weight layers: every row but mask buffers (gate.metrics.value_grid), so
+    skipped, non-finite and unreadable layers count as not judged. The share is NaN for a model
+    without weight layers."""
+    weights = layers[layers["reason"] != MASK_REASON] if len(layers) else layers
+    if not len(weights):
+        return 0, 0, float("nan")
+    judged = (weights["status"] == LayerStatus.OK)
+    judged &= weights[column].notna() if column in weights.columns else False
+    sizes = weights["num_weights"].astype(float) if "num_weights" in weights.columns else pd.Series(1.0, index=weights.index)
+    total = float(sizes.sum())
+    return int(judged.sum()), int(len(weights)), float(sizes[judged].sum() / total) if total > 0 else float("nan")
 
 
 def tensor_counts(infos: list[TensorInfo]) -> dict[str, int]:

@@ -17,19 +17,20 @@ import numpy as np
 import torch
 
 from gate import progress
-from gate.layers.plan import LayerPlan, layer_matrices
+from gate.layers.plan import LayerPlan, channel_rows, layer_matrices
 from gate.metrics.benford import DigitCounts, ModelDigits, digit_counts
 from gate.metrics.fit_quality import fit_quality
+from gate.metrics.quant_grid import grid_columns
 from gate.metrics.random_like import random_like_statistics
 from gate.metrics.spectral import spectral_metrics
-from gate.metrics.value_grid import MASK_REASON, is_zero_one_mask, value_grid_columns
+from gate.metrics.value_grid import MASK_REASON, MIN_WEIGHTS, even_sample, is_zero_one_mask, value_grid_columns
 from gate.options import ScanOptions
 from gate.scanning.fingerprint import tensor_digest
 from gate.solver.lapack import usable_cores
 from gate.solver.precision import RANDOMIZED_SOLVE_DTYPE, Precision, SolveKey, tail_unresolved
 from gate.solver.spectrum import SolveResult, SpectrumBatcher
 from gate.sources.base import dtype_name
-from gate.vocabulary import LayerStatus
+from gate.vocabulary import LayerStatus, WeightProblem
 
 
 @dataclass
@@ -121,6 +122,8 @@ class TensorPass:
                 digits = tensor_digits if len(group) == 1 else sum(map(digit_counts, matrices), DigitCounts.empty())
                 row["mlh"] = digits.mlh()
             row.update(value_grid_columns(matrices))
+            if plan.num_weights >= MIN_WEIGHTS:
+                row.update(grid_columns(channel_rows(plan, tensor), even_sample(matrices)))
             if plan.skip_reason:
                 row.update(status=LayerStatus.SKIPPED, reason=plan.skip_reason)
                 continue
@@ -185,7 +188,7 @@ class TensorPass:
         optional estimators (one layer per call, so layers run on several threads); returns the
         layer's pooled eigenvalues."""
         evals = _pooled(results, plan)
-        row.update(random_like_statistics(evals, plan.N, plan.M))
+        row.update(random_like_statistics(evals, plan.N, plan.M, plan.rf))
         row.update(fit_quality(evals, row["alpha"], row["xmin"], row["D"], row["num_pl_spikes"],
                                likelihood_ratio=False))
         if self._options.tail_estimators:
@@ -274,20 +277,31 @@ def _pooled(results: dict[SolveKey, SolveResult], plan: LayerPlan, randomized: b
 
 
 def _weight_problem(solves: list[SolveResult], plan: LayerPlan) -> dict[str, str] | None:
-    """``nonfinite`` for NaN/Inf weights, ``degenerate`` for all-zero weights, else ``None``.
+    """The status, ``weight_problem`` and finding of weights no spectrum can be read from: NaN/Inf
+    weights (``nonfinite``) or all-zero weights (``degenerate``, problem ``all_zero``); else ``None``.
 
     Read from the solves: a NaN/Inf weight makes its Gram matrix non-finite, and W^T W is zero only
     for all-zero weights. Weights are counted only once a Gram matrix is known to be non-finite.
     """
     if any(solve.nonfinite_weights is not None for solve in solves):
         bad = sum(solve.nonfinite_weights or 0 for solve in solves)
-        total = len(solves) * plan.N * plan.M
-        if bad:
-            return {"status": LayerStatus.NONFINITE, "reason": f"{bad} of {total} weights are NaN or infinite"}
-        return {"status": LayerStatus.NONFINITE, "reason": "weights overflow when squared (|w| too large for the Gram matrix)"}
+        nan = sum(solve.nan_weights or 0 for solve in solves)
+        reason = (nonfinite_finding(nan, bad - nan, plan.num_weights) if bad
+                  else "weights overflow when squared (|w| too large for the Gram matrix)")
+        return {"status": LayerStatus.NONFINITE, "reason": reason, "weight_problem": WeightProblem.NONFINITE}
     if all(solve.is_zero for solve in solves):
-        return {"status": LayerStatus.DEGENERATE, "reason": "all weights are zero"}
+        return {"status": LayerStatus.DEGENERATE, "reason": ALL_ZERO_FINDING, "weight_problem": WeightProblem.ALL_ZERO}
     return None
+
+
+ALL_ZERO_FINDING = "all weights are zero"
+
+
+def nonfinite_finding(nan: int, infinite: int, total: int) -> str:
+    """``1 NaN weight (of 2048)``, ``2 infinite weights (of 2048)``, ``1 NaN and 2 infinite weights (of 2048)``."""
+    parts = [f"{nan} NaN" if nan else "", f"{infinite} infinite" if infinite else ""]
+    noun = "weight" if nan + infinite == 1 else "weights"
+    return f"{' and '.join(p for p in parts if p)} {noun} (of {total})"
 
 
 def _base_row(plan: LayerPlan) -> dict[str, Any]:
@@ -303,6 +317,7 @@ def _base_row(plan: LayerPlan) -> dict[str, Any]:
         "M": plan.M,
         "rf": plan.rf,
         "num_evals": plan.num_evals,
+        "num_weights": plan.num_weights,
         **({"quantization": plan.quantization} if plan.quantization is not None else {}),
         **dict(plan.columns),
     }

@@ -92,12 +92,14 @@ class SolveResult:
     matrix is positive semi-definite, tiny negative values are rounding), the absolute error bound
     of every eigenvalue, and the dtype solved in. A Gram matrix that is not finite is not solved:
     ``nonfinite_weights`` then counts the NaN/Inf weights (0: finite weights whose squares
-    overflow) and ``eigenvalues`` is None."""
+    overflow), ``nan_weights`` how many of them are NaN (the rest are infinite), and ``eigenvalues``
+    is None."""
 
     eigenvalues: np.ndarray | None
     error_bound: float
     dtype: torch.dtype
     nonfinite_weights: int | None = None
+    nan_weights: int | None = None
 
     @property
     def is_zero(self) -> bool:
@@ -111,10 +113,11 @@ class _Formed:
 
     gram: torch.Tensor
     nonfinite_weights: int | None
+    nan_weights: int | None = None
 
     def result(self, eigenvalues: np.ndarray | torch.Tensor | None) -> SolveResult:
         if self.nonfinite_weights is not None:
-            return SolveResult(None, float("nan"), self.gram.dtype, self.nonfinite_weights)
+            return SolveResult(None, float("nan"), self.gram.dtype, self.nonfinite_weights, self.nan_weights)
         values = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0, None)
         return SolveResult(values, error_bound(self.gram), self.gram.dtype)
 
@@ -203,7 +206,9 @@ class SpectrumBatcher:
         if not finite and g.dtype == torch.float32:
             g = gram(matrix, self.device, torch.float64, via_numpy)
             finite = bool(torch.isfinite(g).all())
-        return _Formed(g, None if finite else int((~torch.isfinite(matrix)).sum()))
+        if finite:
+            return _Formed(g, None)
+        return _Formed(g, int((~torch.isfinite(matrix)).sum()), int(torch.isnan(matrix).sum()))
 
     def _solve_queued(self) -> None:
         for items in self._queued.values():

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import abc
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 import torch
 
@@ -79,6 +82,9 @@ class WeightSource(abc.ABC):
 
     #: Human-readable origin (path or URI) shown in reports and errors.
     description: str
+    #: The model's config.json (read as data) where the weights came with one, else empty: the layer
+    #: planner reads expert counts and kernel sizes from it (gate.layers.three_d).
+    model_config: Mapping[str, Any] = MappingProxyType({})
 
     @abc.abstractmethod
     def tensor_infos(self) -> list[TensorInfo]:

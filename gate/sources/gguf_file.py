@@ -45,8 +45,19 @@ class GgufSource(WeightSource):
                 f"{path}: not a readable GGUF file (truncated or corrupt?): {err}; re-export or re-download it"
             ) from err
         self._tensors = {tensor.name: tensor for tensor in self._reader.tensors}
+        self.model_config = self._model_config()
         self._infos = sorted((self._info(t) for t in self._reader.tensors), key=lambda info: natural_key(info.name))
         self._unreadable = {info.name for info in self._infos if info.skip_reason is not None}
+
+    def _model_config(self) -> dict[str, object]:
+        """What the metadata says about 3-D tensors, as config.json would: the architecture and its
+        expert count (``<arch>.expert_count``), which tells expert stacks (``ffn_*_exps``) apart."""
+        fields = self._reader.fields
+        if "general.architecture" not in fields:
+            return {}
+        architecture = str(fields["general.architecture"].contents())
+        count = fields.get(f"{architecture}.expert_count")
+        return {"model_type": architecture, **({"num_experts": int(count.contents())} if count is not None else {})}
 
     def _info(self, tensor) -> TensorInfo:
         type_name = tensor.tensor_type.name

@@ -14,7 +14,7 @@ from gate.sources.keras.source import SAVED_MODEL_REFUSAL, KerasSource, is_hdf5,
 from gate.sources.mlflow_model_dir import MLMODEL, MlflowModelDir, mlflow_model_weights_dir
 from gate.sources.pickled.source import open_pickle_file
 from gate.sources.pt2_archive import Pt2ArchiveSource
-from gate.sources.quantization.config import read_quantization_config
+from gate.sources.quantization.config import read_model_config, read_quantization_config
 from gate.sources.quantized import dequantizing
 from gate.sources.safetensors_files import SafetensorsSource
 from gate.sources.skops_file import open_skops_file
@@ -50,8 +50,12 @@ def open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
     """Open a file or directory; errors name the path and what was expected. Quantized weights
     read as their dequantized float values (``quantization_config`` from config.json beside them)."""
     source = _open_local(path, allow_pickle)
-    config_dir = path if path.is_dir() else path.parent
-    return dequantizing(source, read_quantization_config(_weights_dir(config_dir)))
+    config_dir = _weights_dir(path if path.is_dir() else path.parent)
+    opened = dequantizing(source, read_quantization_config(config_dir))
+    config = read_model_config(config_dir)
+    if config:  # else the source's own (a GGUF's metadata), or none
+        opened.model_config = config
+    return opened
 
 
 def _open_local(path: Path, allow_pickle: bool = False) -> WeightSource:

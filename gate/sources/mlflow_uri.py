@@ -48,7 +48,9 @@ def open_mlflow_uri(uri: str, allow_pickle: bool = False, tracking_uri: str | No
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return CompositeSource([inner], uri, on_close=lambda: shutil.rmtree(workdir, ignore_errors=True))
+    composite = CompositeSource([inner], uri, on_close=lambda: shutil.rmtree(workdir, ignore_errors=True))
+    composite.model_config = inner.model_config
+    return composite
 
 
 def _model_location(uri: str, tracking_uri: str | None) -> str:

@@ -24,6 +24,7 @@ class QuantizedSource(WeightSource):
 
     def __init__(self, inner: WeightSource, families: list[QuantizedTensor]) -> None:
         self.description = inner.description
+        self.model_config = inner.model_config
         self._inner = inner
         # A family that cannot be dequantized keeps its stored name and data (one skipped row; the
         # fingerprint still hashes the stored bytes); the others read as float32 under the weight's name.

@@ -54,3 +54,16 @@ def read_quantization_config(directory: Path) -> QuantizationConfig:
         if isinstance(raw, dict):
             return QuantizationConfig.from_dict(raw, str(path))
     return QuantizationConfig()
+
+
+def read_model_config(directory: Path) -> dict[str, Any]:
+    """config.json beside the weights, as data (an empty mapping without one; read_quantization_config
+    has already refused an unreadable one)."""
+    path = directory / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise GateInputError(f"{path}: unreadable JSON ({err}); fix or remove the file") from err
+    return data if isinstance(data, dict) else {}
