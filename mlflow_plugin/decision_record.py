@@ -38,7 +38,7 @@ class DecisionRecord(BaseModel):
     weights_sha256: str = ""
     baseline: str = ""            # models:/name/N compared against, "" for none
     baseline_note: str = ""       # why that baseline, and why others were passed over
-    inconclusive: list[str] = Field(default_factory=list)
+    inconclusive_rules: list[str] = Field(default_factory=list)  # ids of rules without a verdict
 
     @field_validator("status")
     @classmethod

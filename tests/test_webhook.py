@@ -68,11 +68,17 @@ def test_webhook_mode_end_to_end(tmp_path):
             version = register_file(client, "hooked", tmp_path / "model.safetensors")
             status = wait_for(lambda: client.get_model_version("hooked", version).tags.get("gate.status"))
             assert status == "blocked"
+            tags = client.get_model_version("hooked", version).tags
+            assert set(tags) == {"gate.status", "gate.summary", "gate.page", "gate.decision_run"}
+            assert tags["gate.page"].startswith(f"{url}/#/experiments/") and tags["gate.page"].endswith("report.html")
+            assert "no-nonfinite-layers" in client.get_run(tags["gate.decision_run"]).data.tags["weightgate.reason"]
             client.set_registered_model_alias("hooked", "champion", version)  # accepted: no plugin here
             wait_for(lambda: "champion" not in client.get_registered_model("hooked").aliases)
             # The receiver removes the alias, then records why: wait for the record too.
-            violation = wait_for(lambda: client.get_model_version("hooked", version).tags.get("gate.violation"))
+            violation = wait_for(lambda: client.get_run(tags["gate.decision_run"]).data.tags.get("weightgate.violation"))
             assert "champion" in violation and "removed by weightgate" in violation
+            summary = client.get_model_version("hooked", version).tags["gate.summary"]
+            assert summary.startswith("blocked: ") and "protected alias 'champion' removed at" in summary
             forged = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"{}", method="POST",
                                             headers={"X-MLflow-Signature": "v1,AAAA", "X-MLflow-Delivery-Id": "x",
                                                      "X-MLflow-Timestamp": str(int(time.time()))})

@@ -43,7 +43,7 @@ DECISIONS = sa.Table(
     sa.Column("weights_sha256", sa.String(64), nullable=False, default=""),
     sa.Column("baseline", sa.Text, nullable=False, default=""),
     sa.Column("baseline_note", sa.Text, nullable=False, default=""),
-    sa.Column("inconclusive", sa.Text, nullable=False, default=""),  # rule ids, comma-separated
+    sa.Column("inconclusive_rules", sa.Text, nullable=False, default=""),  # rule ids, comma-separated
     sa.Column("worker", sa.String(256), nullable=False, default=""),
     sa.Column("override_by", sa.String(256), nullable=False, default=""),
     sa.Column("override_at", sa.String(40), nullable=False, default=""),
@@ -53,7 +53,7 @@ DECISIONS = sa.Table(
 )
 # Columns a new decision (or a return to pending) resets: nothing of an earlier decision stays behind.
 _DECISION_COLUMNS = ("summary", "reason", "source", "decided_at", "attempts", "decision_run", "experiment_id",
-                     "policy", "policy_sha256", "weights_sha256", "baseline", "baseline_note", "inconclusive",
+                     "policy", "policy_sha256", "weights_sha256", "baseline", "baseline_note", "inconclusive_rules",
                      "worker", "override_by", "override_at", "override_reason", "override_previous_status")
 _CLEARED = {column: "" for column in _DECISION_COLUMNS} | {"attempts": None, "decision_run": None,
                                                           "experiment_id": None}
@@ -78,7 +78,7 @@ class StoredDecision:
     weights_sha256: str
     baseline: str
     baseline_note: str
-    inconclusive: str
+    inconclusive_rules: str
     worker: str
     override_by: str
     override_at: str
@@ -112,9 +112,8 @@ class DecisionStore:
                                      "reason": reason})
 
     def record(self, name: str, version: int | str, record: DecisionRecord, worker: str) -> None:
-        values = record.model_dump(exclude={"inconclusive"})
-        self._upsert(name, version, {**_CLEARED, **values, "inconclusive": ",".join(record.inconclusive),
-                                     "worker": worker})
+        values = {**record.model_dump(), "inconclusive_rules": ",".join(record.inconclusive_rules)}
+        self._upsert(name, version, {**_CLEARED, **values, "worker": worker})
 
     def override(self, name: str, version: int | str, actor: str, at: str, reason: str, previous: str,
                  summary: str) -> None:

@@ -66,7 +66,7 @@ def version_view(row: VersionRow, approving: Collection[str], is_protected: Call
         unapproved_but_held=bool(held) and row.status not in approving,
         version_url=f"{root}#/models/{quote(row.name, safe='')}/versions/{row.version}",
         run_url=run_url, report_url=report_url, decided_at=decision.decided_at if decision else "",
-        override=override, inconclusive=decision.inconclusive if decision else "",
+        override=override, inconclusive=decision.inconclusive_rules if decision else "",
         baseline_note=decision.baseline_note if decision else "")
 
 

@@ -319,7 +319,7 @@ def _decision_record(version: ModelVersion, result, baseline_note: str, attempts
         policy=decision.policy["name"], policy_sha256=decision.policy["sha256"],
         weights_sha256=decision.weights_sha256, baseline=decision.baseline or "",
         baseline_note=words.fit_tag_value(baseline_note),
-        inconclusive=[rule.rule_id for rule in decision.inconclusive_rules])
+        inconclusive_rules=[rule.rule_id for rule in decision.inconclusive_rules])
 
 
 def error_record(version: ModelVersion, reason: str, attempts: int) -> DecisionRecord:

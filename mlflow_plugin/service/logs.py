@@ -5,12 +5,12 @@ Structured fields travel in ``extra={"fields": {...}}`` (event, model, version, 
 duration_s, ...) with their types (numbers are numbers): the text format appends them as
 key=value, the JSON format merges them into the object.
 
-With JSON, nothing else reaches stdout or stderr: MLflow's artifact progress bars and its "View run
-at" links are switched off (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``,
-``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``), Python warnings go through logging, an uncaught error
-is one JSON object, and any other line a library prints is wrapped as an ``output`` event
-(:class:`JsonLines`). Output written below Python (a C library writing to the file descriptor
-itself) is not seen.
+MLflow's artifact progress bars and its "View run at" links are switched off
+(``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``, ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``; with text
+logs only where the user has not set them). With JSON, nothing else reaches stdout or stderr:
+Python warnings go through logging, an uncaught error is one JSON object, and any other line a
+library prints is wrapped as an ``output`` event (:class:`JsonLines`). Output written below Python
+(a C library writing to the file descriptor itself) is not seen.
 """
 
 from __future__ import annotations
@@ -98,8 +98,12 @@ def configure(log_format: str) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("mlflow_plugin").setLevel(logging.INFO)
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs its temp dirs at INFO
+    for key, value in QUIET_MLFLOW.items():  # a service's output is its log; JSON logs insist
+        if log_format == "json":
+            os.environ[key] = value
+        else:
+            os.environ.setdefault(key, value)
     if log_format == "json":
-        os.environ.update(QUIET_MLFLOW)
         logging.captureWarnings(True)
         sys.excepthook = _log_uncaught
         sys.stdout = JsonLines(sys.stdout, "stdout")

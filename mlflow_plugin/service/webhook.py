@@ -111,11 +111,11 @@ class WebhookGate:
         when = words.utc_timestamp()
         status = tags.get(STATUS, words.NO_STATUS)
         note = f"protected alias '{alias}' was set on this version ({status}) and removed by weightgate at {when}"
-        if tags.get(words.DECISION_RUN):
-            note_on_run(judge.client, tags[words.DECISION_RUN], words.RUN_VIOLATION, note)
         summary = tags.get(words.SUMMARY) or status
         judge.client.set_model_version_tag(name, version, words.SUMMARY, words.fit_tag_value(
             f"{summary} | protected alias '{alias}' removed at {when}: not approved"))
+        if tags.get(words.DECISION_RUN):
+            note_on_run(judge.client, tags[words.DECISION_RUN], words.RUN_VIOLATION, note)
         _logger.warning("weightgate webhook: %s version %s: %s", name, version, note,
                         extra={"fields": {"event": "alias_removed", "model": name, "version": _number(version),
                                           "alias": alias}})
