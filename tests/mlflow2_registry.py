@@ -50,7 +50,7 @@ def log_rankers(minilm_dir: str) -> None:
     broken[3, 3] = float("nan")
     for model in (Ranker(query, output), Ranker(broken, output), Ranker(query, output)):
         with mlflow.start_run():
-            mlflow.pytorch.log_model(model, "model", registered_model_name="ranker")
+            mlflow.pytorch.log_model(model, "model", registered_model_name="ranker", pip_requirements=["torch"])
 
 
 def log_churn() -> None:
@@ -60,7 +60,7 @@ def log_churn() -> None:
     digits = load_digits()
     classifier = MLPClassifier(hidden_layer_sizes=(128,), max_iter=200, random_state=0).fit(digits.data, digits.target)
     with mlflow.start_run():
-        mlflow.sklearn.log_model(classifier, "model", registered_model_name="churn")
+        mlflow.sklearn.log_model(classifier, "model", registered_model_name="churn", pip_requirements=["scikit-learn"])
 
 
 def log_encoder(minilm_dir: str) -> None:
@@ -68,7 +68,8 @@ def log_encoder(minilm_dir: str) -> None:
 
     components = {"model": AutoModel.from_pretrained(minilm_dir), "tokenizer": AutoTokenizer.from_pretrained(minilm_dir)}
     with mlflow.start_run():
-        mlflow.transformers.log_model(components, "model", task="feature-extraction", registered_model_name="encoder")
+        mlflow.transformers.log_model(components, "model", task="feature-extraction", registered_model_name="encoder",
+                                      pip_requirements=["transformers", "torch"])  # no inference: offline
 
 
 def main(tracking_uri: str, minilm_dir: str, out_json: str) -> None:
