@@ -59,6 +59,8 @@ def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str,
 
 
 def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return  # exited already (start_server reports why)
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=20)
