@@ -59,9 +59,10 @@ def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str,
 
 
 def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return  # exited already (start_server reports why)
-    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return  # the whole group has exited already (start_server reports why)
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
