@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-stop test bench bench-ray zoo storm paper-000 paper-004 bench-training clean
+.PHONY: setup demo demo-stop test test-fast bench bench-ray zoo storm paper-000 paper-004 bench-training clean
 
 # No network beyond package registries: keep MLflow's usage telemetry and Hugging Face hub lookups off.
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -33,6 +33,10 @@ demo-stop:
 test: $(STAMP)
 	deploy/local/install-test-deps.sh
 	$(PY) -m pytest -q tests
+
+# The fast lane: no servers, no browser, no cluster (tests marked server or slow are left out; see tests/conftest.py).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not server and not slow" tests
 
 bench: $(STAMP)
 	$(PY) bench/bench_cpu_minilm.py

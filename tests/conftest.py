@@ -1,4 +1,10 @@
-"""Shared fixtures: the real all-MiniLM-L6-v2 weights and small real torch models."""
+"""Shared fixtures: the real all-MiniLM-L6-v2 weights and small real torch models; and the two lanes.
+
+``make test-fast`` runs the tests marked neither ``server`` nor ``slow``. A test that starts a process
+(MLflow server, PostgreSQL, Ray node) must be marked ``server``: tests that use a server fixture are
+marked here, and deploy.local refuses to start a process for a test that is not marked, so the fast
+lane cannot silently grow a server.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,22 @@ import pytest
 import torch
 
 BUNDLED_REF_DIR = Path(__file__).resolve().parent / "data" / "weightwatcher"
+SERVER_FIXTURES = frozenset({"mlflow_tracking_uri", "postgres_uri_prefix", "backend_store"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_in_server_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy.local refuses to start a service for a test not marked ``server`` (deploy/local/lane.py)."""
+    from deploy.local.lane import FORBIDDEN
+
+    if request.node.get_closest_marker("server") is None:
+        monkeypatch.setenv(FORBIDDEN, request.node.nodeid)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +88,7 @@ def postgres_uri_prefix():
         yield prefix
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])
 def backend_store(request, tmp_path_factory):
     """A fresh MLflow backend store URI per test module, on sqlite and on PostgreSQL."""
     if request.param == "sqlite":

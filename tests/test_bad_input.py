@@ -105,6 +105,7 @@ def _truncate(path: Path) -> Path:
     return broken
 
 
+@pytest.mark.slow  # exports a torch.export archive and an ONNX graph
 @pytest.mark.parametrize("kind", ["safetensors", "pt", "pt2", "onnx"])
 def test_truncated_files_exit_2_naming_the_file(tmp_path, three_layers, kind):
     if kind == "safetensors":

@@ -19,6 +19,8 @@ from deploy.local.mlflow_server import mlflow_server
 
 from registry_helpers import decision_of, register_file
 
+pytestmark = pytest.mark.server  # every test here runs against real servers
+
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output"
 ENV = {"WEIGHTGATE_WORKER_TOKEN": "browser-test", "MLFLOW_DISABLE_TELEMETRY": "true"}

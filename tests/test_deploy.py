@@ -40,6 +40,7 @@ def wait_for_status(client, name: str, version: str, timeout: float = 180) -> st
     raise AssertionError(f"{name} v{version} still pending after {timeout} s")
 
 
+@pytest.mark.server
 def test_local_topology_end_to_end(tmp_path, minilm_dir):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

@@ -417,13 +417,16 @@ def test_a_savedmodel_is_refused_with_what_to_do(tmp_path):
     saved_model(tf_module / "tf2model")
     (tf_module / "MLmodel").write_text("flavors:\n  tensorflow:\n    saved_model_dir: tf2model\n"
                                        "    model_type: tf2-module\n")
-    for given, named in ((saved_model(tmp_path / "plain"), tmp_path / "plain"),
-                         (tmp_path / "plain" / "saved_model.pb", tmp_path / "plain"),
-                         (exported, exported / "data" / "model"), (tf_module, tf_module / "tf2model")):
+    for given, named, flavor in ((saved_model(tmp_path / "plain"), tmp_path / "plain", None),
+                                 (tmp_path / "plain" / "saved_model.pb", tmp_path / "plain", None),
+                                 (exported, exported / "data" / "model", "keras"),
+                                 (tf_module, tf_module / "tf2model", "tensorflow")):
         with pytest.raises(GateInputError) as refused:
             gate.scan(given, device="cpu")
         message = str(refused.value)
-        assert message.startswith(f"{named}: a TensorFlow SavedModel")
+        # An MLflow model's folder is named first, with its flavor (gate/sources/mlflow_model_dir.py).
+        prefix = f"{given}: an MLflow model with the flavor {flavor}: " if flavor else ""
+        assert message.startswith(f"{prefix}{named}: a TensorFlow SavedModel"), message
         assert ".keras" in message and "ONNX" in message
 
 

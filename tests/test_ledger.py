@@ -31,7 +31,7 @@ ENV = {"WEIGHTGATE_WORKER_TOKEN": "ledger-worker", "MLFLOW_AUTH_ADMIN_PASSWORD":
        "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server)])
 def database_uri(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -131,6 +131,7 @@ def _weightgate(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **ADMIN})
 
 
+@pytest.mark.server
 def test_server_records_promotions_behind_basic_auth(tmp_path, monkeypatch, postgres_uri_prefix):
     """On PostgreSQL (tests/test_browser.py runs the gate on sqlite): the plugin creates the ledger at
     startup."""

@@ -11,12 +11,15 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 from deploy.local.mlflow_server import mlflow_server
 
 from registry_helpers import register_file
+
+pytestmark = pytest.mark.server  # every test here runs against real servers
 
 ADMIN = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "weightgate-admin-pw1"}
 ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN["MLFLOW_TRACKING_PASSWORD"],

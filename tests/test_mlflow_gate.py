@@ -23,6 +23,8 @@ from deploy.local.mlflow_server import free_port, mlflow_server
 
 from registry_helpers import decision_of, register_file, two_minilm_matrices
 
+pytestmark = pytest.mark.server  # every test here runs against real servers
+
 GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret",
             "MLFLOW_DISABLE_TELEMETRY": "true"}
 

@@ -110,6 +110,7 @@ def test_tasks_ask_for_a_gpu_only_where_the_cluster_has_one(checkpoint):
                                {"Alive": False, "Resources": {"memory": 10 * largest}}])
 
 
+@pytest.mark.server
 def test_scan_on_two_nodes_equals_the_single_process_scan(cluster, checkpoint):
     distributed = scan_json([str(checkpoint), "--ray", cluster])
     local = scan_json([str(checkpoint)])
@@ -117,6 +118,7 @@ def test_scan_on_two_nodes_equals_the_single_process_scan(cluster, checkpoint):
     assert len(local["layers"]) == 2 + 3 * 7
 
 
+@pytest.mark.server
 def test_tasks_spread_over_both_nodes_with_memory_from_their_part(cluster, checkpoint, single, tmp_path):
     record = tmp_path / "tasks"
     record.mkdir()
@@ -148,6 +150,7 @@ def assert_same_scan(result, expected) -> None:
         (expected.weights_sha256, expected.source, expected.options)
 
 
+@pytest.mark.server
 def test_a_worker_killed_mid_task_is_retried_with_identical_results(cluster, checkpoint, single, tmp_path):
     victim_tensor = "model.layers.1.mlp.down_proj.weight"
     release = tmp_path / "release"
@@ -190,6 +193,7 @@ def local_decision(checkpoint) -> dict:
     return check_json(checkpoint)
 
 
+@pytest.mark.server
 def test_check_on_ray_decides_as_in_process(cluster, checkpoint, local_decision):
     assert check_json(checkpoint, "--ray", cluster) == local_decision
 
@@ -202,6 +206,7 @@ def test_without_ray_installed_ray_options_exit_2(checkpoint, monkeypatch):
     assert result.exit_code == 2 and "pip install 'weightgate[ray]'" in result.stderr
 
 
+@pytest.mark.server
 def test_device_cuda_on_a_cluster_without_gpus_is_refused(cluster, checkpoint):
     from gate.errors import GateInputError
 
@@ -219,6 +224,7 @@ def test_plain_scan_does_not_import_ray(checkpoint):
     assert proc.stdout.split()[-1] == "False"
 
 
+@pytest.mark.server
 def test_registry_worker_with_ray_executor_decides_a_registered_version(cluster, checkpoint, single, local_decision,
                                                                          tmp_path_factory):
     from mlflow import MlflowClient

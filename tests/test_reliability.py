@@ -28,6 +28,8 @@ from deploy.local.mlflow_server import free_port, start_server, stop_server
 
 from registry_helpers import decision_of, register_file, two_minilm_matrices
 
+pytestmark = pytest.mark.server  # every test here runs against real servers
+
 TOKENS = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret",
           "MLFLOW_DISABLE_TELEMETRY": "true"}
 # MLflow's client would retry 5xx itself for minutes; the worker's own retries are under test here.

@@ -140,6 +140,7 @@ def test_onnx_initializers(tmp_path, model, expected):
     assert types == {"conv": "conv2d", "fc1": "dense", "fc2": "dense"}
 
 
+@pytest.mark.slow  # mlflow.pytorch.save_model runs torch.export
 def test_pt2_archive_from_mlflow_is_read_without_unpickling(tmp_path, model, expected):
     import mlflow.pytorch
 

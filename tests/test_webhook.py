@@ -44,6 +44,7 @@ def test_signature_check_matches_mlflow_delivery():
     assert not verify_signature(SECRET, "delivery-1", stale, body.encode(), _generate_hmac_signature(SECRET, "delivery-1", stale, body))
 
 
+@pytest.mark.server
 def test_webhook_mode_end_to_end(tmp_path):
     from cryptography.fernet import Fernet
     from mlflow import MlflowClient
@@ -108,6 +109,7 @@ def _signed(body: dict, delivery: str = "d-1") -> dict:
                         "X-MLflow-Signature": _generate_hmac_signature(SECRET, delivery, now, text)}}
 
 
+@pytest.mark.server
 def test_receiver_isolates_events_and_refuses_what_it_cannot_take(tmp_path, monkeypatch, minilm_dir, caplog):
     """In-process receiver (Flask test client) against a real plain server: each answer code, a
     queue that is full answers 503 (MLflow delivers again), a failing event does not stop the next,

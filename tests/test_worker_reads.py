@@ -12,7 +12,7 @@ from gate.sources import TensorInfo, WeightSource, open_source
 
 from registry_helpers import register_file, run_params, two_minilm_matrices
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 class CountingSource(WeightSource):

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from deploy.local.lane import allow_processes
+
 _SERVER_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
@@ -38,6 +40,7 @@ def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str,
 
     ``python`` is the interpreter whose MLflow serves (another virtualenv's: an older MLflow).
     """
+    allow_processes("an MLflow server")
     port = port or free_port()
     url = f"http://127.0.0.1:{port}{static_prefix or ''}"
     command = [

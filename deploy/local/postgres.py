@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from deploy.local.lane import allow_processes
+
 
 def postgres_bin() -> str | None:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
@@ -29,6 +31,7 @@ def _as_server_user(command: list[str]) -> list[str]:
 def start_postgres(root: str, port: int) -> str:
     """Start PostgreSQL with its data in ``root``/data (created on first use) on 127.0.0.1:``port``;
     returns the URI prefix ``postgresql://postgres@127.0.0.1:port``."""
+    allow_processes("PostgreSQL")
     bin_dir = postgres_bin()
     if bin_dir is None:
         raise RuntimeError("PostgreSQL is not installed: run deploy/local/install-test-deps.sh (make test does)")

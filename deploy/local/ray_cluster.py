@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from deploy.local.lane import allow_processes
 from deploy.local.mlflow_server import free_port
 
 STARTUP_SECONDS = 300.0  # a loaded 2-core machine takes tens of seconds per node
@@ -47,6 +48,7 @@ def local_ray_cluster(workdir: Path, nodes: int = 2, cpus_per_node: int = 1, mem
 
 def _start_node(workdir: Path, number: int, role: list[str], cpus: int, memory_bytes: int,
                 object_store_bytes: int) -> subprocess.Popen:
+    allow_processes("a Ray node")
     # Unix socket paths live under the temp dir and must stay short (108 bytes): one letter per node.
     temp_dir = workdir / f"n{number}"
     temp_dir.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,7 @@ def _weights_folder(location: str, tracking_uri: str | None) -> str | None:
     finds it: an MLmodel's flavor folder, or the one subfolder of a folder without weight files."""
     from mlflow.artifacts import download_artifacts, list_artifacts
 
-    from gate.sources.local_files import mlflow_model_weights_dir
+    from gate.sources.mlflow_model_dir import mlflow_model_weights_dir
 
     folder = location.rstrip("/")
     for _ in range(4):  # MLmodel -> flavor folder -> single subfolder: a few levels at most

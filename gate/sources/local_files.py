@@ -6,18 +6,18 @@ import json
 import zipfile
 from pathlib import Path
 
-import yaml
-
 from gate.errors import GateInputError
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
 from gate.sources.gguf_file import GgufSource
 from gate.sources.keras.source import SAVED_MODEL_REFUSAL, KerasSource, is_hdf5, is_keras_archive
+from gate.sources.mlflow_model_dir import MLMODEL, MlflowModelDir, mlflow_model_weights_dir
 from gate.sources.pickled.source import open_pickle_file
 from gate.sources.pt2_archive import Pt2ArchiveSource
 from gate.sources.quantization.config import read_quantization_config
 from gate.sources.quantized import dequantizing
 from gate.sources.safetensors_files import SafetensorsSource
+from gate.sources.skops_file import open_skops_file
 from gate.sources.torch_files import open_torch_file
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -25,7 +25,7 @@ KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # .weights.h5 ends in .h5
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 SUPPORTED = (".safetensors, model.safetensors.index.json, .pt/.pth/.bin/.ckpt, .pt2, .onnx, .gguf, "
              ".keras/.h5/.weights.h5 (Keras), .pkl/.joblib (scikit-learn MLPs, pickled torch modules), "
-             "or a model directory")
+             ".skops (scikit-learn MLPs), or a model directory")
 # A TensorFlow SavedModel's graph file: refused with a message saying what to do instead.
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
@@ -43,6 +43,7 @@ _DIRECTORY_CANDIDATES = (
     "*.keras",
     "*.h5",
     "*.hdf5",
+    "*.skops",
     "*.joblib",
     "*.pkl",
 )
@@ -87,6 +88,8 @@ def _open_local(path: Path, allow_pickle: bool = False) -> WeightSource:
         return open_torch_file(path, allow_pickle)
     if suffix in PICKLE_SUFFIXES:
         return open_pickle_file(path)
+    if suffix == ".skops":
+        return open_skops_file(path)
     return _open_by_content(path, allow_pickle)
 
 
@@ -128,13 +131,24 @@ def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
 
     if (directory / ADAPTER_CONFIG).is_file():  # a PEFT adapter: its updates, not its factors
         return LoraSource(directory, _open_adapter_weights(directory, allow_pickle))
-    if (directory / "MLmodel").is_file():
-        pickled_model = mlflow_sklearn_model_file(directory)
-        if pickled_model is not None:
-            return _open_local(pickled_model, allow_pickle)
-        weights_dir = mlflow_model_weights_dir(directory)
-        if weights_dir != directory:
-            return _open_directory(weights_dir, allow_pickle)
+    if (directory / MLMODEL).is_file():
+        return _open_mlflow_model(MlflowModelDir.read(directory), allow_pickle)
+    return _open_weight_files(directory, allow_pickle)
+
+
+def _open_mlflow_model(model: MlflowModelDir, allow_pickle: bool) -> WeightSource:
+    """The weights of the model's flavor; an error reading them names the model's flavors."""
+    weights = model.weights()
+    try:
+        if weights == model.path:  # e.g. mlflow.onnx's model.onnx beside MLmodel, named by no key
+            return _open_weight_files(weights, allow_pickle)
+        return _open_local(weights, allow_pickle)
+    except GateInputError as err:
+        raise type(err)(f"{model.path}: {model.described()}: {err}") from err
+
+
+def _open_weight_files(directory: Path, allow_pickle: bool) -> WeightSource:
+    """A folder of weight files, found by name (:data:`_DIRECTORY_CANDIDATES`)."""
     if any((directory / name).is_file() for name in _SAVED_MODEL_FILES):
         raise GateInputError(SAVED_MODEL_REFUSAL.format(path=directory))
     for pattern in _DIRECTORY_CANDIDATES:
@@ -152,49 +166,9 @@ def _open_directory(directory: Path, allow_pickle: bool) -> WeightSource:
     raise GateInputError(f"{directory}: no model weights found in this directory; expected {SUPPORTED}")
 
 
-def _mlflow_flavors(model_dir: Path) -> dict:
-    try:
-        return yaml.safe_load((model_dir / "MLmodel").read_text()).get("flavors", {})
-    except (OSError, yaml.YAMLError, AttributeError) as err:
-        raise GateInputError(f"{model_dir / 'MLmodel'}: unreadable MLmodel file: {err}") from err
-
-
-def mlflow_sklearn_model_file(model_dir: Path) -> Path | None:
-    """The sklearn flavor's pickled estimator (``model.pkl``, written with cloudpickle or pickle), or
-    ``None`` for other flavors. The skops format is not read (say so rather than guess)."""
-    flavor = _mlflow_flavors(model_dir).get("sklearn")
-    if not isinstance(flavor, dict):
-        return None
-    if flavor.get("serialization_format") == "skops":
-        raise GateInputError(f"{model_dir}: an mlflow.sklearn model saved in the skops format; weightgate reads "
-                             "serialization_format='cloudpickle' or 'pickle' (model.pkl)")
-    return model_dir / flavor.get("pickled_model", "model.pkl")
-
-
-def mlflow_model_weights_dir(model_dir: Path) -> Path:
-    """The folder holding the weights of an MLflow model directory, from its ``MLmodel`` flavors
-    (the sklearn flavor's weights are one file: :func:`mlflow_sklearn_model_file`)."""
-    flavors = _mlflow_flavors(model_dir)
-    if "pytorch" in flavors:
-        return model_dir / flavors["pytorch"].get("model_data", "data")
-    if "transformers" in flavors:
-        flavor = flavors["transformers"]
-        if "peft_adaptor" in flavor:  # mlflow.transformers saves a PEFT model as its adapter only
-            return model_dir / flavor["peft_adaptor"]
-        return model_dir / flavor.get("model_binary", "model")
-    if "keras" in flavors:  # mlflow.keras (MLflow 3): data/model.keras, or an exported SavedModel in data/model
-        return model_dir / flavors["keras"].get("data", "data")
-    if "tensorflow" in flavors:  # a Keras model (data/) or a tf.Module SavedModel (saved_model_dir)
-        flavor = flavors["tensorflow"]
-        return model_dir / flavor.get("saved_model_dir", flavor.get("data", "data"))
-    if "onnx" in flavors:
-        return model_dir
-    return model_dir
-
-
 def _weights_dir(directory: Path) -> Path:
     """Where config.json sits: an MLflow model's weights folder, or the directory itself."""
-    if (directory / "MLmodel").is_file():
+    if (directory / MLMODEL).is_file():
         return mlflow_model_weights_dir(directory)
     return directory
 

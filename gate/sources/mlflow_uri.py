@@ -34,6 +34,7 @@ def open_mlflow_uri(uri: str, allow_pickle: bool = False, tracking_uri: str | No
 
     tracking_uri = resolve_tracking_uri(tracking_uri, uri)
     workdir = Path(tempfile.mkdtemp(prefix="weightgate-"))
+    local = workdir
     try:
         # The URIs go to these calls only: mlflow.set_tracking_uri would change the whole process
         # (e.g. the worker's or a notebook's own MLflow client).
@@ -49,7 +50,8 @@ def open_mlflow_uri(uri: str, allow_pickle: bool = False, tracking_uri: str | No
         raise GateInputError(f"{uri}: MLflow could not resolve this model: {err.message}") from err
     except GateInputError as err:  # e.g. a refused pickle: name what the user gave, not our temporary copy
         shutil.rmtree(workdir, ignore_errors=True)
-        raise type(err)(f"{uri}: {err}") from err
+        message = str(err).replace(str(local), uri)  # open_local names only paths below ``local``
+        raise type(err)(message if message.startswith(uri) else f"{uri}: {message}") from err
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
