@@ -27,7 +27,7 @@ from deploy.local.mlflow_server import mlflow_server
 
 from registry_helpers import decision_of
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 # The last MLflow 2 release (installs on Python 3.11); torch pinned to the wheel the project uses;
 # SQLAlchemy 2.0, as MLflow 2.22 needs (2.1 removed a pool class it imports).

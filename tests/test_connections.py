@@ -27,7 +27,7 @@ from gate.mlflow_connection import HTTP_DEFAULTS
 
 from registry_helpers import register_file, two_minilm_matrices
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # a module-scoped gate server
 GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "connections-secret", "MLFLOW_DISABLE_TELEMETRY": "true"}
 DEADLINE_SECONDS = 30.0  # what the user was promised; MLflow's own defaults take about four minutes
 

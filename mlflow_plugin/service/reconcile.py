@@ -34,14 +34,18 @@ class Reconciler:
         self.since_ms = int(time.time() * 1000)  # what came before is pending_on_start's
         self.thread = threading.Thread(target=self._run, daemon=True, name="weightgate-reconcile")
         self.found = 0
+        self._stopped = threading.Event()
 
     def start(self) -> "Reconciler":
         self.thread.start()
         return self
 
+    def stop(self) -> None:
+        """No further looks (a look under way finishes)."""
+        self._stopped.set()
+
     def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
+        while not self._stopped.wait(self.interval):
             try:
                 self.look()
             except Exception:  # the registry unreachable for a while: the next look covers this one's window
@@ -74,11 +78,17 @@ class Reconciler:
 
 
 def _updated_since(client, since_ms: int) -> list:
+    """The versions updated at or after ``since_ms``. MLflow's version search cannot filter on the
+    update time (400: not a searchable attribute) but can order by it: pages are read, newest first,
+    until a version older than ``since_ms`` appears."""
     found, token = [], None
     while True:
-        page = client.search_model_versions(f"last_updated_timestamp >= {since_ms}", max_results=1000,
+        page = client.search_model_versions(order_by=["last_updated_timestamp DESC"], max_results=200,
                                             page_token=token)
-        found.extend(page)
+        for version in page:
+            if version.last_updated_timestamp < since_ms:
+                return found
+            found.append(version)
         token = page.token
         if not token:
             return found
