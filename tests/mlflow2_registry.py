@@ -84,8 +84,10 @@ def main(tracking_uri: str, minilm_dir: str, out_json: str) -> None:
     client.transition_model_version_stage("encoder", "1", "Production")
     client.set_registered_model_alias("churn", "champion", "1")
     client.set_registered_model_alias("encoder", "prod", "1")
+    # MLflow 2's version search leaves aliases out: each version is read on its own.
+    found = [client.get_model_version(v.name, v.version) for v in client.search_model_versions()]
     versions = [{"name": v.name, "version": int(v.version), "stage": v.current_stage, "source": v.source,
-                 "aliases": sorted(v.aliases)} for v in client.search_model_versions()]
+                 "aliases": sorted(v.aliases)} for v in found]
     with open(out_json, "w") as out:
         json.dump({"mlflow": mlflow.__version__, "versions": versions}, out, indent=1)
 

@@ -111,7 +111,8 @@ def test_a_registry_built_by_mlflow2_is_adopted(backend_store, mlflow2_python, m
         assert statuses[("encoder", 1)] == "approved"
 
         # Stages and aliases are as MLflow 2 left them.
-        for version in client.search_model_versions():
+        for found in client.search_model_versions():
+            version = client.get_model_version(found.name, found.version)  # with its aliases
             assert (version.current_stage, sorted(version.aliases)) == held[(version.name, int(version.version))]
         # Every promoted version the policy would not approve is reported, and nothing else.
         flagged = {key for key, (stage, aliases) in held.items()
