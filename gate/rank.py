@@ -68,13 +68,22 @@ def expand_sources(sources: list[str], tracking_uri: str | None = None) -> list[
             expanded.append(source)
             continue
         from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
 
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        from gate.mlflow_connection import resolve_tracking_uri, unreachable_cause, unreachable_error
+
+        server = resolve_tracking_uri(tracking_uri, source)
+        client = MlflowClient(tracking_uri=server, registry_uri=server)
         escaped = name.replace("'", "\\'")
-        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{escaped}'"))
+        try:
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{escaped}'"))
+        except MlflowException as err:
+            cause = unreachable_cause(err)
+            if cause is None:
+                raise
+            raise unreachable_error(server, source, cause) from err
         if not versions:
-            raise GateInputError(f"{source}: registered model {name!r} has no versions (or does not exist) "
-                                 f"on {tracking_uri or 'the default tracking server'}")
+            raise GateInputError(f"{source}: registered model {name!r} has no versions (or does not exist) on {server}")
         expanded += [f"models:/{name}/{version}" for version in versions]
     return expanded
 

@@ -123,15 +123,18 @@ class LedgerAction(Word):
     DECISION = "decision"
     OVERRIDE = "override"
     RESCAN = "rescan"
+    BACKFILL = "backfill"                    # a version without a decision queued by `weightgate backfill`
+    GATE_TAGS_DROPPED = "gate-tags-dropped"  # client-supplied gate.* tags left out of a new version (a copy's)
 
 
 class LedgerOutcome(Word):
     """How the registry answered the request a ledger row records."""
 
-    ALLOWED = "allowed"    # the registry did it
-    REFUSED = "refused"    # the gate or basic-auth said no (401/403)
-    FAILED = "failed"      # another error
-    RECORDED = "recorded"  # the gate's own writes (registration, decision, override, rescan)
+    ALLOWED = "allowed"      # the registry did it
+    REFUSED = "refused"      # the gate or basic-auth said no (401/403)
+    FAILED = "failed"        # another error
+    RECORDED = "recorded"    # the gate's own writes (registration, decision, override, rescan)
+    NOT_FOUND = "not-found"  # a deletion of something that did not exist: nothing happened
 
 
 class EventOutcome(Word):
@@ -139,36 +142,32 @@ class EventOutcome(Word):
 
     HANDLED = "handled"
     FAILED = "failed"
+    DUPLICATE = "duplicate"  # a delivery id already accepted: MLflow delivered it again
 
 
 TAG_PREFIX = "gate."
 
-# -- version tag keys -----------------------------------------------------------------------
+# -- the version tags: at most these four on a model version ------------------------------------
+# Everything else about a decision (reason, policy, fingerprint, baseline and why, attempts, time,
+# inconclusive rules, overrides) is in the decision run and, with the server plugin, in the gate's
+# table in the server's database (mlflow_plugin/server/decisions.py), which enforcement reads.
 STATUS = "gate.status"                    # a VersionStatus
-REASON = "gate.reason"                    # one line: failed rules, or the error that stopped the scan
-DECISION_RUN = "gate.decision_run"        # the MLflow run holding metrics and artifacts
-POLICY = "gate.policy"                    # the policy's name
-POLICY_SHA256 = "gate.policy_sha256"      # the policy the decision was made under
-WEIGHTS_SHA256 = "gate.weights_sha256"
-SOURCE = "gate.source"                    # the version's source when it was judged
-BASELINE = "gate.baseline"                # models:/name/N compared against, or "" for none
-BASELINE_NOTE = "gate.baseline_note"      # why that baseline, and why others were passed over
-DECIDED_AT = "gate.decided_at"
-INCONCLUSIVE = "gate.inconclusive"        # ids of rules without a verdict (too little trustworthy evidence), comma-separated
-ATTEMPTS = "gate.attempts"                # how many tries the last scan took (transient errors retried)
-RESCAN_REQUESTED = "gate.rescan_requested_at"
-VIOLATION = "gate.violation"              # webhook mode: a protected alias removed after the fact
-OVERRIDE_BY = "gate.override_by"
-OVERRIDE_AT = "gate.override_at"
-OVERRIDE_REASON = "gate.override_reason"
-OVERRIDE_PREVIOUS_STATUS = "gate.override_previous_status"
-SUMMARY = "gate.summary"                  # one human line built from the decision (gate.report.verdict)
-PAGE = "gate.page"                        # link to the version's row on the gate page (/weightgate/)
+SUMMARY = "gate.summary"                  # one human line (gate.report.verdict for decisions)
+PAGE = "gate.page"                        # link to the version's row on the gate page (webhook mode: its report)
+DECISION_RUN = "gate.decision_run"        # the MLflow run holding metrics, artifacts and the decision's details
+VERSION_TAGS = (STATUS, SUMMARY, PAGE, DECISION_RUN)
 
-# -- run tags of the decision run (experiment "weightgate") ----------------------------------
+# -- the decision run (experiment "weightgate") ------------------------------------------------
 EXPERIMENT = "weightgate"
+# MLflow 3's UI opens an experiment in the view its kind names (mlflow/server/js: "genai_development",
+# "custom_model_development", ...); decision runs are model runs, not GenAI evaluations.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 RUN_MODEL, RUN_VERSION, RUN_DECISION, RUN_WORKER = ("weightgate.model", "weightgate.version",
                                                     "weightgate.decision", "weightgate.worker")
+RUN_REASON = "weightgate.reason"              # one line: failed rules (the report has the rest)
+RUN_INCONCLUSIVE = "weightgate.inconclusive"  # ids of rules without a verdict, comma-separated
+RUN_OVERRIDE = "weightgate.override"          # who overrode the decision, when, why, and the status before
+RUN_VIOLATION = "weightgate.violation"        # webhook mode: a protected alias removed after the fact
 
 # -- HTTP headers ------------------------------------------------------------------------------
 WORKER_TOKEN_HEADER = "X-Weightgate-Token"

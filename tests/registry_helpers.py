@@ -26,3 +26,21 @@ def two_minilm_matrices(minilm_dir: Path) -> dict:
     full = load_file(str(minilm_dir / "model.safetensors"))
     return {key: full[key].clone() for key in ("encoder.layer.0.attention.self.query.weight",
                                                "encoder.layer.0.attention.output.dense.weight")}
+
+
+def decision_of(url: str, name: str, version) -> dict:
+    """The server plugin's decision row of a version (``/weightgate/api/decision``): what the gate
+    decided and why, which the version's four ``gate.*`` tags only summarise."""
+    import json
+    import urllib.request
+    from urllib.parse import urlencode
+
+    query = urlencode({"name": name, "version": str(version)})
+    with urllib.request.urlopen(f"{url}/weightgate/api/decision?{query}", timeout=120) as response:
+        return json.loads(response.read())
+
+
+def run_params(client, version_tags: dict) -> dict:
+    """The params of the decision run a version's ``gate.decision_run`` tag names (webhook mode keeps
+    the decision's details there)."""
+    return client.get_run(version_tags["gate.decision_run"]).data.params

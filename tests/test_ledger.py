@@ -160,9 +160,9 @@ def test_server_records_promotions_behind_basic_auth(tmp_path, monkeypatch, post
             client.set_model_version_tag("audited", version.version, "gate.status", "approved")
         sha = load_policy(None).sha256
         assert _worker_call(url, "claim", {"name": "audited", "version": 1, "worker": "w1"})["claimed"]
-        _worker_call(url, "record", {"name": "audited", "version": 1, "worker": "w1", "tags": {
-            "gate.status": "approved", "gate.reason": "all 9 rules passed", "gate.policy_sha256": sha,
-            "gate.source": version.source}})
+        _worker_call(url, "record", {"name": "audited", "version": 1, "worker": "w1", "decision": {
+            "status": "approved", "summary": "approved: all 9 rules passed", "reason": "all 9 rules passed",
+            "policy_sha256": sha, "source": version.source, "decided_at": "2026-12-02T03:04:05Z", "attempts": 1}})
         client.set_registered_model_alias("audited", "champion", version.version)
         client.transition_model_version_stage("audited", version.version, "Production")
         client.delete_registered_model_alias("audited", "champion")

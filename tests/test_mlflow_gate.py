@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from deploy.local.mlflow_server import free_port, mlflow_server
 
-from registry_helpers import register_file, two_minilm_matrices
+from registry_helpers import decision_of, register_file, two_minilm_matrices
 
 pytestmark = pytest.mark.server  # every test here runs against real servers
 
@@ -99,25 +99,40 @@ def decided(server, client, weights):
     return {"healthy": healthy, "broken": broken, "pending_before": pending, "worker_output": output.stdout}
 
 
-def test_registration_is_pending_until_the_worker_decides(client, decided):
+def test_registration_is_pending_until_the_worker_decides(server, client, decided):
     assert decided["pending_before"] == {decided["healthy"]: "pending", decided["broken"]: "pending"}
     assert "processed 2 model version(s)" in decided["worker_output"]
     healthy = client.get_model_version("encoder", decided["healthy"]).tags
     broken = client.get_model_version("encoder", decided["broken"]).tags
     assert healthy["gate.status"] == "approved", healthy
     assert broken["gate.status"] == "blocked"
-    assert "no-nonfinite-layers" in broken["gate.reason"]
-    assert broken["gate.baseline"] == f"models:/encoder/{decided['healthy']}"  # the previous version
+    assert broken["gate.summary"].startswith(f"blocked: encoder.layer.0.attention.self.key: 1 NaN weight (of {384 * 384})")
+    # The version shows four gate.* tags; the rest of the decision is in the server's table and the run.
+    assert set(healthy) == set(broken) == {"gate.status", "gate.summary", "gate.page", "gate.decision_run"}
+    assert broken["gate.page"] == f"{server['url']}/weightgate/model?name=encoder#v{decided['broken']}"
+    row = decision_of(server["url"], "encoder", decided["broken"])
+    assert row["status"] == "blocked" and "no-nonfinite-layers" in row["reason"]
+    assert row["baseline"] == f"models:/encoder/{decided['healthy']}"  # the previous version
+    assert row["decision_run"] == broken["gate.decision_run"] and isinstance(row["attempts"], int)
     from gate.policy.schema import load_policy
 
-    assert healthy["gate.policy_sha256"] == load_policy().sha256
-    assert len(healthy["gate.weights_sha256"]) == 64
+    healthy_row = decision_of(server["url"], "encoder", decided["healthy"])
+    assert healthy_row["policy_sha256"] == load_policy().sha256
+    assert len(healthy_row["weights_sha256"]) == 64
+    assert healthy_row["source"] == client.get_model_version("encoder", decided["healthy"]).source
 
 
-def test_decision_run_holds_metrics_series_and_artifacts(client, decided, tmp_path):
+def test_decision_run_holds_metrics_series_and_artifacts(server, client, decided, tmp_path):
     run_id = client.get_model_version("encoder", decided["healthy"]).tags["gate.decision_run"]
     run = client.get_run(run_id)
     assert run.data.tags["weightgate.decision"] == "approve"
+    row = decision_of(server["url"], "encoder", decided["healthy"])
+    # the decision's details, beside the evidence
+    assert {key: run.data.params[key] for key in ("policy_sha256", "weights_sha256", "source", "decided_at")} == \
+        {key: row[key] for key in ("policy_sha256", "weights_sha256", "source", "decided_at")}
+    assert run.data.params["attempts"] == str(row["attempts"]) and run.data.tags["weightgate.reason"] == row["reason"]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's model-training view
     assert run.data.metrics["model.num_analysed"] == 6
     # what `weightgate rank` orders by, so the MLflow UI compares versions on the same numbers
     assert {"model.alpha_weighted", "model.alpha", "model.log_alpha_norm", "model.mlh"} <= set(run.data.metrics)
@@ -153,8 +168,14 @@ MALFORMED = [  # (path, method, body, credential, the field the 400 names)
      WORKER, "lease_seconds"),
     ("/api/2.0/weightgate/record", "POST", {"name": "encoder", "version": "x", "worker": "w"}, WORKER, "version"),
     ("/api/2.0/weightgate/record", "POST", {"name": "encoder", "version": 1, "tags": {}}, WORKER, "worker"),
-    ("/api/2.0/weightgate/record", "POST", {"name": "encoder", "version": 1, "worker": "w", "tags": ["gate.status"]},
-     WORKER, "tags"),
+    ("/api/2.0/weightgate/record", "POST", {"name": "encoder", "version": 1, "worker": "w", "decision": ["approved"]},
+     WORKER, "decision"),
+    ("/api/2.0/weightgate/record", "POST", {"name": "encoder", "version": 1, "worker": "w", "decision": {
+        "status": "fine", "summary": "s", "reason": "r", "source": "/x", "decided_at": "t", "attempts": 1}},
+     WORKER, "decision.status"),
+    ("/api/2.0/weightgate/record", "POST", {"name": "encoder", "version": 1, "worker": "w", "decision": {
+        "status": "approved", "summary": "s", "reason": "r", "source": "/x", "decided_at": "t", "attempts": "two"}},
+     WORKER, "decision.attempts"),
     ("/api/2.0/weightgate/rescan", "POST", {"version": 1}, OVERRIDE, "name"),
     ("/api/2.0/weightgate/rescan", "POST", {"name": "encoder", "version": "latest"}, OVERRIDE, "version"),
     ("/api/2.0/weightgate/override", "POST", {"name": "encoder", "version": 1, "reason": "   "}, OVERRIDE, "reason"),
@@ -233,14 +254,63 @@ def test_gate_tags_cannot_be_spoofed(server, client, decided, weights):
         client.delete_model_version_tag("encoder", decided["broken"], "gate.status")
     with pytest.raises(MlflowException, match="written only by weightgate"):
         client.set_registered_model_tag("encoder", "gate.trusted", "yes")
-    status, _ = post(server["url"], "/ajax-api/2.0/mlflow/model-versions/create",
-                     {"name": "encoder", "source": "/tmp/x", "tags": [{"key": "gate.status", "value": "approved"}]})
-    assert status == 403
     status, _ = post(server["url"], "/api/2.0/weightgate/record",
-                     {"name": "encoder", "version": 2, "worker": "me", "tags": {"gate.status": "approved"}})
+                     {"name": "encoder", "version": 2, "worker": "me", "decision": {"status": "approved"}})
     assert status == 403
     assert client.get_model_version("encoder", decided["broken"]).tags["gate.status"] == "blocked"
     client.set_model_version_tag("encoder", decided["broken"], "team.note", "ordinary tags still work")
+
+
+def ledger_rows(url: str, name: str) -> list[dict]:
+    with urllib.request.urlopen(f"{url}/weightgate/api/ledger?name={name}", timeout=120) as response:
+        return json.loads(response.read())["entries"]
+
+
+def test_a_copy_drops_its_source_gate_tags_and_is_decided_itself(server, client, decided):
+    """MLflow's "copy model version" (the UI's Promote model) sends the source's tags with the new
+    version: the gate.* ones are dropped, not refused, the drop is in the ledger, and the copy waits
+    for its own decision in its own model."""
+    healthy = decided["healthy"]
+    copy = client.copy_model_version(f"models:/encoder/{healthy}", "encoder-prod")  # raises on a 403
+    tags = client.get_model_version("encoder-prod", copy.version).tags
+    assert tags["gate.status"] == "pending" and "gate.decision_run" not in tags
+    assert "source's gate.* tags, which were dropped" in tags["gate.summary"]
+    rows = ledger_rows(server["url"], "encoder-prod")
+    assert [(r["action"], r["outcome"], r["status"]) for r in rows] == [
+        ("registered", "recorded", "pending"), ("gate-tags-dropped", "recorded", "pending")]
+    assert "gate.status=approved" in rows[1]["detail"] and f"models:/encoder/{healthy}" in rows[1]["detail"]
+    with pytest.raises(Exception, match="waiting for its weightgate scan"):
+        client.set_registered_model_alias("encoder-prod", "champion", copy.version)
+    # The UI's own request, with a client-made gate tag: created (200), the tag left out.
+    status, body = post(server["url"], "/ajax-api/2.0/mlflow/model-versions/create",
+                        {"name": "encoder-prod", "source": f"models:/encoder/{decided['broken']}",
+                         "tags": [{"key": "gate.status", "value": "approved"}, {"key": "team", "value": "search"}]})
+    assert status == 200, body
+    tags = client.get_model_version("encoder-prod", body["model_version"]["version"]).tags
+    assert tags["gate.status"] == "pending" and tags["team"] == "search"
+    run_worker(server["url"])
+    copied, source = decision_of(server["url"], "encoder-prod", copy.version), decision_of(server["url"], "encoder", healthy)
+    assert copied["status"] == "approved" and copied["source"] == f"models:/encoder/{healthy}"
+    assert copied["weights_sha256"] == source["weights_sha256"]  # the same weights, judged again in their new model
+    assert copied["decision_run"] != source["decision_run"]
+    client.set_registered_model_alias("encoder-prod", "champion", copy.version)
+    assert decision_of(server["url"], "encoder-prod", body["model_version"]["version"])["status"] == "blocked"
+
+
+def test_alias_deletions_record_the_version_held_or_that_nothing_was_there(server, client, decided):
+    healthy = decided["healthy"]
+    client.set_registered_model_alias("encoder", "production", healthy)
+    # As MLflow's UI alias editor sends it (name, alias and a version), here a stale version.
+    status, _ = post(server["url"], "/ajax-api/2.0/mlflow/registered-models/alias",
+                     {"name": "encoder", "alias": "production", "version": "99"}, method="DELETE")
+    assert status == 200
+    status, _ = post(server["url"], "/api/2.0/mlflow/registered-models/alias",
+                     {"name": "encoder", "alias": "production"}, method="DELETE")
+    assert status == 200  # MLflow answers a deletion of a missing alias with success
+    deletions = [r for r in ledger_rows(server["url"], "encoder") if r["action"] == "alias-delete"
+                 and r["target"] == "production"]
+    assert [(r["version"], r["outcome"]) for r in deletions[-2:]] == [(str(healthy), "allowed"), ("", "not-found")]
+    assert "nothing was deleted" in deletions[-1]["detail"]
 
 
 def test_override_needs_credential_and_is_audited(server, client, decided):
@@ -254,10 +324,15 @@ def test_override_needs_credential_and_is_audited(server, client, decided):
                           text=True, timeout=120, env={**os.environ, "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret"})
     assert done.returncode == 0, done.stderr
     tags = client.get_model_version("encoder", decided["broken"]).tags
-    assert tags["gate.status"] == "overridden"
-    assert tags["gate.override_reason"] == "hotfix approved by the platform lead"
-    assert tags["gate.override_by"].startswith("override-credential:")
-    assert tags["gate.override_previous_status"] == "blocked" and tags["gate.override_at"].endswith("Z")
+    assert tags["gate.status"] == "overridden" and len([k for k in tags if k.startswith("gate.")]) == 4
+    assert tags["gate.summary"].startswith("overridden: approved by override-credential:")
+    row = decision_of(url, "encoder", decided["broken"])
+    assert row["override_reason"] == "hotfix approved by the platform lead"
+    assert row["override_by"].startswith("override-credential:")
+    assert row["override_previous_status"] == "blocked" and row["override_at"].endswith("Z")
+    assert "no-nonfinite-layers" in row["reason"]  # the overridden decision stays on record
+    note = client.get_run(tags["gate.decision_run"]).data.tags["weightgate.override"]
+    assert "hotfix approved by the platform lead" in note and "(was blocked)" in note
     client.set_registered_model_alias("encoder", "prod", decided["broken"])  # now allowed
     assert "weightgate override" in (server["workdir"] / "mlflow-server.log").read_text()
 
@@ -282,9 +357,10 @@ def test_expired_claim_is_taken_over(server, client, weights):
     assert claim_as_dead_worker(0) == (200, {"claimed": True})  # the lease runs out now
     assert "processed 1 model version(s)" in run_worker(server["url"]).stdout
     assert client.get_model_version("takeover", version).tags["gate.status"] == "approved"
+    late = {"status": "blocked", "summary": "blocked: late", "reason": "late", "source": "x", "decided_at": "t",
+            "attempts": 1}
     status, _ = post(server["url"], "/api/2.0/weightgate/record",
-                     {"name": "takeover", "version": int(version), "worker": "dead-worker",
-                      "tags": {"gate.status": "blocked"}}, headers)
+                     {"name": "takeover", "version": int(version), "worker": "dead-worker", "decision": late}, headers)
     assert status == 409
     assert claim_as_dead_worker(3600) == (200, {"claimed": False})  # a recorded version cannot be claimed
     assert client.get_model_version("takeover", version).tags["gate.status"] == "approved"
@@ -371,7 +447,8 @@ def test_log_model_registration_pt2_is_scanned_without_unpickling(server, client
     assert client.get_model_version("logged", version.version).tags["gate.status"] == "pending"
     run_worker(server["url"])
     tags = client.get_model_version("logged", version.version).tags
-    assert tags["gate.status"] == "blocked" and "no-nonfinite-layers" in tags["gate.reason"]
+    assert tags["gate.status"] == "blocked"
+    assert "no-nonfinite-layers" in decision_of(server["url"], "logged", version.version)["reason"]
 
 
 def test_queue_command_reports_statuses(server, decided):

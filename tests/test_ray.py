@@ -246,7 +246,8 @@ def test_registry_worker_with_ray_executor_decides_a_registered_version(cluster,
         tags = client.get_model_version("llama", version).tags
         status = {"approve": "approved", "warn": "warned", "block": "blocked"}[local_decision["decision"]]
         assert tags["gate.status"] == status, tags
-        assert tags["gate.weights_sha256"] == single.weights_sha256 == local_decision["weights_sha256"]
+        weights_sha256 = client.get_run(tags["gate.decision_run"]).data.params["weights_sha256"]
+        assert weights_sha256 == single.weights_sha256 == local_decision["weights_sha256"]
         metrics = client.get_run(tags["gate.decision_run"]).data.metrics
         assert metrics["model.num_analysed"] == single.summary["num_analysed"]
         assert metrics["model.alpha"] == pytest.approx(single.summary["alpha"], rel=1e-12)

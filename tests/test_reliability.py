@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from deploy.local.mlflow_server import free_port, start_server, stop_server
 
-from registry_helpers import register_file, two_minilm_matrices
+from registry_helpers import decision_of, register_file, two_minilm_matrices
 
 pytestmark = pytest.mark.server  # every test here runs against real servers
 
@@ -179,21 +179,22 @@ def test_broken_versions_never_spoil_others_and_baselines_are_fit(gate_server, c
                            "--heartbeat-file", str(heartbeat), once=False)
     try:
         wait_for(lambda: decided(client, name, gone) and decided(client, name, healthy), "versions 1 and 2")
-        tags = client.get_model_version(name, gone).tags
-        assert tags["gate.status"] == "error" and f"models:/{name}/{gone}" in tags["gate.reason"]
-        tags = client.get_model_version(name, healthy).tags
-        assert tags["gate.status"] == "approved" and tags["gate.baseline"] == ""
-        assert f"models:/{name}/{gone} is error" in tags["gate.baseline_note"]
+        row = decision_of(gate_server.url, name, gone)
+        assert row["status"] == "error" and f"models:/{name}/{gone}" in row["reason"]
+        assert client.get_model_version(name, gone).tags["gate.summary"].startswith("error: ")
+        row = decision_of(gate_server.url, name, healthy)
+        assert row["status"] == "approved" and row["baseline"] == ""
+        assert f"models:/{name}/{gone} is error" in row["baseline_note"]
 
         blocked = register_file(client, name, model_file.with_name("nan.safetensors"))
         assert wait_for(lambda: decided(client, name, blocked), "version 3") == "blocked"
-        assert client.get_model_version(name, blocked).tags["gate.baseline"] == f"models:/{name}/{healthy}"
+        assert decision_of(gate_server.url, name, blocked)["baseline"] == f"models:/{name}/{healthy}"
 
         later = register_file(client, name, model_file)
         assert wait_for(lambda: decided(client, name, later), "version 4") == "approved"
-        tags = client.get_model_version(name, later).tags
-        assert tags["gate.baseline"] == f"models:/{name}/{healthy}"  # not the blocked predecessor
-        assert f"models:/{name}/{blocked} is blocked" in tags["gate.baseline_note"]
+        row = decision_of(gate_server.url, name, later)
+        assert row["baseline"] == f"models:/{name}/{healthy}"  # not the blocked predecessor
+        assert f"models:/{name}/{blocked} is blocked" in row["baseline_note"]
 
         client.set_registered_model_alias(name, "champion", healthy)
         weights_dir = Path(gate_server.workdir, "artifacts",
@@ -201,15 +202,17 @@ def test_broken_versions_never_spoil_others_and_baselines_are_fit(gate_server, c
         shutil.rmtree(weights_dir)  # the champion's files are lost
         last = register_file(client, name, model_file)
         assert wait_for(lambda: decided(client, name, last), "version 5") == "approved"
-        tags = client.get_model_version(name, last).tags
-        assert tags["gate.baseline"] == f"models:/{name}/{later}"
-        assert f"models:/{name}/{healthy} could not be read" in tags["gate.baseline_note"]
+        row = decision_of(gate_server.url, name, last)
+        assert row["baseline"] == f"models:/{name}/{later}"
+        assert f"models:/{name}/{healthy} could not be read" in row["baseline_note"]
 
         assert worker.process.poll() is None  # one process, still serving
         done = {entry["version"]: entry for entry in worker.events("version_done") if entry["model"] == name}
-        assert {v: done[v]["outcome"] for v in done} == {gone: "error", healthy: "approved", blocked: "blocked",
-                                                         later: "approved", last: "approved"}
-        assert all(entry["duration_s"] > 0 for entry in done.values())
+        assert {v: done[v]["outcome"] for v in done} == {int(gone): "error", int(healthy): "approved",
+                                                         int(blocked): "blocked", int(later): "approved",
+                                                         int(last): "approved"}
+        assert all(isinstance(entry["duration_s"], float) and entry["duration_s"] > 0 for entry in done.values())
+        assert all(isinstance(entry["attempts"], int) for entry in done.values())
         beat = json.loads(heartbeat.read_text())
         assert beat["pid"] == worker.process.pid and beat["time"].endswith("Z")
     finally:
@@ -235,9 +238,9 @@ def test_unwritable_artifact_store_ends_in_error_then_rescan_approves(gate_serve
         store.unlink()
         if aside.exists():
             aside.rename(store)
-    tags = client.get_model_version(name, version).tags
-    assert tags["gate.status"] == "error" and tags["gate.attempts"] == "2"
-    assert tags["gate.reason"].startswith("writing the decision run (metrics, report, artifact upload) failed")
+    row = decision_of(gate_server.url, name, version)
+    assert row["status"] == "error" and row["attempts"] == 2
+    assert row["reason"].startswith("writing the decision run (metrics, report, artifact upload) failed")
 
     rescan = subprocess.run([sys.executable, "-m", "gate", "rescan", name, version, "--tracking-uri",
                              gate_server.url], capture_output=True, text=True, timeout=300,

@@ -14,9 +14,10 @@ GUARDED_HANDLERS = {"_set_registered_model_alias", "_delete_registered_model_ali
                     "_set_model_version_tag", "_delete_model_version_tag", "_set_registered_model_tag",
                     "_delete_registered_model_tag", "_create_model_version", "_create_registered_model",
                     "_copy_model_version"}  # the last one where an MLflow version has a route for it
-# ... and after MLflow answered (pending status, ledger rows).
+# ... and after MLflow answered (pending status, ledger rows, decisions following a renamed model).
 RECORDED_HANDLERS = {"_create_model_version", "_set_registered_model_alias", "_delete_registered_model_alias",
-                     "_transition_stage", "_set_model_version_tag", "_delete_model_version_tag"}
+                     "_transition_stage", "_set_model_version_tag", "_delete_model_version_tag",
+                     "_rename_registered_model"}
 
 
 def _served(handler_names: set[str]) -> dict[str, set[tuple[str, str]]]:
@@ -39,7 +40,7 @@ def test_every_prefix_of_every_guarded_route_is_in_the_tables(monkeypatch, stati
         monkeypatch.setenv("_MLFLOW_STATIC_PREFIX", static_prefix)  # what `mlflow server --static-prefix` sets
     before, after = route_table(BEFORE_REQUEST), route_table(AFTER_REQUEST)
     guarded, recorded = _served(GUARDED_HANDLERS), _served(RECORDED_HANDLERS)
-    assert set(guarded) >= GUARDED_HANDLERS - {"_copy_model_version"}  # MLflow 3.17: copies go through create
+    assert set(guarded) >= GUARDED_HANDLERS - {"_copy_model_version"}  # MLflow 3.17/3.18: copies go through create
     assert set(recorded) == RECORDED_HANDLERS
     for name, routes in guarded.items():
         prefixes = {path.split("/mlflow/")[0] for path, _ in routes}

@@ -47,8 +47,7 @@ def test_every_decision_word_has_a_status():
 
     assert set(words.STATUS_OF_DECISION) == set(Verdict)
     assert set(words.STATUS_OF_DECISION.values()) <= set(VersionStatus)
-    assert all(key.startswith(words.TAG_PREFIX) for key in (words.STATUS, words.REASON, words.BASELINE_NOTE,
-                                                             words.VIOLATION, words.OVERRIDE_BY))
+    assert all(key.startswith(words.TAG_PREFIX) for key in words.VERSION_TAGS) and len(words.VERSION_TAGS) == 4
 
     def outcome(status: RuleStatus, severity: Verdict) -> RuleOutcome:
         return RuleOutcome("r", severity, "model", "alpha", status, 1.0, {})

@@ -69,11 +69,17 @@ def test_webhook_mode_end_to_end(tmp_path):
             version = register_file(client, "hooked", tmp_path / "model.safetensors")
             status = wait_for(lambda: client.get_model_version("hooked", version).tags.get("gate.status"))
             assert status == "blocked"
+            tags = client.get_model_version("hooked", version).tags
+            assert set(tags) == {"gate.status", "gate.summary", "gate.page", "gate.decision_run"}
+            assert tags["gate.page"].startswith(f"{url}/#/experiments/") and tags["gate.page"].endswith("report.html")
+            assert "no-nonfinite-layers" in client.get_run(tags["gate.decision_run"]).data.tags["weightgate.reason"]
             client.set_registered_model_alias("hooked", "champion", version)  # accepted: no plugin here
             wait_for(lambda: "champion" not in client.get_registered_model("hooked").aliases)
             # The receiver removes the alias, then records why: wait for the record too.
-            violation = wait_for(lambda: client.get_model_version("hooked", version).tags.get("gate.violation"))
+            violation = wait_for(lambda: client.get_run(tags["gate.decision_run"]).data.tags.get("weightgate.violation"))
             assert "champion" in violation and "removed by weightgate" in violation
+            summary = client.get_model_version("hooked", version).tags["gate.summary"]
+            assert summary.startswith("blocked: ") and "protected alias 'champion' removed at" in summary
             forged = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"{}", method="POST",
                                             headers={"X-MLflow-Signature": "v1,AAAA", "X-MLflow-Delivery-Id": "x",
                                                      "X-MLflow-Timestamp": str(int(time.time()))})
@@ -93,11 +99,11 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _signed(body: dict, delivery: str = "d-1") -> dict:
+def _signed(body: dict, delivery: str = "d-1", age: int = 0) -> dict:
     from mlflow.webhooks.delivery import _generate_hmac_signature
 
     text = json.dumps(body)
-    now = str(int(time.time()))
+    now = str(int(time.time()) - age)
     return {"data": text, "content_type": "application/json",
             "headers": {"X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": now,
                         "X-MLflow-Signature": _generate_hmac_signature(SECRET, delivery, now, text)}}
@@ -159,3 +165,64 @@ def test_receiver_isolates_events_and_refuses_what_it_cannot_take(tmp_path, monk
         experiment = client.get_experiment_by_name("weightgate")
         runs = client.search_runs([experiment.experiment_id], "tags.`weightgate.model` = 'queued'")
         assert sorted(r.data.tags["weightgate.version"] for r in runs) == sorted([first, second])
+
+
+@pytest.mark.server
+def test_deliveries_are_taken_once_and_stale_ones_refused(tmp_path, minilm_dir):
+    """MLflow delivers again when an answer is lost: the same delivery id is acknowledged, not queued
+    twice. A delivery signed more than 300 s ago is a replay (401); one signed 299 s ago is not."""
+    from mlflow import MlflowClient
+
+    from mlflow_plugin.service.webhook import WebhookGate, create_receiver
+    from mlflow_plugin.service.worker import WorkerSettings
+
+    save_file(two_minilm_matrices(minilm_dir), tmp_path / "model.safetensors")
+    with mlflow_server(tmp_path, env={"MLFLOW_DISABLE_TELEMETRY": "true"}) as url:
+        client = MlflowClient(url, url)
+        version = register_file(client, "once", tmp_path / "model.safetensors")
+        app = create_receiver(WebhookGate(WorkerSettings(url, device="cpu")), SECRET)
+        events, receiver = app.extensions["weightgate_events"], app.test_client()
+        body = {"entity": "model_version", "action": "created", "data": {"name": "once", "version": version}}
+        first = receiver.post("/", **_signed(body, "delivery-7"))
+        again = receiver.post("/", **_signed(body, "delivery-7"))
+        assert first.status_code == again.status_code == 200
+        assert first.get_json() == {"accepted": True}
+        assert again.get_json() == {"accepted": False, "reason": "delivery already accepted"}
+        assert receiver.post("/", **_signed(body, "delivery-8", age=301)).status_code == 401
+        assert receiver.post("/", **_signed(body, "delivery-9", age=299)).status_code == 200
+        assert events.wait_until_idle(timeout=600)
+        assert client.get_model_version("once", version).tags["gate.status"] == "approved"
+        runs = client.search_runs([client.get_experiment_by_name("weightgate").experiment_id],
+                                  "tags.`weightgate.model` = 'once'")
+        assert len(runs) == 1  # delivery-9 found it decided; delivery-7's repeat never reached the queue
+
+
+@pytest.mark.server
+def test_a_lost_delivery_is_found_within_a_minute(tmp_path, minilm_dir, caplog):
+    """No webhook is registered at all, so every delivery is lost: the receiver's reconciliation
+    (every 30 s) finds the new version, queues it, and it is decided."""
+    import logging
+
+    from mlflow import MlflowClient
+
+    from mlflow_plugin.service.webhook import WebhookGate, create_receiver
+    from mlflow_plugin.service.worker import WorkerSettings
+
+    caplog.set_level(logging.INFO, logger="mlflow_plugin")
+    save_file(two_minilm_matrices(minilm_dir), tmp_path / "model.safetensors")
+    with mlflow_server(tmp_path, env={"MLFLOW_DISABLE_TELEMETRY": "true"}) as url:
+        client = MlflowClient(url, url)
+        app = create_receiver(WebhookGate(WorkerSettings(url, device="cpu")), SECRET, reconcile_seconds=30)
+        reconciler = app.extensions["weightgate_reconciler"]
+        try:
+            version = register_file(client, "lost", tmp_path / "model.safetensors")
+            created_ms = client.get_model_version("lost", version).creation_timestamp
+            assert wait_for(lambda: client.get_model_version("lost", version).tags.get("gate.status")
+                            not in (None, "pending")) is True
+        finally:
+            reconciler.stop()
+        found = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "reconciled"
+                 and r.fields["model"] == "lost"]
+        assert found and found[0].fields["version"] == int(version)
+        assert found[0].created * 1000 - created_ms <= 60_000  # queued within a minute of its registration
+        assert client.get_model_version("lost", version).tags["gate.status"] == "approved"

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from gate.sources import TensorInfo, WeightSource, open_source
 
-from registry_helpers import register_file, two_minilm_matrices
+from registry_helpers import register_file, run_params, two_minilm_matrices
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -55,11 +55,11 @@ def test_version_and_baseline_are_each_read_once(mlflow_tracking_uri, tmp_path, 
         opened.append((uri, source))
         return source
 
-    judge = VersionJudge(WorkerSettings(url, device="cpu"), TagRecorder(client), client=client,
+    judge = VersionJudge(WorkerSettings(url, device="cpu"), TagRecorder(client, url), client=client,
                          open_weights=open_counting)
     assert judge.process(client.get_model_version("read-once", first)) == "approved"
     assert judge.process(client.get_model_version("read-once", second)) == "approved"
-    assert client.get_model_version("read-once", second).tags["gate.baseline"] == f"models:/read-once/{first}"
+    assert run_params(client, client.get_model_version("read-once", second).tags)["baseline"] == f"models:/read-once/{first}"
     # The first version alone (no baseline yet); then the second and, once, its baseline the first.
     assert [uri for uri, _ in opened] == [f"models:/read-once/{first}", f"models:/read-once/{second}",
                                          f"models:/read-once/{first}"]

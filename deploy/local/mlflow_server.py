@@ -27,7 +27,7 @@ def free_port() -> int:
 
 def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
                  backend_uri: str | None = None, port: int | None = None,
-                 static_prefix: str | None = None) -> tuple[subprocess.Popen, str]:
+                 static_prefix: str | None = None, python: str = sys.executable) -> tuple[subprocess.Popen, str]:
     """Start ``mlflow server`` in its own process group (sqlite in ``workdir`` unless ``backend_uri``,
     artifacts proxied to ``workdir/artifacts``); return the process and its URL once healthy.
 
@@ -37,12 +37,14 @@ def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str,
     MLflow's job runner (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``, on by default) starts several huey
     worker processes per server; the gate uses no server jobs, so it is off unless the caller's
     ``env`` or this process's environment sets it.
+
+    ``python`` is the interpreter whose MLflow serves (another virtualenv's: an older MLflow).
     """
     allow_processes("an MLflow server")
     port = port or free_port()
     url = f"http://127.0.0.1:{port}{static_prefix or ''}"
     command = [
-        sys.executable, "-m", "mlflow", "server",
+        python, "-m", "mlflow", "server",
         "--backend-store-uri", backend_uri or f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination", str(workdir / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -60,7 +62,10 @@ def start_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str,
 
 
 def stop_server(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return  # the whole group has exited already (start_server reports why)
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
@@ -70,9 +75,9 @@ def stop_server(process: subprocess.Popen) -> None:
 @contextmanager
 def mlflow_server(workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
                   backend_uri: str | None = None, port: int | None = None,
-                  static_prefix: str | None = None) -> Iterator[str]:
+                  static_prefix: str | None = None, python: str = sys.executable) -> Iterator[str]:
     """:func:`start_server` for the duration of a ``with`` block; yields the URL."""
-    process, url = start_server(workdir, extra_args, env, backend_uri, port, static_prefix)
+    process, url = start_server(workdir, extra_args, env, backend_uri, port, static_prefix, python)
     try:
         yield url
     finally:

@@ -57,6 +57,9 @@ class WeightgateGroup(click.Group):
         return getattr(importlib.import_module(module_name), attribute)
 
     def invoke(self, ctx: click.Context) -> Any:
+        from gate.mlflow_connection import apply_http_defaults
+
+        apply_http_defaults()  # MLflow's client fails fast, naming the server, unless the user said otherwise
         try:
             return super().invoke(ctx)
         except GateInputError as err:
@@ -69,6 +72,7 @@ class WeightgateGroup(click.Group):
     **{name: f"gate.cli.service_commands.{name.replace('-', '_')}"
        for name in ("worker", "webhook-receiver", "rescan", "queue", "override")},
     "audit": "gate.cli.audit_commands.audit",
+    "backfill": "gate.cli.backfill_command.backfill",
 })
 @click.version_option(package_name="weightgate")
 def main() -> None:
@@ -127,7 +131,8 @@ def scan_options(*names: str) -> Callable[[Command], Command]:
 def source_options(command: Command) -> Command:
     """Options every command that reads models shares."""
     command = click.option("--tracking-uri", default=None,
-                           help="MLflow tracking URI for models:/ and runs:/ sources")(command)
+                           help="MLflow tracking URI for models:/ and runs:/ sources (default: MLFLOW_TRACKING_URI; "
+                                "without either such a source is refused)")(command)
     return click.option("--allow-pickle", is_flag=True,
                         help="fully load a pickle in which the safe reader finds no weights (runs code from the "
                              "file: only for trusted authors)")(command)

@@ -1,7 +1,9 @@
-"""Commands of the gate's services: ``worker``, ``webhook-receiver``, ``rescan``, ``queue``, ``override``.
+"""Commands of the gate's services: ``worker``, ``webhook-receiver``, ``rescan``, ``queue``, ``override``
+(``backfill`` is in :mod:`gate.cli.backfill_command`).
 
-The long-running ones refuse to start with a device, policy or configuration that would fail
-every version (WorkerSettings checks the device against gate.options' declaration).
+The long-running ones refuse to start with a device, policy, configuration or server that would
+fail every version (WorkerSettings checks the device against gate.options' declaration; the worker
+checks in with the server, :func:`mlflow_plugin.service.worker.check_in`).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, 
     from mlflow_plugin.service.worker import Worker, WorkerSettings
 
     logs.configure(log_format)
-    load_policy(policy_file)  # a policy that does not load would fail every version: refuse to start
+    policy = load_policy(policy_file)  # a policy that does not load would fail every version: refuse to start
     settings = WorkerSettings(tracking_uri, policy_file, device, lease_seconds, worker_id,
                               RetryPolicy(retries, retry_delay), heartbeat_file,
                               ray_address=ray_address if executor == "ray" else None)
@@ -67,9 +69,19 @@ def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, 
         from gate.distributed.executor import connect
 
         connect(ray_address)
-    gate_worker = Worker(settings)
+    gate_worker = Worker(settings, policy.sha256)
     count = gate_worker.run(once=once, poll_seconds=poll_seconds)
-    click.echo(f"processed {count} model version(s)")
+    _finished(log_format, f"processed {count} model version(s)", event="worker_done", processed=count)
+
+
+def _finished(log_format: str, line: str, **fields) -> None:
+    """A service's closing line: printed for people, an event in JSON logs."""
+    if log_format == "json":
+        from mlflow_plugin.service import logs
+
+        logs.event(line, **fields)
+    else:
+        click.echo(line)
 
 
 @click.command()
@@ -102,9 +114,11 @@ def rescan(name: str, version: int, tracking_uri: str) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
 @click.option("--policy", "policy_file", default=None, envvar="WEIGHTGATE_POLICY")
 @scan_option("device", envvar="WEIGHTGATE_DEVICE")
+@click.option("--reconcile-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="look this often for versions whose delivery never came (0: never)")
 @service_options
 def webhook_receiver(tracking_uri: str, secret: str, host: str, port: int, policy_file: str | None,
-                     device: str, log_format: str, retries: int, retry_delay: float) -> None:
+                     device: str, reconcile_seconds: float, log_format: str, retries: int, retry_delay: float) -> None:
     """Gate an MLflow server that cannot load the plugin, through its webhooks.
 
     Register a webhook for model_version.created, model_version_alias.created and
@@ -121,11 +135,15 @@ def webhook_receiver(tracking_uri: str, secret: str, host: str, port: int, polic
     load_policy(policy_file)  # a policy that does not load would fail every version: refuse to start
     gate_receiver = WebhookGate(WorkerSettings(tracking_uri, policy_file, device,
                                                retry=RetryPolicy(retries, retry_delay)))
-    click.echo(f"scanned {pending_on_start(gate_receiver)} version(s) registered while the receiver was down")
-    click.echo(f"weightgate webhook receiver on http://{host}:{port}")
+    scanned = pending_on_start(gate_receiver)
+    _finished(log_format, f"scanned {scanned} version(s) registered while the receiver was down",
+              event="caught_up", scanned=scanned)
+    _finished(log_format, f"weightgate webhook receiver on http://{host}:{port}", event="listening", host=host,
+              port=port)
     from werkzeug.serving import run_simple
 
-    run_simple(host, port, create_receiver(gate_receiver, secret), threaded=True)
+    run_simple(host, port, create_receiver(gate_receiver, secret, reconcile_seconds=reconcile_seconds or None),
+               threaded=True)
 
 
 @click.command()

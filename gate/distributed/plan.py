@@ -118,13 +118,18 @@ def _plan_mlflow(uri: str, tracking_uri: str | None, allow_pickle: bool) -> Scan
     anything else is one part that downloads the whole model, as a single-process scan does."""
     from mlflow.exceptions import MlflowException
 
+    from gate.mlflow_connection import resolve_tracking_uri, unreachable_cause, unreachable_error
     from gate.sources.mlflow_uri import _model_location
 
+    tracking_uri = resolve_tracking_uri(tracking_uri, uri)
     try:
         location = _model_location(uri, tracking_uri) if uri.startswith("models:/") else uri
         folder = _weights_folder(location, tracking_uri)
         parts, names = _safetensors_parts(folder, tracking_uri) if folder else ((), None)
     except MlflowException as err:
+        cause = unreachable_cause(err)
+        if cause is not None:
+            raise unreachable_error(tracking_uri, uri, cause) from err
         raise GateInputError(f"{uri}: MLflow could not resolve this model: {err.message}") from err
     if not parts:
         parts = (Part(WHOLE_SOURCE, uri, True, None, 0),)

@@ -1,7 +1,9 @@
 """MLflow model URIs (``models:/name/1``, ``models:/name@alias``, ``models:/m-<id>``, ``runs:/<id>/path``).
 
 Artifacts are downloaded to a private temporary folder, which is removed when the source closes;
-the weights are then read by the local-file readers, never by unpickling an MLflow model.
+the weights are then read by the local-file readers, never by unpickling an MLflow model. The server
+is the one the caller named (:func:`gate.mlflow_connection.resolve_tracking_uri`), and one
+that cannot be reached is an input error naming it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from gate.errors import GateInputError
+from gate.mlflow_connection import resolve_tracking_uri, unreachable_cause, unreachable_error
 from gate.sources.base import WeightSource
 from gate.sources.composite import CompositeSource
 
@@ -29,6 +32,7 @@ def open_mlflow_uri(uri: str, allow_pickle: bool = False, tracking_uri: str | No
 
     from gate.sources.local_files import open_local
 
+    tracking_uri = resolve_tracking_uri(tracking_uri, uri)
     workdir = Path(tempfile.mkdtemp(prefix="weightgate-"))
     local = workdir
     try:
@@ -40,6 +44,9 @@ def open_mlflow_uri(uri: str, allow_pickle: bool = False, tracking_uri: str | No
         inner = open_local(local, allow_pickle)
     except MlflowException as err:
         shutil.rmtree(workdir, ignore_errors=True)
+        cause = unreachable_cause(err)
+        if cause is not None:
+            raise unreachable_error(tracking_uri, uri, cause) from err
         raise GateInputError(f"{uri}: MLflow could not resolve this model: {err.message}") from err
     except GateInputError as err:  # e.g. a refused pickle: name what the user gave, not our temporary copy
         shutil.rmtree(workdir, ignore_errors=True)
@@ -63,6 +70,7 @@ def _model_location(uri: str, tracking_uri: str | None) -> str:
     from mlflow import MlflowClient
     from mlflow.store.artifact.utils.models import get_model_name_and_version
 
+    tracking_uri = resolve_tracking_uri(tracking_uri, uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     identifiers = get_model_name_and_version(client, uri)
     if len(identifiers) == 1:  # models:/m-<id>, a logged model

@@ -7,11 +7,14 @@ tables keyed by MLflow's own endpoint table, small functions per check. The part
   MLflow registers;
 - :mod:`~mlflow_plugin.server.enforcement`: the checks (protected aliases, stages, ``gate.*``
   tags) and the ledger rows written after MLflow answered;
-- :mod:`~mlflow_plugin.server.endpoints`: ``/api/2.0/weightgate/{claim,record,override,rescan}``;
-- :mod:`~mlflow_plugin.server.gate_page`: ``/weightgate/``, behind MLflow's own authentication
+- :mod:`~mlflow_plugin.server.endpoints`:
+  ``/api/2.0/weightgate/{hello,claim,record,override,rescan,backfill}``;
+- :mod:`~mlflow_plugin.server.gate_page` (with :mod:`~mlflow_plugin.server.page_queries` and
+  :mod:`~mlflow_plugin.server.page_views`): ``/weightgate/``, behind MLflow's own authentication
   when composed with basic-auth;
-- :mod:`~mlflow_plugin.server.ledger` and :mod:`~mlflow_plugin.server.claims`: the tables in
-  MLflow's database.
+- :mod:`~mlflow_plugin.server.decisions`, :mod:`~mlflow_plugin.server.ledger` and
+  :mod:`~mlflow_plugin.server.claims`: the tables in MLflow's database;
+  :mod:`~mlflow_plugin.server.version_tags`: the four ``gate.*`` tags a version shows.
 
 Every refusal is MLflow's JSON error body (:mod:`mlflow_plugin.responses`).
 """

@@ -2,8 +2,9 @@
 
 Two kinds of request reach the gate:
 
-- its own endpoints (``/api/2.0/weightgate/{claim,record,override,rescan}``): the body must be the
-  model; anything else is answered ``400 INVALID_PARAMETER_VALUE`` naming the field;
+- its own endpoints (``/api/2.0/weightgate/{claim,record,override,rescan,backfill}``): the body must
+  be the model; anything else is answered ``400 INVALID_PARAMETER_VALUE`` naming the field (a
+  record's decision is :class:`mlflow_plugin.decision_record.DecisionRecord`);
 - MLflow's registry routes the hooks read (alias, stage, tags, create): only the fields a check
   reads are declared, each optional where MLflow itself requires it, so a request without
   ``alias`` or ``stage`` still reaches MLflow and gets MLflow's own 400. A field of the wrong type
@@ -18,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from mlflow_plugin.decision_record import DecisionRecord
 from mlflow_plugin.responses import Refusal
 
 Text = Annotated[str, StringConstraints(min_length=1)]
@@ -40,7 +42,7 @@ class ClaimBody(Body):
 
 
 class RecordBody(ClaimBody):
-    tags: dict[str, str] = Field(default_factory=dict)
+    decision: DecisionRecord
 
 
 class RescanBody(Body):
@@ -50,6 +52,12 @@ class RescanBody(Body):
 
 class OverrideBody(RescanBody):
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class BackfillBody(Body):
+    """One batch of ``weightgate backfill``: at most ``limit`` versions without a decision are queued."""
+
+    limit: Annotated[int, Field(ge=1, le=1000)] = 200
 
 
 # -- MLflow's registry routes, as far as the hooks read them ---------------------------------------
@@ -71,6 +79,11 @@ class StageParams(VersionParams):
 class TagParams(VersionParams):
     key: str = ""
     value: str = ""
+
+
+class RenameParams(Body):
+    name: str = ""
+    new_name: str = ""
 
 
 class InitialTag(Body):

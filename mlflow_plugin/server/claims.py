@@ -104,14 +104,21 @@ class ClaimStore:
                                       CLAIMS.c.state == RECORDING)
                                .values(state=RECORDED))
 
-    def open_claims(self) -> list[Claim]:
-        """Claims not recorded yet (claimed or recording), expired leases included: what the gate
-        page shows next to the versions waiting for a decision."""
+    def open_claims(self, versions: list[tuple[str, int]]) -> list[Claim]:
+        """Claims not recorded yet (claimed or recording) on ``versions``, expired leases included:
+        what the gate page shows next to the versions waiting for a decision."""
+        if not versions:
+            return []
+        wanted = set(versions)
         query = sa.select(CLAIMS.c.name, CLAIMS.c.version, CLAIMS.c.worker, CLAIMS.c.expires_at).where(
-            CLAIMS.c.state.in_([CLAIMED, RECORDING]))
+            CLAIMS.c.state.in_([CLAIMED, RECORDING]), CLAIMS.c.name.in_({name for name, _ in wanted}))
         with self._engine.connect() as connection:
             return [Claim(row.name, int(row.version), row.worker, float(row.expires_at))
-                    for row in connection.execute(query)]
+                    for row in connection.execute(query) if (row.name, int(row.version)) in wanted]
+
+    def rename_model(self, old: str, new: str) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(CLAIMS.update().where(CLAIMS.c.name == old).values(name=new))
 
     def reset(self, name: str, version: int) -> None:
         """Forget the version's claim: it is queued again (``weightgate rescan``)."""

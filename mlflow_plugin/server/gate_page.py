@@ -1,20 +1,24 @@
 """The gate page at ``/weightgate/``: what the gate decided, what waits, and who promoted what.
 
 Server-rendered HTML from Jinja2 templates (autoescaped; no scripts, no external assets, so it
-works with JavaScript off), plus the ledger as JSON for machines:
+works with JavaScript off), plus JSON routes for machines. Every listing is one page of a query
+(:mod:`mlflow_plugin.server.page_queries`), so a registry of any size answers as fast as a small one:
 
-- ``/weightgate/``: every registered model with its versions (status badge, reason, links to the
-  MLflow version page, the decision run and its report) and the scan queue (pending versions,
-  which worker holds each claim, how long each has waited);
-- ``/weightgate/model?name=NAME``: one model's versions and its promotion history from the ledger;
-- ``/weightgate/api/ledger?name=NAME``: ledger rows as JSON (all readable models without name);
-- ``/weightgate/api/ledger/verify``: the chain check as JSON.
+- ``/weightgate/?name=&status=&promoted=1&page=N``: the count of each status, the scan queue
+  (oldest pending versions, which worker holds each claim), and 50 versions a page, newest activity
+  first, searchable by model name and status; ``promoted=1`` keeps the versions that hold
+  Staging/Production or a protected alias (with ``status=blocked``: blocked but in Production);
+- ``/weightgate/model?name=NAME&page=N&before=ID``: one model's versions and its promotion
+  history from the ledger, newest first, a page at a time;
+- ``/weightgate/api/ledger?name=NAME&after=ID&limit=N``: ledger rows as JSON, oldest first, with
+  ``next_after`` while more follow; ``/weightgate/api/ledger/verify``: the chain check;
+- ``/weightgate/api/decision?name=NAME&version=N``: a version's decision row as JSON.
 
 With ``--app-name weightgate-basic-auth`` the page is as private as MLflow: requests are
 authenticated with basic-auth's configured function (no credentials: 401), a non-admin sees only
 the models basic-auth lets them read, and only admins may run the chain check (its messages name
-rows of every model). Basic-auth has no validator for these routes, and MLflow 3.17 refuses such
-routes to non-admins by default (``MLFLOW_BASIC_AUTH_FAIL_CLOSED``); rather than add entries to
+rows of every model). Basic-auth has no validator for these routes, and MLflow refuses such routes
+to non-admins by default (``MLFLOW_BASIC_AUTH_FAIL_CLOSED``); rather than add entries to
 basic-auth's module-level tables, the page serves its routes from a before-request hook installed
 ahead of basic-auth's (:func:`mlflow_plugin.server.app.create_app_with_basic_auth` registers the
 page first): the hook authenticates, notes the viewer, and answers with the view, so basic-auth's
@@ -23,67 +27,24 @@ hook is never asked about a route it does not know. Every other route still meet
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
 
 from flask import Flask, Response, current_app, g, jsonify, make_response, request
 
-from gate import vocabulary as words
-from gate.vocabulary import NO_STATUS, STATUS, VersionStatus
-from mlflow_plugin.responses import UNAUTHENTICATED, Refusal
-from mlflow_plugin.server.state import ServerGate, registry_store
+from mlflow_plugin.responses import RESOURCE_DOES_NOT_EXIST, UNAUTHENTICATED, Refusal
+from mlflow_plugin.server.page_queries import PageFilter, RegistryQueries
+from mlflow_plugin.server.page_views import BADGES, PAGE_SIZE, page_links, version_view, waiting_view
+from mlflow_plugin.server.state import ServerGate
+from mlflow_plugin.server.version_tags import model_page_path
 
 _ENDPOINT_PREFIX = "weightgate_page_"
-PAGE_PATHS = ("/weightgate/", "/weightgate/model", "/weightgate/api/ledger", "/weightgate/api/ledger/verify")
-BADGES = (*VersionStatus, NO_STATUS)
-
-
-@dataclass
-class VersionView:
-    """One model version as the page shows it."""
-
-    name: str
-    version: str
-    status: str
-    summary: str
-    reason: str
-    aliases: list[str]
-    version_url: str
-    run_url: str | None
-    report_url: str | None
-    decided_at: str
-    override: str
-
-    @property
-    def anchor(self) -> str:
-        return f"v{self.version}"
-
-    @property
-    def reason_lines(self) -> tuple[str, list[str]]:
-        """``gate.reason`` as the verdict's fold-out shows it: the first line (the rule counts) and
-        then one line per rule that did not pass, the changed layers and the rules that passed
-        (gate.report.verdict.reason_text writes it so)."""
-        head, *rest = self.reason.splitlines() or [""]
-        return head, rest
-
-
-def model_page_path(name: str, version: Any | None = None) -> str:
-    """Where a model (and one version's row) is on the gate page, relative to the server root."""
-    return f"/weightgate/model?{urlencode({'name': name})}" + (f"#v{version}" if version is not None else "")
-
-
-def gate_page_tags(decision, tracking_uri: str, version) -> dict[str, str]:
-    """The worker's human-facing tags: ``gate.summary`` and, for an http(s) server, ``gate.page``."""
-    from gate.report.verdict import summary_line
-
-    tags = {words.SUMMARY: summary_line(decision)}
-    if tracking_uri.startswith(("http://", "https://")):
-        tags[words.PAGE] = tracking_uri.rstrip("/") + model_page_path(version.name, version.version)
-    return tags
+PAGE_PATHS = ("/weightgate/", "/weightgate/model", "/weightgate/api/ledger", "/weightgate/api/ledger/verify",
+              "/weightgate/api/decision")
+QUEUE_SHOWN = 20
+HISTORY_PAGE = 100
+LEDGER_JSON_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -95,15 +56,16 @@ class Viewer:
 
 
 class GatePage:
-    """The routes, bound to the running gate (its ledger, claims and configuration)."""
+    """The routes, bound to the running gate (its tables and configuration)."""
 
     def __init__(self, gate: ServerGate) -> None:
         self.gate = gate
+        self.queries = RegistryQueries(gate.decisions.engine, gate.config.protected_aliases)
         self._templates = None
 
     def register(self, app: Flask) -> None:
         views: dict[str, Callable[[], Any]] = dict(zip(PAGE_PATHS, (self.index, self.model, self.ledger_json,
-                                                                    self.verify_json)))
+                                                                    self.verify_json, self.decision_json)))
         for path, view in views.items():
             app.add_url_rule(path, endpoint=_ENDPOINT_PREFIX + path.strip("/").replace("/", "_"), view_func=view,
                              methods=["GET"])
@@ -127,28 +89,42 @@ class GatePage:
 
     # -- views -------------------------------------------------------------------------------
     def index(self) -> str:
-        versions = self._versions()
-        models = sorted({v.name for v in versions})
-        by_model: dict[str, list[VersionView]] = defaultdict(list)
-        for view in versions:
-            by_model[view.name].append(view)
-        return self._render("index.html", models=models, by_model=by_model, queue=self._queue(versions),
-                            counts=_counts(versions), policy_sha256=self.gate.policy_sha256)
+        readable = self._readable_names()
+        where = PageFilter(name=request.args.get("name", "").strip(), status=_status_arg(),
+                           promoted=request.args.get("promoted") == "1")
+        number = _page_number()
+        rows, total = self.queries.page(where, (number - 1) * PAGE_SIZE, PAGE_SIZE, readable)
+        waiting, waiting_total = self.queries.queue(QUEUE_SHOWN, readable)
+        return self._render(
+            "index.html", where=where, versions=self._views(rows), total=total,
+            pages=page_links(request.path, request.args, number, total), counts=self.queries.counts(readable),
+            promoted_unapproved=self.queries.promoted_unapproved(self.gate.config.approving_statuses(), readable),
+            queue=self._queue(waiting), queue_total=waiting_total)
 
     def model(self) -> Response | str:
         name = request.args.get("name", "")
-        if not name or not self._readable([name]):
+        readable = self._readable_names()
+        if not name or (readable is not None and name not in readable) or not self.queries.model_exists(name):
             return make_response(self._render("missing.html", name=name), 404)
-        versions = [v for v in self._versions() if v.name == name]
-        history = list(reversed(self.gate.ledger.entries(name)))
-        return self._render("model.html", name=name, versions=versions, history=history,
-                            queue=[q for q in self._queue(versions)], policy_sha256=self.gate.policy_sha256)
+        number = _page_number()
+        rows, total = self.queries.page(PageFilter(), (number - 1) * PAGE_SIZE, PAGE_SIZE, [name])
+        waiting, _ = self.queries.queue(QUEUE_SHOWN, [name])
+        before = _int_arg("before")
+        history = self.gate.ledger.page(name, before=before, limit=HISTORY_PAGE, newest_first=True)
+        older = history[-1].id if len(history) == HISTORY_PAGE else None
+        return self._render("model.html", name=name, versions=self._views(rows),
+                            total=total, pages=page_links(request.path, request.args, number, total),
+                            history=history, older=older, queue=self._queue(waiting))
 
     def ledger_json(self) -> Response:
         name = request.args.get("name")
-        entries = self.gate.ledger.entries(name)
-        readable = set(self._readable(sorted({e.model for e in entries})))
-        return jsonify({"name": name, "entries": [e.to_dict() for e in entries if e.model in readable]})
+        limit = min(max(_int_arg("limit") or LEDGER_JSON_LIMIT, 1), LEDGER_JSON_LIMIT)
+        readable = self._readable_names()
+        if name is not None and readable is not None and name not in readable:
+            return jsonify({"name": name, "entries": [], "next_after": None})
+        entries = self.gate.ledger.page(name, after=_int_arg("after"), limit=limit, models=readable)
+        return jsonify({"name": name, "entries": [e.to_dict() for e in entries],
+                        "next_after": entries[-1].id if len(entries) == limit else None})
 
     def verify_json(self) -> Response:
         viewer = self._viewer()
@@ -157,74 +133,33 @@ class GatePage:
         result = self.gate.ledger.verify()
         return jsonify({"ok": result.ok, "rows": result.rows, "head": result.head, "problems": result.problems})
 
-    # -- data --------------------------------------------------------------------------------
-    def _versions(self) -> list[VersionView]:
-        store = registry_store()
-        found, token = [], None
-        while True:
-            page = store.search_model_versions(max_results=1000, page_token=token)
-            found.extend(page)
-            token = page.token
-            if not token:
-                break
-        readable = set(self._readable(sorted({v.name for v in found})))
-        aliases = self._aliases(store, readable)
-        views = [self._view(v, aliases.get((v.name, str(v.version)), [])) for v in found if v.name in readable]
-        return sorted(views, key=lambda v: (v.name, -int(v.version)))
+    def decision_json(self) -> Response:
+        name, version = request.args.get("name", ""), request.args.get("version", "")
+        readable = self._readable_names()
+        decision = self.gate.decisions.get(name, version) if version.isdigit() else None
+        if decision is None or (readable is not None and name not in readable):
+            raise Refusal(RESOURCE_DOES_NOT_EXIST, f"no weightgate decision for {name!r} version {version!r}")
+        return jsonify(decision.to_dict())
 
-    def _aliases(self, store, names: set[str]) -> dict[tuple[str, str], list[str]]:
-        result: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for name in names:
-            for alias, version in (store.get_registered_model(name).aliases or {}).items():
-                result[(name, str(version))].append(alias)
-        return result
+    # -- helpers -----------------------------------------------------------------------------
+    def _views(self, rows) -> list:
+        approving = self.gate.config.approving_statuses()
+        return [version_view(row, approving, self.gate.config.is_protected) for row in rows]
 
-    def _view(self, version, aliases: list[str]) -> VersionView:
-        tags = dict(version.tags or {})
-        root = request.script_root + "/"
-        run_id = tags.get(words.DECISION_RUN)
-        run_url = report_url = None
-        experiment_id = _experiment_of(run_id) if run_id else None
-        if experiment_id is not None:
-            run_url = f"{root}#/experiments/{experiment_id}/runs/{run_id}"
-            report_url = f"{run_url}/artifacts/weightgate/report.html"
-        override = ""
-        if tags.get(STATUS) == VersionStatus.OVERRIDDEN:
-            override = (f"overridden by {tags.get(words.OVERRIDE_BY, '?')} at {tags.get(words.OVERRIDE_AT, '?')} "
-                        f"(was {tags.get(words.OVERRIDE_PREVIOUS_STATUS, '?')}): {tags.get(words.OVERRIDE_REASON, '')}")
-        return VersionView(
-            name=version.name, version=str(version.version), status=tags.get(STATUS, NO_STATUS),
-            summary=tags.get(words.SUMMARY, ""), reason=tags.get(words.REASON, ""), aliases=sorted(aliases),
-            version_url=f"{root}#/models/{quote(version.name, safe='')}/versions/{version.version}",
-            run_url=run_url, report_url=report_url, decided_at=tags.get(words.DECIDED_AT, ""), override=override)
+    def _queue(self, rows) -> list[dict[str, Any]]:
+        claims = {(claim.name, claim.version): claim for claim in self.gate.claims.open_claims(
+            [(row.name, row.version) for row in rows])}
+        return [waiting_view(row, claims.get((row.name, row.version))) for row in rows]
 
-    def _queue(self, versions: list[VersionView]) -> list[dict[str, Any]]:
-        """Versions waiting for a decision, oldest first, with the claim a worker holds on each."""
-        waiting = [v for v in versions if v.status in (VersionStatus.PENDING, NO_STATUS)]
-        if not waiting:
-            return []
-        store = registry_store()
-        claims = {(claim.name, str(claim.version)): claim for claim in self.gate.claims.open_claims()}
-        now = time.time()
-        queue = []
-        for view in waiting:
-            created = store.get_model_version(view.name, view.version).creation_timestamp / 1000
-            claim = claims.get((view.name, view.version))
-            live = claim is not None and not claim.expired(now)
-            queue.append({"view": view, "age": _duration(now - created), "age_seconds": now - created,
-                          "claimed_by": claim.worker if live else "",
-                          "lease": _duration(claim.expires_at - now) if live else
-                          ("expired" if claim is not None else "")})
-        return sorted(queue, key=lambda item: -item["age_seconds"])
-
-    def _readable(self, names: list[str]) -> list[str]:
+    def _readable_names(self) -> list[str] | None:
+        """The model names the viewer may read, or None for all (no basic-auth, or an admin)."""
         viewer = self._viewer()
         if viewer is None or viewer.is_admin:
-            return names
+            return None
         from mlflow.server.auth import _rm_or_prompt_read_predicate
 
         can_read = _rm_or_prompt_read_predicate(viewer.username)
-        return [name for name in names if can_read(_Named(name))]
+        return [name for name in self.queries.model_names() if can_read(_Named(name))]
 
     def _viewer(self) -> Viewer | None:
         """The authenticated viewer; None without basic-auth (the page is then as open as the server)."""
@@ -239,12 +174,14 @@ class GatePage:
         if self._templates is None:
             from jinja2 import Environment, PackageLoader
 
+            from gate.vocabulary import NO_STATUS, VersionStatus
+
             self._templates = Environment(loader=PackageLoader("mlflow_plugin.server", "templates"), autoescape=True)
-            self._templates.globals["VersionStatus"] = VersionStatus  # templates compare statuses by name
+            self._templates.globals.update(VersionStatus=VersionStatus, NO_STATUS=NO_STATUS)
         root = request.script_root
         return self._templates.get_template(template).render(
-            badges=BADGES, request_root=root, model_page_path=lambda name, version=None: root + model_page_path(name, version),
-            **context)
+            badges=BADGES, request_root=root, policy_sha256=self.gate.policy_sha256,
+            model_page_path=lambda name, version=None: root + model_page_path(name, version), **context)
 
 
 @dataclass
@@ -255,31 +192,15 @@ class _Named:
     tags: tuple = ()
 
 
+def _int_arg(key: str) -> int | None:
+    value = request.args.get(key, "")
+    return int(value) if value.isdigit() else None
 
 
-def _experiment_of(run_id: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.server.handlers import _get_tracking_store
-
-    try:
-        return _get_tracking_store().get_run(run_id).info.experiment_id
-    except MlflowException:
-        return None
+def _page_number() -> int:
+    return max(_int_arg("page") or 1, 1)
 
 
-def _counts(versions: list[VersionView]) -> dict[str, int]:
-    counts = {badge: 0 for badge in BADGES}
-    for view in versions:
-        counts[view.status if view.status in counts else NO_STATUS] += 1
-    return counts
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 86400} d"
+def _status_arg() -> str:
+    status = request.args.get("status", "")
+    return status if status in BADGES else ""

@@ -147,6 +147,22 @@ class Ledger:
         with self._engine.connect() as connection:
             return [Entry(**dict(row._mapping)) for row in connection.execute(query)]
 
+    def page(self, model: str | None, limit: int, after: int | None = None, before: int | None = None,
+             newest_first: bool = False, models: list[str] | None = None) -> list[Entry]:
+        """At most ``limit`` rows of one model (or of ``models``, or all) with ids after ``after`` and
+        before ``before``: oldest first, or newest first (the gate page's history)."""
+        query = sa.select(LEDGER).order_by(LEDGER.c.id.desc() if newest_first else LEDGER.c.id).limit(limit)
+        if model is not None:
+            query = query.where(LEDGER.c.model == model)
+        if models is not None:
+            query = query.where(LEDGER.c.model.in_(models) if models else sa.false())
+        if after is not None:
+            query = query.where(LEDGER.c.id > after)
+        if before is not None:
+            query = query.where(LEDGER.c.id < before)
+        with self._engine.connect() as connection:
+            return [Entry(**dict(row._mapping)) for row in connection.execute(query)]
+
     def verify(self) -> Verification:
         """Walk the chain and name every row that was edited or deleted."""
         problems: list[str] = []

@@ -6,8 +6,9 @@ registers for each request message: ``/api/2.0/...``, ``/ajax-api/2.0/...``, any
 prefix, and the ``--static-prefix`` in front of all of them. A route MLflow adds under a new prefix
 is guarded by construction; there is no path pattern to keep up to date.
 
-``MlflowClient.copy_model_version`` creates the copy through ``model-versions/create`` (MLflow 3.17
-has no separate copy route), so the copy is pending and its tags are guarded like any new version.
+``MlflowClient.copy_model_version`` and the UI's "Promote model" dialog create the copy through
+``model-versions/create`` with the source's tags (MLflow 3.17 and 3.18 have no separate copy route):
+the copy's ``gate.*`` tags are dropped from the request and it starts pending like any new version.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mlflow.protos.model_registry_pb2 import (
     DeleteModelVersionTag,
     DeleteRegisteredModelAlias,
     DeleteRegisteredModelTag,
+    RenameRegisteredModel,
     SetModelVersionTag,
     SetRegisteredModelAlias,
     SetRegisteredModelTag,
@@ -30,7 +32,7 @@ from mlflow.protos.model_registry_pb2 import (
 )
 
 from mlflow_plugin.responses import Refusal
-from mlflow_plugin.server.bodies import AliasParams, Body, CreateParams, StageParams, TagParams, parse
+from mlflow_plugin.server.bodies import AliasParams, Body, CreateParams, RenameParams, StageParams, TagParams, parse
 from mlflow_plugin.server.enforcement import Enforcement
 
 
@@ -51,8 +53,8 @@ BEFORE_REQUEST: dict[type, Route] = {
     DeleteModelVersionTag: Route(TagParams, Enforcement.guard_tag),
     SetRegisteredModelTag: Route(TagParams, Enforcement.guard_tag),
     DeleteRegisteredModelTag: Route(TagParams, Enforcement.guard_tag),
-    CreateModelVersion: Route(CreateParams, Enforcement.guard_initial_tags),
-    CreateRegisteredModel: Route(CreateParams, Enforcement.guard_initial_tags),
+    CreateModelVersion: Route(CreateParams, Enforcement.drop_initial_tags),
+    CreateRegisteredModel: Route(CreateParams, Enforcement.guard_model_tags),
 }
 
 # Request message -> what is recorded once MLflow has answered (pending status, ledger rows).
@@ -63,6 +65,7 @@ AFTER_REQUEST: dict[type, Route] = {
     TransitionModelVersionStage: Route(StageParams, Enforcement.log_stage),
     SetModelVersionTag: Route(TagParams, Enforcement.log_status_set),
     DeleteModelVersionTag: Route(TagParams, Enforcement.log_status_delete),
+    RenameRegisteredModel: Route(RenameParams, Enforcement.follow_rename),
 }
 
 

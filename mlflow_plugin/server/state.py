@@ -1,5 +1,5 @@
 """What every part of the server plugin shares: its configuration, the policy it enforces, the
-ledger and claims tables in MLflow's database, and who is sending the current request."""
+decisions, ledger and claims tables in MLflow's database, and who is sending the current request."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from typing import Any
 
 from flask import request
 
-from gate import vocabulary as words
-from gate.vocabulary import ACTOR_HEADER, OVERRIDE_TOKEN_HEADER, STATUS, WORKER_TOKEN_HEADER
+from gate.vocabulary import ACTOR_HEADER, OVERRIDE_TOKEN_HEADER, WORKER_TOKEN_HEADER
 from mlflow_plugin.config import GateConfig, GateConfigError
 from mlflow_plugin.server.claims import ClaimStore
+from mlflow_plugin.server.decisions import DecisionStore
 from mlflow_plugin.server.ledger import Entry, Ledger
+from mlflow_plugin.server.version_tags import display_tags, stale_keys
 
 
 def registry_store():
@@ -37,6 +38,7 @@ class ServerGate:
         engine = registry_store().engine
         self.ledger = Ledger(engine)
         self.claims = ClaimStore(engine)
+        self.decisions = DecisionStore(engine)
 
     # -- who is asking -----------------------------------------------------------------------
     def is_worker(self) -> bool:
@@ -62,31 +64,29 @@ class ServerGate:
         return "weightgate-worker" if self.is_worker() else "anonymous"
 
     # -- the registry ------------------------------------------------------------------------
-    def version_tags(self, name: str, version: Any) -> dict[str, str]:
-        """The version's tags, or none when there is no such version."""
-        from mlflow.exceptions import MlflowException
-
-        if not name or not str(version):
-            return {}
-        try:
-            return dict(registry_store().get_model_version(name, str(version)).tags or {})
-        except MlflowException:
-            return {}
-
-    def set_tags(self, name: str, version: Any, tags: dict[str, str]) -> None:
-        """Write ``tags`` in their order (callers put ``gate.status`` last)."""
+    def publish(self, name: str, version: Any) -> None:
+        """Write the version's four ``gate.*`` tags from its decision row and remove any other
+        ``gate.*`` tag (MLflow's version page then shows the status and summary at once)."""
         from mlflow.entities.model_registry import ModelVersionTag
 
+        decision = self.decisions.get(name, version)
+        if decision is None:
+            return
         store = registry_store()
-        for key, value in tags.items():
-            store.set_model_version_tag(name, str(version), ModelVersionTag(key, words.fit_tag_value(value)))
+        existing = dict(store.get_model_version(name, str(version)).tags or {})
+        published = display_tags(decision)
+        for key in stale_keys(existing, published):
+            store.delete_model_version_tag(name, str(version), key)
+        for key, value in published.items():
+            if existing.get(key) != value:
+                store.set_model_version_tag(name, str(version), ModelVersionTag(key, value))
 
     # -- the ledger --------------------------------------------------------------------------
     def log(self, name: str, version: Any, action: str, target: str, outcome: str, detail: str = "",
             user: str | None = None) -> None:
-        """Append a row; the decision status and policy are read from the version's tags now."""
-        tags = self.version_tags(name, version)
+        """Append a row; the decision status and policy are the version's decision row's now."""
+        decision = self.decisions.get(name, version) if name and str(version).isdigit() else None
         self.ledger.append(Entry(
             user=user or self.requester(), model=name, version=str(version), action=action, target=target,
-            outcome=outcome, status=tags.get(STATUS, ""), policy_sha256=tags.get(words.POLICY_SHA256, ""),
-            detail=detail[:2000]))
+            outcome=outcome, status=decision.status if decision else "",
+            policy_sha256=decision.policy_sha256 if decision else "", detail=detail[:2000]))

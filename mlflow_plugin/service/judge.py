@@ -1,12 +1,14 @@
-"""Judging one model version: choose its baseline, check it, log the decision run, record the tags.
+"""Judging one model version: choose its baseline, check it, log the decision run, record the outcome.
 
 Shared by ``weightgate worker`` (:mod:`mlflow_plugin.service.worker`) and the webhook receiver
 (:mod:`mlflow_plugin.service.webhook`); they differ only in how a version is claimed and how its
 decision is recorded, the :class:`Recorder` each passes in.
 
 Each version is handled in isolation: whatever goes wrong with it (unreadable weights, a report
-that cannot be written, an artifact store that refuses the upload) ends as ``gate.status=error``
+that cannot be written, an artifact store that refuses the upload) ends as a recorded ``error``
 with the reason, after transient errors were retried with backoff (:mod:`mlflow_plugin.service.retry`).
+What is recorded is a :class:`mlflow_plugin.decision_record.DecisionRecord`; the decision run
+(:mod:`mlflow_plugin.service.decision_run`) holds the evidence.
 Another version's trouble (an unreadable baseline) never makes a version ``error``: the next
 eligible baseline is used, or none.
 
@@ -21,31 +23,28 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from gate import vocabulary as words
-from gate.jsonvalues import metric_value
 from gate.options import SCAN_OPTIONS, resolve_device
 from gate.sources import WeightSource
-from gate.vocabulary import EXPERIMENT, STATUS, STATUS_OF_DECISION, LayerStatus, VersionStatus
+from gate.vocabulary import STATUS, STATUS_OF_DECISION, VersionStatus
 from mlflow_plugin.config import GateConfig
-from mlflow_plugin.server.gate_page import gate_page_tags
+from mlflow_plugin.decision_record import DecisionRecord
 from mlflow_plugin.service import checkpoints
+from mlflow_plugin.service.decision_run import log_decision_run
 from mlflow_plugin.service.liveness import Heartbeat
 from mlflow_plugin.service.retry import RetryPolicy, error_chain, with_retries
 
 _logger = logging.getLogger(__name__)
-LAYER_SERIES = ("alpha", "alpha_weighted", "log_spectral_norm", "stable_rank", "mlh")
 BASELINE_STATUSES = frozenset({VersionStatus.APPROVED, VersionStatus.OVERRIDDEN})  # fit to be a yardstick
 
 
@@ -78,8 +77,8 @@ class Recorder(Protocol):
     def claim(self, version: ModelVersion) -> bool:
         """True when this process may judge ``version`` now."""
 
-    def record(self, version: ModelVersion, tags: dict[str, str]) -> None:
-        """Write the decision tags (``gate.status`` last); raises when nothing could be recorded."""
+    def record(self, version: ModelVersion, record: DecisionRecord) -> None:
+        """Record the outcome (the status becomes visible last); raises when nothing could be recorded."""
 
 
 class BaselineUnusable(RuntimeError):
@@ -138,11 +137,11 @@ class VersionJudge:
         uri = _uri(version)
         checkpoints.reach("scanning")
         with self.heartbeat.during(f"checking {uri}"):
-            tags = self.decide(version)
+            record = self.decide(version)
         checkpoints.reach("recording")
-        outcome = tags[STATUS]
+        outcome = record.status
         try:
-            with_retries(f"recording the decision on {uri}", lambda: self.recorder.record(version, tags),
+            with_retries(f"recording the decision on {uri}", lambda: self.recorder.record(version, record),
                          self.settings.retry)
         except Exception:  # nothing recorded: the claim's lease runs out and another worker tries again
             _logger.exception("weightgate worker: could not record the decision on %s; it stays pending", uri,
@@ -150,12 +149,12 @@ class VersionJudge:
             outcome = "unrecorded"
         _logger.info("weightgate worker: %s -> %s", uri, outcome, extra={"fields": {
             "event": "version_done", **_ids(version), "outcome": outcome,
-            "duration_s": round(time.monotonic() - started, 3), "attempts": tags.get(words.ATTEMPTS),
-            "reason": tags.get(words.REASON, "")[:300], "worker": self.settings.worker_id}})
+            "duration_s": round(time.monotonic() - started, 3), "attempts": record.attempts,
+            "reason": record.reason[:300], "worker": self.settings.worker_id}})
         return outcome
 
-    def decide(self, version: ModelVersion) -> dict[str, str]:
-        """The tags to record: a decision, or ``error`` with the stage that failed and why.
+    def decide(self, version: ModelVersion) -> DecisionRecord:
+        """What to record: a decision, or ``error`` with the stage that failed and why.
 
         This is the boundary of one version: every failure ends here as a recorded status.
         """
@@ -167,33 +166,18 @@ class VersionJudge:
             stage = "scanning"
             result, note, attempts = self.check_with_baselines(uri, choice)
             checkpoints.reach("scanned")
+            record = _decision_record(version, result, note, attempts)
             stage = "writing the decision run (metrics, report, artifact upload)"
-            run_id, _ = with_retries(f"writing the decision run of {uri}",
-                                     lambda: self.log_run(version, result, note), self.settings.retry)
+            (run_id, experiment_id), _ = with_retries(
+                f"writing the decision run of {uri}",
+                lambda: log_decision_run(self.client, version, result, record.run_params(), self.settings.worker_id),
+                self.settings.retry)
         except Exception as err:  # any failure of this version is recorded as its error status
             _logger.exception("weightgate worker: %s failed while %s", uri, stage,
                               extra={"fields": {"event": "version_error", **_ids(version), "stage": stage}})
-            return {STATUS: VersionStatus.ERROR, words.REASON: words.fit_tag_value(f"{stage} failed: {type(err).__name__}: {err}"),
-                    words.SOURCE: version.source, words.DECIDED_AT: words.utc_timestamp(),
-                    words.ATTEMPTS: str(getattr(err, "attempts", attempts))}
-        decision = result.decision
-        from gate.report.verdict import reason_text
-
-        return {
-            words.REASON: words.fit_tag_value(reason_text(decision)),
-            words.DECISION_RUN: run_id,
-            words.POLICY_SHA256: decision.policy["sha256"],
-            words.POLICY: decision.policy["name"],
-            words.WEIGHTS_SHA256: decision.weights_sha256,
-            words.BASELINE: decision.baseline or "",
-            words.BASELINE_NOTE: words.fit_tag_value(note),
-            words.SOURCE: version.source,
-            words.DECIDED_AT: words.as_tag_timestamp(decision.timestamp),
-            words.INCONCLUSIVE: ",".join(rule.rule_id for rule in decision.inconclusive_rules),
-            words.ATTEMPTS: str(attempts),
-            STATUS: STATUS_OF_DECISION[decision.decision],
-            **gate_page_tags(decision, self.settings.tracking_uri, version),
-        }
+            return error_record(version, f"{stage} failed: {type(err).__name__}: {err}",
+                                getattr(err, "attempts", attempts))
+        return record.model_copy(update={"decision_run": run_id, "experiment_id": experiment_id})
 
     # -- baselines ---------------------------------------------------------------------------
     def baseline_choice(self, version: ModelVersion) -> BaselineChoice:
@@ -303,49 +287,6 @@ class VersionJudge:
 
         return open_source(uri, tracking_uri=self.settings.tracking_uri)
 
-    # -- evidence ----------------------------------------------------------------------------
-    def log_run(self, version: ModelVersion, result, baseline_note: str) -> str:
-        """A run in experiment 'weightgate' with model metrics, per-layer series and the artifacts."""
-        experiment = self.client.get_experiment_by_name(EXPERIMENT)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(EXPERIMENT)
-        self._fail_abandoned_runs(experiment_id, version)
-        run = self.client.create_run(experiment_id, run_name=f"{version.name} v{version.version}", tags={
-            words.RUN_MODEL: version.name, words.RUN_VERSION: str(version.version),
-            words.RUN_DECISION: result.decision.decision, words.RUN_WORKER: self.settings.worker_id,
-        })
-        run_id = run.info.run_id
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"model.{k}", v, now, 0) for k, v in _metric_values(result.scan.summary.items())]
-        layers = result.scan.layers
-        analysed = layers[layers["status"] == LayerStatus.OK]
-        for column in LAYER_SERIES:
-            if column in analysed.columns:
-                metrics += [Metric(f"layer.{column}", value, now, int(step))
-                            for step, value in _metric_values(zip(analysed["layer_id"], analysed[column]))]
-        for start in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
-        self.client.log_param(run_id, "source", _uri(version))
-        self.client.log_param(run_id, "baseline", result.decision.baseline or "none")
-        self.client.log_param(run_id, "baseline_note", baseline_note[:6000])
-        checkpoints.reach("uploading")
-        with tempfile.TemporaryDirectory() as scratch:
-            from gate.policy.report import write_outputs
-            from gate.report.html import write_report
-
-            write_outputs(result, scratch)
-            write_report(scratch, result.scan, result.decision, result.baseline_scan, pairs=result.pairs)
-            self.client.log_artifacts(run_id, scratch, artifact_path="weightgate")
-        self.client.set_terminated(run_id)
-        return run_id
-
-    def _fail_abandoned_runs(self, experiment_id: str, version: ModelVersion) -> None:
-        """Runs of this version still RUNNING belong to a worker that died (or an attempt that failed):
-        this worker holds the claim now, so they are marked FAILED and only one run is FINISHED."""
-        query = (f"tags.`{words.RUN_MODEL}` = '{version.name}' and tags.`{words.RUN_VERSION}` = '{version.version}'"
-                 " and attributes.status = 'RUNNING'")
-        for run in self.client.search_runs([experiment_id], query, max_results=100):
-            self.client.set_terminated(run.info.run_id, "FAILED")
-
 
 def all_model_versions(client: MlflowClient) -> Iterator[ModelVersion]:
     """Every model version of the registry, page by page, in name order."""
@@ -362,8 +303,8 @@ def _uri(version: ModelVersion) -> str:
     return f"models:/{version.name}/{version.version}"
 
 
-def _ids(version: ModelVersion) -> dict[str, str]:
-    return {"model": version.name, "version": str(version.version)}
+def _ids(version: ModelVersion) -> dict[str, object]:
+    return {"model": version.name, "version": int(version.version)}
 
 
 def _find(err: BaseException, kind: type[BaseException]):
@@ -371,9 +312,27 @@ def _find(err: BaseException, kind: type[BaseException]):
     return next((link for link in error_chain(err) if isinstance(link, kind)), None)
 
 
-def _metric_values(pairs: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, float]]:
-    """(key, value) pairs whose value is a measurement (gate.jsonvalues.metric_value), as floats."""
-    for key, value in pairs:
-        number = metric_value(value)
-        if number is not None:
-            yield key, number
+def _decision_record(version: ModelVersion, result, baseline_note: str, attempts: int) -> DecisionRecord:
+    """The record of a decision (the decision run's ids are added once it is logged)."""
+    from gate.report.verdict import reason_text, summary_line
+
+    decision = result.decision
+    return DecisionRecord(
+        status=STATUS_OF_DECISION[decision.decision], summary=summary_line(decision),
+        reason=words.fit_tag_value(reason_text(decision)), source=version.source,
+        decided_at=words.as_tag_timestamp(decision.timestamp), attempts=attempts,
+        policy=decision.policy["name"], policy_sha256=decision.policy["sha256"],
+        weights_sha256=decision.weights_sha256, baseline=decision.baseline or "",
+        baseline_note=words.fit_tag_value(baseline_note),
+        inconclusive_rules=[rule.rule_id for rule in decision.inconclusive_rules])
+
+
+def error_record(version: ModelVersion, reason: str, attempts: int) -> DecisionRecord:
+    """An ``error`` outcome: the stage that failed and why; no decision run."""
+    from gate.report.verdict import MAX_SUMMARY
+
+    summary = f"{VersionStatus.ERROR}: {reason}"
+    return DecisionRecord(
+        status=VersionStatus.ERROR, reason=words.fit_tag_value(reason), source=version.source,
+        summary=summary if len(summary) <= MAX_SUMMARY else summary[:MAX_SUMMARY - 1] + "…",
+        decided_at=words.utc_timestamp(), attempts=max(int(attempts), 1))

@@ -6,7 +6,9 @@ to ``pending`` by ``weightgate rescan``) the receiver scans the version and reco
 tags; on ``model_version_alias.created`` for a protected alias on a version that is not approved it
 deletes the alias again and records the violation. Each event is handled in isolation with the
 worker's retries and error status; a delivery the receiver cannot queue gets 503, so MLflow
-delivers it again.
+delivers it again. A delivery id already accepted is acknowledged and not queued again (MLflow
+delivers again when an answer was lost), and a delivery older than 5 minutes is refused (a replay).
+Deliveries that never arrive are made up for by :mod:`mlflow_plugin.service.reconcile`.
 
 This is enforcement after the fact: the alias exists between its creation and the webhook's
 delivery, and without the plugin any client can write ``gate.*`` tags. Use the server plugin
@@ -23,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from flask import Flask, jsonify, request
@@ -31,12 +34,15 @@ from mlflow.tracking import MlflowClient
 
 from gate import vocabulary as words
 from gate.vocabulary import STATUS, EventOutcome, VersionStatus
+from mlflow_plugin.decision_record import DecisionRecord
 from mlflow_plugin.responses import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE, UNAUTHENTICATED, error_response
+from mlflow_plugin.service.decision_run import note_on_run
 from mlflow_plugin.service.judge import VersionJudge, WorkerSettings
 from mlflow_plugin.service.retry import with_retries
 
 _logger = logging.getLogger(__name__)
 MAX_AGE_SECONDS = 300  # older deliveries are replays
+REMEMBERED_DELIVERIES = 100_000  # delivery ids kept for deduplication (about 4 MB)
 
 
 def verify_signature(secret: str, delivery_id: str, timestamp: str, body: bytes, signature: str) -> bool:
@@ -52,19 +58,30 @@ def verify_signature(secret: str, delivery_id: str, timestamp: str, body: bytes,
 
 
 class TagRecorder:
-    """Records by writing the tags directly (there is no plugin to claim with): one receiver
-    process, events handled one at a time from its queue, so every claim is granted."""
+    """Records by writing the version's four tags directly (there is no plugin to claim with, nor a
+    table: the decision's details are in its decision run): one receiver process, events handled one
+    at a time from its queue, so every claim is granted."""
 
-    def __init__(self, client: MlflowClient) -> None:
+    def __init__(self, client: MlflowClient, tracking_uri: str) -> None:
         self.client = client
+        self.tracking_uri = tracking_uri.rstrip("/")
 
     def claim(self, version: ModelVersion) -> bool:
         return True
 
-    def record(self, version: ModelVersion, tags: dict[str, str]) -> None:
-        # The status goes last: a decision cut off half-way still reads pending.
-        for key, value in sorted(tags.items(), key=lambda item: item[0] == STATUS):
-            self.client.set_model_version_tag(version.name, version.version, key, words.fit_tag_value(value))
+    def record(self, version: ModelVersion, record: DecisionRecord) -> None:
+        tags = {words.SUMMARY: words.fit_tag_value(record.summary)}
+        if record.decision_run and record.experiment_id and self.tracking_uri.startswith(("http://", "https://")):
+            tags[words.PAGE] = (f"{self.tracking_uri}/#/experiments/{record.experiment_id}/runs/{record.decision_run}"
+                                "/artifacts/weightgate/report.html")
+        if record.decision_run:
+            tags[words.DECISION_RUN] = record.decision_run
+        tags[STATUS] = record.status  # last: a decision cut off half-way still reads pending
+        existing = self.client.get_model_version(version.name, version.version).tags or {}
+        for key in sorted(k for k in existing if words.is_gate_key(k) and k not in tags):
+            self.client.delete_model_version_tag(version.name, version.version, key)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(version.name, version.version, key, value)
 
 
 class WebhookGate:
@@ -73,7 +90,7 @@ class WebhookGate:
 
     def __init__(self, settings: WorkerSettings) -> None:
         client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-        self.judge = VersionJudge(settings, TagRecorder(client), client=client)
+        self.judge = VersionJudge(settings, TagRecorder(client, settings.tracking_uri), client=client)
 
     def scan_if_pending(self, name: str, version: str) -> None:
         """Scan a version unless it has a decision already (a delivery repeated by MLflow)."""
@@ -92,11 +109,16 @@ class WebhookGate:
             return
         judge.client.delete_registered_model_alias(name, alias)
         when = words.utc_timestamp()
-        note = (f"protected alias '{alias}' was set on this version ({tags.get(STATUS, words.NO_STATUS)}) and removed "
-                f"by weightgate at {when}")
-        judge.client.set_model_version_tag(name, version, words.VIOLATION, note)
+        status = tags.get(STATUS, words.NO_STATUS)
+        note = f"protected alias '{alias}' was set on this version ({status}) and removed by weightgate at {when}"
+        summary = tags.get(words.SUMMARY) or status
+        judge.client.set_model_version_tag(name, version, words.SUMMARY, words.fit_tag_value(
+            f"{summary} | protected alias '{alias}' removed at {when}: not approved"))
+        if tags.get(words.DECISION_RUN):
+            note_on_run(judge.client, tags[words.DECISION_RUN], words.RUN_VIOLATION, note)
         _logger.warning("weightgate webhook: %s version %s: %s", name, version, note,
-                        extra={"fields": {"event": "alias_removed", "model": name, "version": version, "alias": alias}})
+                        extra={"fields": {"event": "alias_removed", "model": name, "version": _number(version),
+                                          "alias": alias}})
 
     def handle(self, event: "Event") -> None:
         """One event, retried on transient errors; a failure is logged and recorded, never fatal."""
@@ -191,19 +213,52 @@ class EventLoop:
                               event.delivery_id)
         _logger.info("weightgate webhook: %s.%s %s", *event.kind, outcome, extra={"fields": {
             "event": "webhook_event", "kind": ".".join(event.kind), "delivery": event.delivery_id,
-            "model": event.data.get("name"), "version": event.data.get("version"), "outcome": outcome,
+            "model": event.data.get("name"), "version": _number(event.data.get("version")), "outcome": outcome,
             "duration_s": round(time.monotonic() - started, 3)}})
 
 
-def create_receiver(gate: WebhookGate, secret: str, capacity: int = 1000) -> Flask:
+class SeenDeliveries:
+    """Delivery ids already accepted, the oldest forgotten first (a bounded memory, thread-safe)."""
+
+    def __init__(self, capacity: int = REMEMBERED_DELIVERIES) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first(self, delivery_id: str) -> bool:
+        """Note ``delivery_id``; False when it was noted before (checked and noted at once)."""
+        with self._lock:
+            if delivery_id in self._ids:
+                return False
+            self._ids[delivery_id] = None
+            while len(self._ids) > self.capacity:
+                self._ids.popitem(last=False)
+            return True
+
+    def forget(self, delivery_id: str) -> None:
+        """A delivery that was not taken after all (503): its next delivery is new."""
+        with self._lock:
+            self._ids.pop(delivery_id, None)
+
+
+def create_receiver(gate: WebhookGate, secret: str, capacity: int = 1000,
+                    reconcile_seconds: float | None = None) -> Flask:
     """The receiver as a Flask app: POST / takes signed deliveries, GET /healthz reports liveness.
 
-    Answers: 200 accepted (or ignored: an event the gate does not handle), 400 malformed, 401 bad
-    or stale signature, 503 when the event cannot be queued (MLflow then delivers it again).
+    Answers: 200 accepted (or ignored: an event the gate does not handle, or a delivery id already
+    accepted), 400 malformed, 401 bad or stale signature (older than 5 minutes: a replay), 503 when
+    the event cannot be queued (MLflow then delivers it again). With ``reconcile_seconds`` a
+    :class:`~mlflow_plugin.service.reconcile.Reconciler` queues, that often, the versions whose
+    delivery never came.
     """
     app = Flask("weightgate-webhook")
     loop = EventLoop(gate, capacity)
+    seen = SeenDeliveries()
     app.extensions["weightgate_events"] = loop  # for whoever must wait on the queue (EventLoop.wait_until_idle)
+    if reconcile_seconds:
+        from mlflow_plugin.service.reconcile import Reconciler
+
+        app.extensions["weightgate_reconciler"] = Reconciler(gate, loop, reconcile_seconds).start()
 
     @app.post("/")
     def deliver():
@@ -218,7 +273,12 @@ def create_receiver(gate: WebhookGate, secret: str, capacity: int = 1000) -> Fla
             return error_response(INVALID_PARAMETER_VALUE, f"malformed delivery: {err}")
         if event is None:
             return jsonify({"accepted": False, "reason": "not an event weightgate handles"}), 200
+        if delivery_id and not seen.first(delivery_id):
+            _logger.info("weightgate webhook: delivery %s already accepted", delivery_id, extra={"fields": {
+                "event": "webhook_event", "delivery": delivery_id, "outcome": EventOutcome.DUPLICATE}})
+            return jsonify({"accepted": False, "reason": "delivery already accepted"}), 200
         if not loop.accept(event):
+            seen.forget(delivery_id)
             return error_response(TEMPORARILY_UNAVAILABLE, "cannot queue the event now; deliver it again")
         return jsonify({"accepted": True}), 200
 
@@ -228,6 +288,11 @@ def create_receiver(gate: WebhookGate, secret: str, capacity: int = 1000) -> Fla
         return jsonify({"events_thread": alive, "queued": loop.events.qsize()}), 200 if alive else 503
 
     return app
+
+
+def _number(version: str | None) -> int | str | None:
+    """A version number as a JSON number (a malformed one as given)."""
+    return int(version) if version and version.isdigit() else version
 
 
 def pending_on_start(gate: WebhookGate) -> int:
