@@ -30,9 +30,10 @@ from registry_helpers import decision_of
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 # The last MLflow 2 release (installs on Python 3.11); torch pinned to the wheel the project uses;
-# SQLAlchemy 2.0, as MLflow 2.22 needs (2.1 removed a pool class it imports).
+# SQLAlchemy 2.0, as MLflow 2.22 needs (2.1 removed a pool class it imports), whose default PostgreSQL
+# driver is psycopg2 (MLflow 2.22's queries fail under psycopg 3's server-side parameter types).
 MLFLOW2_PACKAGES = ["mlflow==2.22.5", "torch==2.13.0", "scikit-learn", "transformers<5", "psycopg[binary]",
-                    "sqlalchemy<2.1"]
+                    "sqlalchemy<2.1", "psycopg2-binary"]
 GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "adoption-worker", "MLFLOW_DISABLE_TELEMETRY": "true"}
 OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
 DECIDED = {"approved", "warned", "blocked"}
