@@ -8,16 +8,11 @@ import time
 
 import click
 
-from gate.cli.app import scan_option
-from gate.cli.service_commands import service_options
+from gate.cli.service_commands import judging_options, service_options
 
 
 @click.command()
-@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI",
-              help="the MLflow server running with --app-name weightgate")
-@click.option("--policy", "policy_file", default=None, envvar="WEIGHTGATE_POLICY",
-              help="policy YAML; must be the one the server enforces (default: the shipped policy)")
-@scan_option("device", envvar="WEIGHTGATE_DEVICE")
+@judging_options
 @click.option("--wait-seconds", type=click.FloatRange(min=0), default=900.0, show_default=True,
               help="after this process's own pass, how long to wait for versions other workers hold")
 @service_options

@@ -29,12 +29,19 @@ def service_options(command: Callable[..., Any]) -> Callable[..., Any]:
                         help="seconds before the first retry; doubled each time (capped at 60)")(command)
 
 
+def judging_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of the processes that decide versions (worker, backfill): the gated server, the
+    policy it enforces and the device."""
+    command = scan_option("device", envvar="WEIGHTGATE_DEVICE")(command)
+    command = click.option("--policy", "policy_file", default=None, envvar="WEIGHTGATE_POLICY",
+                           help="policy YAML; must be the one the server enforces (default: the shipped "
+                                "policy)")(command)
+    return click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI",
+                        help="the MLflow server running with --app-name weightgate")(command)
+
+
 @click.command()
-@click.option("--tracking-uri", required=True, envvar="MLFLOW_TRACKING_URI",
-              help="the MLflow server running with --app-name weightgate")
-@click.option("--policy", "policy_file", default=None, envvar="WEIGHTGATE_POLICY",
-              help="policy YAML; must be the one the server enforces (default: the shipped policy)")
-@scan_option("device", envvar="WEIGHTGATE_DEVICE")
+@judging_options
 @click.option("--once", is_flag=True, help="process what is pending, then exit")
 @click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option("--lease-seconds", type=click.FloatRange(min=1), default=900.0, show_default=True,

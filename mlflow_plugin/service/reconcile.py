@@ -19,6 +19,7 @@ import time
 
 from gate.vocabulary import STATUS, VersionStatus
 from mlflow_plugin.service.retry import with_retries
+from mlflow_plugin.service.webhook_events import Event
 
 _logger = logging.getLogger(__name__)
 CLOCK_MARGIN_SECONDS = 60.0
@@ -54,8 +55,6 @@ class Reconciler:
 
     def look(self) -> int:
         """Queue the undecided versions updated since the last look; returns how many were queued."""
-        from mlflow_plugin.service.webhook import Event
-
         started_ms = int(time.time() * 1000)
         window_ms = self.since_ms - int((self.interval + CLOCK_MARGIN_SECONDS) * 1000)
         judge = self.gate.judge

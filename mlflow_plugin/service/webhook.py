@@ -20,13 +20,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import queue
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from flask import Flask, jsonify, request
 from mlflow.entities.model_registry import ModelVersion
@@ -39,6 +37,7 @@ from mlflow_plugin.responses import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAIL
 from mlflow_plugin.service.decision_run import note_on_run
 from mlflow_plugin.service.judge import VersionJudge, WorkerSettings
 from mlflow_plugin.service.retry import with_retries
+from mlflow_plugin.service.webhook_events import Event, parse_event
 
 _logger = logging.getLogger(__name__)
 MAX_AGE_SECONDS = 300  # older deliveries are replays
@@ -131,35 +130,6 @@ class WebhookGate:
             with_retries(f"checking alias {event.data['alias']} of models:/{event.data['name']}/{event.data['version']}",
                          lambda: self.on_alias(event.data["name"], event.data["alias"], event.data["version"]),
                          self.judge.settings.retry)
-
-
-# The payload fields each handled event needs (mlflow.webhooks.types); other events are acknowledged.
-REQUIRED_FIELDS = {
-    ("model_version", "created"): ("name", "version"),
-    ("model_version_tag", "set"): ("name", "version", "key", "value"),
-    ("model_version_alias", "created"): ("name", "alias", "version"),
-}
-
-
-@dataclass(frozen=True)
-class Event:
-    delivery_id: str
-    kind: tuple[str, str]
-    data: dict
-
-
-def parse_event(delivery_id: str, body: bytes) -> Event | None:
-    """The event in a delivery, or None when it is not one the gate handles; ValueError when malformed."""
-    payload = json.loads(body)
-    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
-        raise ValueError("the body must be a JSON object with entity, action and data")
-    kind = (str(payload.get("entity")), str(payload.get("action")))
-    if kind not in REQUIRED_FIELDS:
-        return None
-    missing = [key for key in REQUIRED_FIELDS[kind] if payload["data"].get(key) in (None, "")]
-    if missing:
-        raise ValueError(f"{kind[0]}.{kind[1]} without {', '.join(missing)}")
-    return Event(delivery_id, kind, {key: str(value) for key, value in payload["data"].items()})
 
 
 class EventLoop:
