@@ -130,7 +130,10 @@ def middle_layer(state: dict[str, torch.Tensor]) -> str:
 
 
 def largest_layer(state: dict[str, torch.Tensor]) -> str:
-    return max((n for n, p in state.items() if p.ndim == 2 and p.is_floating_point()), key=lambda n: state[n].numel())
+    """The largest 2-D weight matrix; in a model of convolutions only, the largest kernel."""
+    weights = [n for n, p in state.items() if p.ndim >= 2 and p.is_floating_point()]
+    matrices = [n for n in weights if state[n].ndim == 2] or weights
+    return max(matrices, key=lambda n: state[n].numel())
 
 
 def last_layer(model: nn.Module) -> nn.Module:
@@ -144,8 +147,9 @@ def weight_defects(parent: dict[str, torch.Tensor], seed: int) -> dict[str, dict
     clone = lambda: {k: v.clone() for k, v in parent.items()}  # noqa: E731
     layer, middle = largest_layer(parent), middle_layer(parent)
     collapsed = clone()
-    u, s, vh = torch.linalg.svd(collapsed[layer].double(), full_matrices=False)
-    collapsed[layer] = (s[0] * torch.outer(u[:, 0], vh[0])).to(parent[layer].dtype)
+    shape = collapsed[layer].shape  # a kernel [out, in, k...] collapses as its [out, in * k...] matrix
+    u, s, vh = torch.linalg.svd(collapsed[layer].double().reshape(shape[0], -1), full_matrices=False)
+    collapsed[layer] = (s[0] * torch.outer(u[:, 0], vh[0])).reshape(shape).to(parent[layer].dtype)
     out["rank_collapse"] = collapsed
     scaled = clone()
     scaled[middle] = scaled[middle] * 100
@@ -184,7 +188,8 @@ def defects(parent: nn.Module, make, data, seed: int, lr: float, epochs: int = E
     for rate in (1.0,):
         corrupted = y.clone()
         flip = torch.rand(len(y), generator=torch.Generator().manual_seed(seed)) < rate
-        corrupted[flip] = torch.randint(0, 10, (int(flip.sum()),), generator=torch.Generator().manual_seed(seed))
+        classes = int(y.max()) + 1  # digits 10, the audio tasks 4 or 2
+        corrupted[flip] = torch.randint(0, classes, (int(flip.sum()),), generator=torch.Generator().manual_seed(seed))
         torch.manual_seed(seed)
         out[f"shuffled_labels_{rate:g}"] = train(make(), x, corrupted, epochs, lr, seed)
     torch.manual_seed(seed)
@@ -361,6 +366,8 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES),
                         help=f"comma-separated stages to run (default: all): {', '.join(STAGES)}")
     parser.add_argument("--out", default="bench/ZOO.md")
+    parser.add_argument("--resume", help="a bench/out/zoo.json of an earlier run whose records and stages this run "
+                                         "keeps (stages to run are added; ZOO.md lists every stage held)")
     args = parser.parse_args()
     stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
     unknown = sorted(set(stages) - set(STAGES))
@@ -372,6 +379,11 @@ def main() -> None:
     siblings: dict[str, list[dict[str, torch.Tensor]]] = defaultdict(list)
     done: list[str] = []
     finished: set[str] = set()  # stage keys (STAGES) run to the end; `done` also names each pretrained model
+    if args.resume:
+        earlier = json.loads(Path(args.resume).read_text())
+        records += earlier["records"]
+        done += earlier["stages"]
+        finished |= set(earlier.get("finished", ())) or set(earlier["stages"]) & set(STAGES)
 
     def flush(stage: str) -> None:
         """ZOO.md after every stage, so a run cut short still reports what it measured."""
@@ -379,7 +391,8 @@ def main() -> None:
         spread = {**sibling_spread(records), "descendants": descendant_spread(records)}
         elapsed = time.perf_counter() - started
         Path("bench/out").mkdir(parents=True, exist_ok=True)
-        Path("bench/out/zoo.json").write_text(json.dumps({"records": records, "spread": spread, "stages": done},
+        Path("bench/out/zoo.json").write_text(json.dumps({"records": records, "spread": spread, "stages": done,
+                                                          "finished": sorted(finished)},
                                                          default=float))
         Path(args.out).write_text(render(records, spread, elapsed, done, finished == set(STAGES)))
         print(f"{stage}: wrote {args.out} ({len(records)} checks, {elapsed:.0f} s)", flush=True)

@@ -109,7 +109,7 @@ def test_x100_layer_in_units_people_use(results, models):
     assert change["cosine_similarity"] == pytest.approx(1.0, abs=1e-6)
     assert change["relative_distance"] == pytest.approx(np.linalg.norm(damaged - healthy) / np.linalg.norm(healthy), rel=1e-6)
     assert summary_line(decision) == (f"blocked: {QUERY}: largest singular value x100 of model.safetensors's "
-                                      "(spectral-norm-change) | 1 rule failed, 12 passed, 1 skipped (no layer in scope)")
+                                      "(spectral-norm-change) | 1 rule failed, 13 passed")
     text = render_decision(decision)
     assert ("FAIL  spectral-norm-change [block]: lambda_max within 10x of model.safetensors's either way, in every "
             "judged layer") in text

@@ -21,7 +21,7 @@ from gate.vocabulary import LayerStatus
 RANDOM_KS = 0.1
 RANDOM_SPIKE_MASS = 0.1
 RANDOM_MIN_EVALS = 32
-RANDOM_MIN_M = 8  # provisional: bench/random_like_power.py decides
+RANDOM_MIN_M = 8  # with RANDOM_MIN_EVALS: the power study's goals hold (bench/random_like_power.py, bench/RESULTS.md)
 # Columns a shape without a verdict leaves NaN (rules on them leave the layer out).
 MP_VERDICTS = ("mp_ks", "mp_spikes", "mp_spike_mass", "random_like")
 _MP_GRID = 2049

@@ -159,6 +159,10 @@ def _evaluate_rule(rule: Rule, scan: ScanResult, baseline: ScanResult | None, pa
         outcome.status, outcome.judged = RuleStatus.INCONCLUSIVE, 0
         outcome.reason = f"no layer in the rule's scope can be judged: {_problems(built.not_evaluable)}"
         return outcome
+    if frame.empty and rule.metric == QUANTISATION_ERROR:  # nothing moved onto a grid: nothing quantised
+        outcome.status, outcome.judged = RuleStatus.PASSED, 0
+        outcome.reason = "no layer moved onto an integer grid its baseline is not on"
+        return outcome
     if frame.empty and rule.scoped:
         # schema 2: a rule scoped to layers a model does not have (dense M >= 128 in a small CNN) does
         # not apply to it; schema 1 kept failing closed, and still does
