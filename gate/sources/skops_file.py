@@ -23,10 +23,10 @@ import torch
 from gate.errors import GateInputError
 from gate.sources.base import TensorInfo, WeightSource
 from gate.sources.pickled.module_graph import MLP_MODULE_TYPE
+from gate.sources.tree_walk import MAX_VISITS, collect_depth_first
 
 SCHEMA = "schema.json"
 _MAX_SCHEMA_BYTES = 256 << 20  # the object tree's description; an MLP's is a few kB
-_MAX_VISITS = 5_000_000  # nodes looked at while searching the tree for estimators
 _MLP_ATTRIBUTES = ("coefs_", "intercepts_")
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
@@ -102,23 +102,19 @@ def _read_schema(path: Path) -> dict:
 
 def _mlp_arrays(root: dict, path: Path) -> list[tuple[str, object]]:
     """(tensor name, array node) of every MLP's coefs_ and intercepts_, walking the tree iteratively."""
-    found: list[tuple[str, object]] = []
-    pending: list[tuple[str, object]] = [("", root)]
-    visits = 0
-    while pending:
-        prefix, node = pending.pop()
-        visits += 1
-        if visits > _MAX_VISITS:
-            raise GateInputError(f"{path}: more than {_MAX_VISITS} nodes to follow in {SCHEMA} (limit)")
+    def match(prefix: str, node: object) -> list[tuple[str, object]] | None:
         state = _attributes(node)
-        if state is not None and _loader(state.get("coefs_")) == "ListNode":
-            for attribute in _MLP_ATTRIBUTES:
-                listed = state.get(attribute)
-                items = listed.get("content") if _loader(listed) == "ListNode" else None
-                found += [(f"{prefix}{attribute}.{i}", item) for i, item in enumerate(items or ())]
-            continue
-        pending.extend(reversed([(f"{prefix}{key}.", child) for key, child in _children(node)]))
-    return found
+        if state is None or _loader(state.get("coefs_")) != "ListNode":
+            return None
+        found: list[tuple[str, object]] = []
+        for attribute in _MLP_ATTRIBUTES:
+            listed = state.get(attribute)
+            items = listed.get("content") if _loader(listed) == "ListNode" else None
+            found += [(f"{prefix}{attribute}.{i}", item) for i, item in enumerate(items or ())]
+        return found
+
+    return collect_depth_first(root, match, _children, too_many=lambda: GateInputError(
+        f"{path}: more than {MAX_VISITS} nodes to follow in {SCHEMA} (limit)"))
 
 
 def _attributes(node: object) -> dict | None:

@@ -30,11 +30,11 @@ from gate.sources.pickled.objects import (
     describe,
 )
 from gate.sources.pickled.torchscript import ScriptClass
+from gate.sources.tree_walk import MAX_VISITS, collect_depth_first
 
 # Wrapper keys used by common training loops around the real state dict (as gate/sources/torch_files.py unwraps).
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 MLP_MODULE_TYPE = "Linear"  # an MLP's coefs_[i] is a dense layer's matrix, stored [in, out]
-_MAX_VISITS = 5_000_000  # objects looked at while searching a graph for estimators
 
 
 @dataclass(frozen=True)
@@ -161,25 +161,16 @@ def estimator_tensors(root: object) -> list[FoundTensor]:
     """``coefs_`` (one [in, out] matrix per layer) and ``intercepts_`` of every scikit-learn MLP in the
     graph: the root itself (names ``coefs_.0``...) or one inside a pipeline or search (names prefixed
     by the path to it, e.g. ``steps.1.1.coefs_.0``)."""
-    found: list[FoundTensor] = []
-    seen: set[int] = set()
-    pending: list[tuple[str, object]] = [("", root)]
-    visits = 0
-    while pending:
-        path, obj = pending.pop()
-        visits += 1
-        if visits > _MAX_VISITS:
-            raise BadPickle(f"more than {_MAX_VISITS} references to follow while looking for estimators (limit)")
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
+    def match(path: str, obj: object) -> list[FoundTensor] | None:
         state = _state_of(obj)
-        if state is not None and type(state.get("coefs_")) is list:
-            found.extend(_mlp_tensors(path, state))
-            continue
-        children = _children(state if state is not None else obj)
-        pending.extend(reversed([(f"{path}{key}.", child) for key, child in children]))
-    return found
+        return _mlp_tensors(path, state) if state is not None and type(state.get("coefs_")) is list else None
+
+    def children(obj: object) -> list[tuple[str, object]]:
+        state = _state_of(obj)
+        return _children(state if state is not None else obj)
+
+    return collect_depth_first(root, match, children, once_per_object=True, too_many=lambda: BadPickle(
+        f"more than {MAX_VISITS} references to follow while looking for estimators (limit)"))
 
 
 def _children(obj: object) -> list[tuple[str, object]]:
