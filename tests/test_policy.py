@@ -128,6 +128,7 @@ def test_default_policy_blocks_a_reinitialised_hidden_layer(variants, minilm_fil
     assert abs(cosine.offending_layers[0]["value"]) < 0.01  # independent draws: cosine ~ 1/sqrt(590k)
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_default_policy_approves_a_bfloat16_copy_and_blocks_an_int4_round_trip(variants, minilm_file):
     bf16 = check(variants["bfloat16"], baseline=minilm_file, device="cpu")
     assert bf16.decision.decision == "approve", reason_text(bf16.decision)
@@ -217,6 +218,7 @@ def test_default_policy_blocks_rank_collapse(variants, minilm_file):
     assert collapse.offending_layers[0]["value"] < -0.9  # stable rank fell by over 90%
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_default_policy_blocks_scaled_layers_against_baseline(variants, minilm_file, tmp_path):
     result = check(variants["scaled_down"], baseline=minilm_file, device="cpu")
     assert result.decision.decision == "block"
@@ -230,6 +232,7 @@ def test_default_policy_blocks_scaled_layers_against_baseline(variants, minilm_f
     assert scaled_up.decision.decision == "block" and "spectral-norm-change" in _failed(scaled_up)
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_identical_inputs_give_identical_decisions(variants, minilm_file):
     first = check(variants["nan"], baseline=minilm_file, device="cpu").decision.to_dict()
     second = check(variants["nan"], baseline=minilm_file, device="cpu").decision.to_dict()
@@ -567,6 +570,7 @@ def test_cli_policy_validate_and_show(tmp_path):
     assert "hidden layers only" in shown.stdout  # how a re-initialised layer differs from a new head
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_commands_without_a_policy_do_not_import_great_expectations(minilm_file, tmp_path):
     """Great Expectations takes seconds to import: scan and compare must not pay for it."""
     code = textwrap.dedent(f"""

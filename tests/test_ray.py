@@ -215,6 +215,7 @@ def test_device_cuda_on_a_cluster_without_gpus_is_refused(cluster, checkpoint):
         scan_on_ray(str(checkpoint), address=cluster, device="cuda")
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_plain_scan_does_not_import_ray(checkpoint):
     code = ("import sys; from click.testing import CliRunner; from gate.cli.app import main; "
             f"r = CliRunner().invoke(main, ['scan', {str(checkpoint)!r}, '--device', 'cpu', '--format', 'json']); "

@@ -61,6 +61,7 @@ def test_summary_matches_weightwatcher(minilm_scan, ww_reference_dir):
     assert minilm_scan.summary["num_nonfinite"] == 0
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_alpha_matches_powerlaw_package_on_scipy_eigenvalues(minilm_dir):
     """Independent path: eigenvalues from scipy's float64 SVD, alpha from the powerlaw package's
     continuous MLE at our xmin (its default alpha range [0, 3] is widened, or alpha is capped).
@@ -82,6 +83,7 @@ def test_alpha_matches_powerlaw_package_on_scipy_eigenvalues(minilm_dir):
     assert checked == 39
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_mp_fit_matches_weightwatcher(minilm_dir, ww_reference_dir):
     """The Marchenko-Pastur fit is deterministic in WeightWatcher, so it must agree exactly; the
     randomised columns use an unseeded shuffle there, so only their scale is compared."""

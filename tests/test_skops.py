@@ -70,6 +70,7 @@ def test_mlp_inside_a_pipeline_is_named_by_its_path(tmp_path, digits_mlp):
     assert_reads_the_coefs(scan(path, keep_spectra=True), digits_mlp, prefix="steps.1.1.")
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_mlflow_sklearn_default_format_is_read(tmp_path, digits_mlp):
     """mlflow.sklearn.save_model writes skops unless told otherwise (MLflow 3); the MLmodel folder
     scans like the estimator itself, and the same as its cloudpickle twin."""

@@ -75,6 +75,7 @@ HALF_LAYERS = ["embeddings.position_embeddings.weight", "embeddings.word_embeddi
                "encoder.layer.5.output.dense.weight"]
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 @each_strategy
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
 def test_error_bound_covers_float32_solves_of_half_precision_weights(minilm_dir, half, strategy):

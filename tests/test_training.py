@@ -153,6 +153,7 @@ class LitMLP:  # built lazily: pytorch_lightning is imported only by the test th
         return Module()
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_lightning_callback_logs_through_mlflow_logger(tmp_path):
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import MLFlowLogger
