@@ -28,6 +28,8 @@ import torch
 
 from deploy.local.mlflow_server import mlflow_server
 
+from registry_helpers import decision_of
+
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 GATE_ENV = {"WEIGHTGATE_WORKER_TOKEN": "worker-secret", "WEIGHTGATE_OVERRIDE_TOKEN": "override-secret",
@@ -229,7 +231,7 @@ def registry(tmp_path_factory, minilm_dir):
         worker = subprocess.run([sys.executable, "-m", "gate", "worker", "--tracking-uri", url, "--once", "--device",
                                  "cpu"], capture_output=True, text=True, timeout=3600, env={**os.environ, **GATE_ENV})
         assert worker.returncode == 0, worker.stderr[-3000:]
-        yield {"client": client, "pending": pending, "worker": worker.stdout, "scratch": folder}
+        yield {"client": client, "pending": pending, "worker": worker.stdout, "scratch": folder, "url": url}
 
 
 def test_every_flavor_is_pending_then_decided_in_one_pass(registry):
@@ -275,7 +277,7 @@ def test_peft_adapter_rows_are_its_updates(registry):
 def test_unreadable_flavor_ends_error_naming_the_flavor(registry, name):
     tags = registry["client"].get_model_version(name, "1").tags
     assert tags["gate.status"] == "error", tags
-    reason = tags["gate.reason"]
+    reason = decision_of(registry["url"], name, 1)["reason"]  # the version's tags carry only the summary
     assert "Traceback" not in reason and 'File "' not in reason, reason
     assert "weightgate-" not in reason, reason  # the worker's temporary download folder is not named
     for words in REFUSED[name]:

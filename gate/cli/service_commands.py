@@ -175,7 +175,7 @@ def queue(tracking_uri: str, output_format: str) -> None:
         status = (version.tags or {}).get(STATUS, NO_STATUS)
         counts[status] += 1
         if status in (VersionStatus.PENDING, NO_STATUS):
-            waiting_since = _waiting_since(version)
+            waiting_since = _waiting_since(tracking_uri, version)
             oldest_pending = waiting_since if oldest_pending is None else min(oldest_pending, waiting_since)
     age = None if oldest_pending is None else round(time.time() - oldest_pending, 1)
     if output_format == "json":
@@ -186,18 +186,16 @@ def queue(tracking_uri: str, output_format: str) -> None:
         click.echo("nothing pending" if age is None else f"oldest pending: waiting {age:g} s")
 
 
-def _waiting_since(version) -> float:
-    """Epoch seconds since a pending version waits: its registration, or the rescan requested last."""
-    import calendar
-    import time
-
-    from gate.vocabulary import RESCAN_REQUESTED, TIMESTAMP_FORMAT
+def _waiting_since(tracking_uri: str, version) -> float:
+    """Epoch seconds since a pending version waits: when its decision row became pending
+    (registration, a rescan or a backfill), or its registration where the server has no row."""
+    from mlflow_plugin.service.audit_client import decision_row
 
     registered = version.creation_timestamp / 1000
-    requested = (version.tags or {}).get(RESCAN_REQUESTED)
-    if not requested:
+    if not tracking_uri.startswith(("http://", "https://")):
         return registered
-    return max(registered, calendar.timegm(time.strptime(requested, TIMESTAMP_FORMAT)))
+    row = decision_row(tracking_uri, version.name, version.version)
+    return registered if row is None else max(registered, float(row["updated_at"]))
 
 
 @click.command()

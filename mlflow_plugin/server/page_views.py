@@ -82,7 +82,9 @@ def waiting_view(row: VersionRow, claim: Claim | None) -> dict[str, Any]:
     """A pending version with how long it has waited and the claim a worker holds on it."""
     now = time.time()
     live = claim is not None and not claim.expired(now)
-    return {"name": row.name, "version": row.version, "status": row.status, "age": _duration(now - row.created_ms / 1000),
+    # a version waits since its decision row became pending (a rescan, a backfill), else since its registration
+    since = row.decision.updated_at if row.decision is not None else row.created_ms / 1000
+    return {"name": row.name, "version": row.version, "status": row.status, "age": _duration(now - since),
             "claimed_by": claim.worker if live else "",
             "lease": _duration(claim.expires_at - now) if live else ("expired" if claim is not None else "")}
 

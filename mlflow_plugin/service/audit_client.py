@@ -1,5 +1,6 @@
-"""Reading the promotion ledger for ``weightgate audit``: through the server's JSON routes, or
-straight from the server's database when given a database URI (an auditor with read access)."""
+"""Reading the promotion ledger for ``weightgate audit`` (through the server's JSON routes, or
+straight from the server's database when given a database URI: an auditor with read access) and a
+version's decision row for ``weightgate queue``."""
 
 from __future__ import annotations
 
@@ -23,15 +24,24 @@ def verify_ledger(tracking_uri: str) -> dict[str, Any]:
     return {"ok": result.ok, "rows": result.rows, "head": result.head, "problems": result.problems}
 
 
+def decision_row(tracking_uri: str, name: str, version: int | str) -> dict[str, Any] | None:
+    """The server's decision row of a version (``/weightgate/api/decision``), None when it has none
+    (a version registered before the gate); ``updated_at`` (epoch seconds) is when it last changed:
+    for a pending version, when it began to wait (registration, a rescan or a backfill)."""
+    return _get(tracking_uri, "/weightgate/api/decision", {"name": name, "version": str(version)}, missing_ok=True)
+
+
 def _is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def _get(tracking_uri: str, path: str, params: dict[str, str]) -> dict[str, Any]:
+def _get(tracking_uri: str, path: str, params: dict[str, str], missing_ok: bool = False) -> dict[str, Any] | None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
     response = http_request(get_default_host_creds(tracking_uri), path, "GET", params=params, max_retries=0)
+    if missing_ok and response.status_code == 404:
+        return None
     if response.status_code != 200:
         raise GateInputError(f"{tracking_uri}{path} answered {response.status_code}: {response.text[:300]} "
                              "(is the server started with --app-name weightgate, and are "
