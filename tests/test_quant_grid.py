@@ -79,7 +79,7 @@ def test_a_quantised_descendant_is_named_with_how_far_it_moved(tmp_path):
     moved = math.sqrt(sum(float(((quantised[n].double() - base[n].double()) ** 2).sum()) for n in base)
                       / sum(float((base[n].double() ** 2).sum()) for n in base))
     assert result.decision.summary["quantisation"] == (
-        f"4-bit per-channel quantisation of {tmp_path / 'base.safetensors'}, weights moved {moved:.1%} (2 of 2 layers)")
+        f"4-bit per-channel quantisation of base.safetensors, weights moved {moved:.1%} (2 of 2 layers)")
     same = check(tmp_path / "int4.safetensors", baseline=tmp_path / "int4.safetensors", device="cpu")
     assert same.decision.summary["quantisation"] is None  # a baseline on the same grid: no change
 
