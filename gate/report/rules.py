@@ -28,6 +28,8 @@ METRIC_WORDS = {
     "alpha_weighted": "alpha-hat", "num_nonfinite": "layers with NaN/Inf weights",
     "num_analysed": "layers analysed", "random_like_fraction": "share of judged layers that look random",
     "num_degenerate": "degenerate layers", "value_levels": "distinct values",
+    "num_all_zero": "all-zero layers",
+    "quantisation_error": "distance from {base} of a layer newly on an integer grid (share of its norm)",
 }
 # Metrics stored as log10 of a quantity: their changes read as factors of the quantity.
 LOG10_OF = {"log_spectral_norm": "lambda_max", "log_norm": "Frobenius norm", "log_alpha_norm": "alpha-norm"}
