@@ -66,6 +66,7 @@ def test_table_format_and_full_metrics(checkpoint):
     assert any(line.startswith("mp_softrank: ") for line in lines)
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 @pytest.mark.parametrize("entry_point", [[sys.executable, "-m", "gate"], [str(Path(sys.executable).parent / "weightgate")]])
 def test_entry_points_run_scan_as_a_shell_does(checkpoint, entry_point):
     """The process boundary: the module and the console script pyproject.toml declares, exit status

@@ -196,6 +196,7 @@ def save_estimator(estimator, path: Path, how: str | int) -> Path:
     return path
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 @pytest.mark.parametrize("how", ["joblib", "joblib-zlib", "joblib-xz", "cloudpickle", 2, 4])
 def test_sklearn_mlp_coefs_are_dense_rows(tmp_path, digits_mlp, how):
     path = save_estimator(digits_mlp, tmp_path / ("mlp.joblib" if str(how).startswith("joblib") else "model.pkl"), how)

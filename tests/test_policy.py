@@ -98,6 +98,7 @@ def test_decision_of_a_model_with_no_analysed_layer_is_strict_json(tmp_path):
     assert record["summary"]["num_analysed"] == 0 and record["summary"]["random_like_fraction"] is None
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_default_policy_approves_minilm_and_its_float16_copy(minilm_file, variants):
     alone = check(minilm_file, device="cpu")
     assert alone.decision.decision == "approve", reason_text(alone.decision)
@@ -111,6 +112,7 @@ def test_default_policy_approves_minilm_and_its_float16_copy(minilm_file, varian
     assert alone.scan.summary["random_like_fraction"] <= 2 / 38
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_default_policy_blocks_random_init(variants, minilm_file):
     result = check(variants["random_init"], device="cpu")  # caught without a baseline
     assert result.decision.decision == "block"
@@ -119,6 +121,7 @@ def test_default_policy_blocks_random_init(variants, minilm_file):
     assert untrained.observed == 1.0  # every layer follows the Marchenko-Pastur law
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_default_policy_blocks_a_reinitialised_hidden_layer(variants, minilm_file):
     result = check(variants["reinit"], baseline=minilm_file, device="cpu")
     assert result.decision.decision == "block"
@@ -537,6 +540,7 @@ def run_cli(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_cli_exit_codes_and_outputs(tmp_path, variants, minilm_file):
     approved = run_cli("check", str(minilm_file), "--out", str(tmp_path / "ok"))
     assert approved.exit_code == 0, approved.output

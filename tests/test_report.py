@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
@@ -26,6 +27,7 @@ def _group(svg: str, gid: str) -> ET.Element:
     return found[0]
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_report_is_self_contained_and_decision_first(tmp_path, minilm_dir):
     state = load_file(str(minilm_dir / "model.safetensors"))
     state["encoder.layer.1.attention.self.key.weight"][0, 0] = float("nan")
@@ -117,6 +119,7 @@ def test_esd_charts_are_capped_for_large_models(tmp_path):
     assert f"showing {ESD_CAP} of 30" in (tmp_path / "report.html").read_text()
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_report_command(tmp_path, minilm_dir):
     result = CliRunner().invoke(main, ["report", str(minilm_dir), "--out", str(tmp_path / "r"), "--esd-charts", "5"])
     assert result.exit_code == 0, result.output

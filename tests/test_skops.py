@@ -48,6 +48,7 @@ def assert_reads_the_coefs(result, mlp, prefix: str = "") -> None:
                                    rtol=0, atol=1e-9 * evals.max())
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_skops_dump_of_an_mlp(tmp_path, digits_mlp):
     path = tmp_path / "mlp.skops"
     skops.io.dump(digits_mlp, path)
@@ -90,6 +91,7 @@ def test_mlflow_sklearn_default_format_is_read(tmp_path, digits_mlp):
                                rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_estimator_without_weight_matrices_is_refused_naming_it(tmp_path):
     from sklearn.ensemble import RandomForestClassifier
 

@@ -34,6 +34,7 @@ def test_farms_windows_cover_the_long_side_with_half_overlap():
     assert farms_windows(300, 300) == [0]
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 @pytest.mark.parametrize("shape", [(1000, 1000), (4000, 250)])
 def test_farms_recovers_the_exponent_of_very_heavy_tailed_weights(shape):
     """Entries with tail index mu = 1 (Student t, 1 dof): Martin & Mahoney (JMLR 2021, Table 1)

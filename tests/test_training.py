@@ -46,6 +46,7 @@ def data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x[:, :4].argmax(1))
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_tracker_logs_mlh_each_n_steps_and_final_summary(tracking):
     import mlflow
 
@@ -125,6 +126,7 @@ def test_mlh_early_stopping_stops_after_patience_and_restores_best_weights():
     assert torch.equal(model.weight.detach(), snapshots[best_epoch])
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_import_loads_no_framework():
     code = ("import sys, gate.training; "
             "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'transformers') if m in sys.modules))")
@@ -198,6 +200,7 @@ class HFModel(nn.Module):
         return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: make test runs it, make test-fast does not
 def test_huggingface_callback_logs_to_active_run_and_stops_early(tracking, transformers_trainer, tmp_path):
     import mlflow
 

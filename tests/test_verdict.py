@@ -29,6 +29,7 @@ from gate.report.verdict import count_sentence, reason_text, summary_line
 from gate.vocabulary import LeftOut, RuleStatus, Verdict
 
 QUERY = "encoder.layer.2.attention.self.query"
+pytestmark = pytest.mark.slow  # four MiniLM checks with spectra kept: make test runs them, make test-fast does not
 
 
 @pytest.fixture(scope="module")
