@@ -693,3 +693,25 @@ def test_a_model_without_a_verdict_is_inconclusive_not_a_violation(tmp_path):
     assert rule.status == "inconclusive" and rule.judged == 0 and rule.judged_weight_share == 0.0
     assert rule.reason.startswith("0 of 2 layers judged, 0.0% of the weights") and "NaN" not in rule.reason
     assert result.decision.decision == "approve"
+
+
+@pytest.mark.slow  # trains a scikit-learn MLP (a few seconds)
+def test_one_judged_layer_is_not_most_layers(tmp_path):
+    """A trained scikit-learn MLP on digits (64-128-10, as MLflow 2 registries hold them) has one layer
+    the random-like test can judge, its first, which stays near its Glorot initialisation: one
+    matrix's verdict is not "most layers", so untrained-model (min_judged_layers: 2) is inconclusive,
+    with the judged share of the weights computed by hand, and the model is not blocked."""
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    digits = load_digits()
+    model = MLPClassifier(hidden_layer_sizes=(128,), max_iter=200, random_state=0).fit(digits.data, digits.target)
+    assert model.score(digits.data, digits.target) > 0.95  # trained
+    joblib.dump(model, tmp_path / "model.joblib")
+    result = check(tmp_path / "model.joblib", device="cpu")
+    rule = next(r for r in result.decision.rules if r.rule_id == "untrained-model")
+    share = 64 * 128 / (64 * 128 + 128 * 10)
+    assert rule.status == "inconclusive" and rule.judged == 1 and rule.judged_weight_share == pytest.approx(share)
+    assert rule.reason.startswith(f"1 of 2 layers judged, {share:.1%} of the weights (needs >= 50% and >= 2 layers)")
+    assert result.decision.decision == "approve", reason_text(result.decision)

@@ -132,6 +132,8 @@ class Rule(DocumentModel):
     # schema 2: a model rule on a share of layers (FRACTION_METRICS) is inconclusive when its layers'
     # verdicts cover less than this share of the model's weights
     min_judged_share: FiniteNumber = Field(0.5, ge=0, le=1, description="a share in [0, 1]")
+    # ... and when fewer layers than this have a verdict: a share of one layer is one matrix's verdict
+    min_judged_layers: StrictInt = Field(1, ge=1, description="a whole number >= 1")
     evidence: StrictStr = Field("", description="a text")  # schema 2: the figures behind the threshold (`policy show`)
     _schema_version: int = PrivateAttr(1)  # of the policy file the rule came from
 
@@ -200,10 +202,10 @@ class Rule(DocumentModel):
             raise problem("a warn rule cannot block: use 'pass' or 'warn'")
         return choice
 
-    @field_validator("min_judged_share")
+    @field_validator("min_judged_share", "min_judged_layers")
     @classmethod
     def _share_rules_only(cls, share: float, info: ValidationInfo) -> float:
-        _require_schema_2(info, "field", "min_judged_share")
+        _require_schema_2(info, "field", info.field_name)
         scope, metric = info.data.get("scope"), info.data.get("metric")
         if None not in (scope, metric) and not (scope == "model" and metric in FRACTION_METRICS):
             raise problem(f"only model rules on a share of layers ({', '.join(FRACTION_METRICS)}) weigh how much was judged")
