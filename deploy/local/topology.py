@@ -20,6 +20,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from deploy.local.mlflow_server import free_port, start_server
@@ -77,9 +78,28 @@ def _stop(pid: int | None) -> None:
             pass
 
 
+def _wait_gone(pid: int, seconds: float) -> bool:
+    """Whether process group ``pid`` has exited within ``seconds`` (polled: a loaded machine may take long)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def restart_server(state: Path) -> dict:
+    """Stop the server and start it again on the same port, once the old one has let the port go:
+    started while the old server was still shutting down, the new one found the port taken and
+    exited, and the old one answered the first requests before it went."""
     topology = json.loads((state / "topology.json").read_text())
-    _stop(topology.get("server_pid"))
+    old = topology.get("server_pid")
+    _stop(old)
+    if old and not _wait_gone(old, 120):
+        os.killpg(old, signal.SIGKILL)
+        _wait_gone(old, 60)
     start_mlflow(state, topology)
     return topology
 
