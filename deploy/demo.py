@@ -92,7 +92,7 @@ def main() -> None:
                    env={**os.environ, **env})
     for version in (healthy_version, damaged_version):
         tags = client.get_model_version(MODEL, version).tags
-        print(f"{MODEL} v{version}: {tags['gate.status']} — {tags['gate.reason'][:160]}")
+        print(f"{MODEL} v{version}: {tags['gate.summary']}")  # the decision's one line (the rest: gate page, decision run)
 
     print("\npromotions:")
     for version in (healthy_version, damaged_version):
