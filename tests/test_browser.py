@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from chromium import SCREENSHOTS, launched_chromium
 from safetensors.torch import save_file
 
 from deploy.local.mlflow_server import mlflow_server
@@ -21,11 +21,7 @@ from registry_helpers import decision_of, register_file
 
 pytestmark = pytest.mark.server  # every test here runs against real servers
 
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output"
 ENV = {"WEIGHTGATE_WORKER_TOKEN": "browser-test", "MLFLOW_DISABLE_TELEMETRY": "true"}
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +60,8 @@ def run_worker(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian's chromium is missing: run deploy/local/install-test-deps.sh (make test does)")
-    SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launched_chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,14 @@ import sys
 
 import pytest
 import torch
+from chromium import SCREENSHOTS, launched_chromium
 from safetensors.torch import load_file, save_file
 
 from deploy.local.mlflow_server import mlflow_server
 
 from registry_helpers import register_file
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 ENV = {"WEIGHTGATE_WORKER_TOKEN": "verdict-test", "MLFLOW_DISABLE_TELEMETRY": "true"}
-SCREENSHOTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "test-output"
 MODEL = "minilm-verdicts"
 QUERY = "encoder.layer.2.attention.self.query.weight"
 pytestmark = [pytest.mark.server, pytest.mark.slow]  # starts an MLflow server and Chromium
@@ -64,15 +61,8 @@ def registry(tmp_path_factory, minilm_dir):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian's chromium is missing: run deploy/local/install-test-deps.sh (make test does)")
-    SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launched_chromium() as launched:
         yield launched
-        launched.close()
 
 
 EXPECTED = {  # the gate.summary each version gets (first line of its row and of its report)
