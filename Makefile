@@ -30,13 +30,19 @@ demo: $(STAMP) demo-stop
 demo-stop:
 	@if [ -f .demo/server.pid ]; then $(PYTHON) -c "import os, signal; os.killpg(int(open('.demo/server.pid').read()), signal.SIGTERM)" 2>/dev/null || true; rm -f .demo/server.pid; fi
 
+# Two pytest workers (pytest-xdist), each taking whole test files (a module's server and fixtures stay in one
+# process): most of the suite's time is process start-up (MLflow servers, weightgate commands importing torch
+# and Great Expectations), one core each, so a second worker uses the second core. TEST_WORKERS=0 runs in one.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
 	deploy/local/install-test-deps.sh
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 # The fast lane: no servers, no browser, no cluster (tests marked server or slow are left out; see tests/conftest.py).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not server and not slow" tests
+	$(PYTEST) -m "not server and not slow" tests
 
 bench: $(STAMP)
 	$(PY) bench/bench_cpu_minilm.py

@@ -9,6 +9,11 @@ default the merge base with main, exported with ``git archive``) serving a copy 
 database, which renders every version in one response.
 
     python bench/bench_gate_page.py [--models 1000] [--versions-per-model 10] [--reference REV] [--postgresql]
+                                    [--registry DIR [--build-only]]
+
+With ``--registry DIR`` (sqlite only) the registry is built into DIR and kept (``--build-only``
+stops after the build); a later run given the same DIR finds it built and only times the pages, so
+the long build can run while the machine is busy and the timing when it is quiet.
 
 Writes bench/out/gate_page.json.
 """
@@ -129,16 +134,28 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="git revision of the page to compare with "
                                                           "(default: the merge base with main)")
     parser.add_argument("--postgresql", action="store_true", help="PostgreSQL (Debian's packages) instead of sqlite")
+    parser.add_argument("--registry", type=Path, default=None,
+                        help="sqlite registry folder to build and keep, or to reuse when it holds a finished build")
+    parser.add_argument("--build-only", action="store_true", help="with --registry: build it and stop")
     args = parser.parse_args()
+    if args.build_only and not args.registry:
+        parser.error("--build-only needs --registry (a build that is not kept is lost)")
+    if args.registry and args.postgresql:
+        parser.error("--registry keeps a sqlite registry; it cannot be combined with --postgresql")
     reference = args.reference or subprocess.run(["git", "merge-base", "HEAD", "main"], check=True,
                                                  capture_output=True, text=True).stdout.strip()
     results: dict = {"versions": args.models * args.versions_per_model, "models": args.models, "reference": reference,
                      "database": "postgresql" if args.postgresql else "sqlite"}
     with tempfile.TemporaryDirectory() as scratch_name, contextlib.ExitStack() as stack:
         scratch = Path(scratch_name)
-        workdir, copy = scratch / "server", scratch / "reference-server"
-        workdir.mkdir()
+        workdir, copy = args.registry or scratch / "server", scratch / "reference-server"
+        workdir.mkdir(parents=True, exist_ok=True)
         copy.mkdir()
+        built = workdir / "built.json"
+        expected = {"models": args.models, "versions": results["versions"]}
+        reuse = built.exists() and json.loads(built.read_text())["registry"] == expected
+        if not reuse and (workdir / "mlflow.db").exists():
+            raise SystemExit(f"{workdir} holds an unfinished or different registry; give an empty folder")
         backend = copy_backend = None
         if args.postgresql:
             from deploy.local.mlflow_server import free_port
@@ -147,11 +164,18 @@ def main() -> None:
             prefix = stack.enter_context(postgres_server(free_port()))
             backend = create_database(prefix, "gate_page_bench")
         with mlflow_server(workdir, ("--app-name", "weightgate"), env=ENV, backend_uri=backend) as url:
-            started = time.perf_counter()
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda i: build_model(url, i, args.versions_per_model), range(args.models)))
-            results["build_s"] = round(time.perf_counter() - started, 1)
-            print(f"built {results['versions']} versions in {results['build_s']} s", flush=True)
+            if reuse:
+                results["build_s"] = json.loads(built.read_text())["build_s"]
+                print(f"reusing the registry in {workdir} ({results['versions']} versions)", flush=True)
+            else:
+                started = time.perf_counter()
+                with ThreadPoolExecutor(8) as pool:
+                    list(pool.map(lambda i: build_model(url, i, args.versions_per_model), range(args.models)))
+                results["build_s"] = round(time.perf_counter() - started, 1)
+                built.write_text(json.dumps({"registry": expected, "build_s": results["build_s"]}))
+                print(f"built {results['versions']} versions in {results['build_s']} s", flush=True)
+            if args.build_only:
+                return
             results["paged"] = {label: timed(url, path) for label, path in pages(args.models).items()}
             for label, figures in results["paged"].items():
                 print(f"paged     {label:32s} {figures}", flush=True)

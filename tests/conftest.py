@@ -8,6 +8,8 @@ lane cannot silently grow a server.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,28 @@ def _processes_only_in_server_tests(request: pytest.FixtureRequest, monkeypatch:
 
     if request.node.get_closest_marker("server") is None:
         monkeypatch.setenv(FORBIDDEN, request.node.nodeid)
+
+
+def _restored_environment() -> Iterator[None]:
+    """Each module, and each test, leaves the process environment as it found it. mlflow.set_tracking_uri
+    and set_registry_uri write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ, and a command
+    run in-process sets MLflow's HTTP settings (gate/mlflow_connection.py); left there, they steer the
+    subprocesses of whatever runs next in this process (an MLflow 2.x client registering into another
+    test's server), and under pytest-xdist a worker runs many modules in one process, in no fixed order."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_leaves_the_environment_as_found() -> Iterator[None]:
+    yield from _restored_environment()
+
+
+@pytest.fixture(autouse=True)
+def _test_leaves_the_environment_as_found() -> Iterator[None]:
+    yield from _restored_environment()
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,9 @@ def mlflow2_python(request) -> str:
     if not (marker.exists() and json.loads(marker.read_text()) == MLFLOW2_PACKAGES):
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=600)
-        installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *MLFLOW2_PACKAGES],
+        # --no-compile: byte-compiling torch, transformers and their kin is minutes on 2 cores; the few
+        # modules the test imports compile on first import instead.
+        installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-compile", *MLFLOW2_PACKAGES],
                                    capture_output=True, text=True, timeout=3600)
         assert installed.returncode == 0, installed.stderr[-3000:]
         marker.write_text(json.dumps(MLFLOW2_PACKAGES))

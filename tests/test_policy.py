@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +27,36 @@ def minilm_file(minilm_dir):
     return minilm_dir / "model.safetensors"
 
 
-@pytest.fixture(scope="module")
-def variants(minilm_file, tmp_path_factory):
-    """Damaged copies of the real all-MiniLM-L6-v2 weights."""
-    folder = tmp_path_factory.mktemp("variants")
-    original = load_file(str(minilm_file))
-    generator = torch.Generator().manual_seed(0)
+class LazyVariants(Mapping[str, str]):
+    """Damaged copies of a model file, each written the first time a test asks for it: the fast lane
+    uses two of the eight, and each copy of MiniLM is 90 MB."""
 
-    def save(name: str, change) -> str:
-        state = {k: v.clone() for k, v in original.items()}
-        change(state)
-        path = folder / f"{name}.safetensors"
-        save_file(state, str(path))
-        return str(path)
+    def __init__(self, original: Path, folder: Path, changes: dict[str, Callable[[dict], None]]) -> None:
+        self._original, self._folder, self._changes = original, folder, changes
+        self._written: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self._written:
+            state = load_file(str(self._original))
+            self._changes[name](state)
+            path = self._folder / f"{name}.safetensors"
+            save_file(state, str(path))
+            self._written[name] = str(path)
+        return self._written[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._changes)
+
+    def __len__(self) -> int:
+        return len(self._changes)
+
+
+@pytest.fixture(scope="module")
+def variants(minilm_file, tmp_path_factory) -> LazyVariants:
+    """Damaged copies of the real all-MiniLM-L6-v2 weights."""
 
     def random_init(state):
+        generator = torch.Generator().manual_seed(0)
         for key, value in state.items():
             if value.ndim == 2 and value.is_floating_point():
                 state[key] = torch.randn(value.shape, generator=generator) * 0.02
@@ -57,6 +73,7 @@ def variants(minilm_file, tmp_path_factory):
         state["encoder.layer.3.attention.self.query.weight"] *= 0.01
 
     def reinit_one_layer(state):  # mid-depth, same shape and standard deviation
+        generator = torch.Generator().manual_seed(1)
         W = state["encoder.layer.3.intermediate.dense.weight"]
         state["encoder.layer.3.intermediate.dense.weight"] = torch.randn(W.shape, generator=generator) * W.std()
 
@@ -76,10 +93,10 @@ def variants(minilm_file, tmp_path_factory):
                 step = value.abs().max() / 7
                 state[key] = torch.clamp(torch.round(value / step), -8, 7) * step
 
-    return {"random_init": save("random_init", random_init), "nan": save("nan", nan_in_one_layer),
-            "rank_collapse": save("rank_collapse", rank_collapse), "scaled_down": save("scaled_down", scaled_down),
-            "reinit": save("reinit", reinit_one_layer), "float16": save("float16", float16),
-            "bfloat16": save("bfloat16", bfloat16), "int4": save("int4", int4_round_trip)}
+    return LazyVariants(minilm_file, tmp_path_factory.mktemp("variants"), {
+        "random_init": random_init, "nan": nan_in_one_layer, "rank_collapse": rank_collapse,
+        "scaled_down": scaled_down, "reinit": reinit_one_layer, "float16": float16, "bfloat16": bfloat16,
+        "int4": int4_round_trip})
 
 
 def _failed(result) -> set[str]:

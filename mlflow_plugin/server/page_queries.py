@@ -75,11 +75,14 @@ class RegistryQueries:
         return version, joined, conditions
 
     def _holds_protected_alias(self, version):
+        """(name, version) IN the versions protected aliases point at: one uncorrelated subquery. A
+        correlated EXISTS per version made "blocked but in Production" take 1.2 s at 10,000 versions
+        on sqlite, this takes 0.03 s (bench/RESULTS.md)."""
         from mlflow.store.model_registry.dbmodels.models import SqlRegisteredModelAlias
 
         alias = SqlRegisteredModelAlias.__table__
-        return sa.exists().where(alias.c.name == version.c.name, alias.c.version == version.c.version,
-                                 sa.func.lower(alias.c.alias).in_(self.protected))
+        held = sa.select(alias.c.name, alias.c.version).where(sa.func.lower(alias.c.alias).in_(self.protected))
+        return sa.tuple_(version.c.name, version.c.version).in_(held)
 
     def promoted_clause(self, version):
         """The version holds Staging/Production or a protected alias."""
