@@ -160,3 +160,32 @@ def test_json_logs_are_json_lines_only_with_typed_numbers(gate_server):
     assert isinstance(done[0]["attempts"], int) and isinstance(done[0]["duration_s"], float)
     assert [e["processed"] for e in entries if e.get("event") == "worker_done"] == [1]
     assert not any("View run" in e["message"] for e in entries)
+
+
+# MLflow warning while it is first imported (as mlflow 3.18.0 does over a mismatched mlflow-tracing), then
+# weightgate's own entry point: the warning must already be a JSON line.
+WARN_ON_MLFLOW_IMPORT = """
+import sys, warnings
+class WarnOnMlflow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "mlflow":
+            sys.meta_path.remove(self)
+            warnings.warn("mlflow warns while it is imported", UserWarning)
+        return None
+sys.meta_path.insert(0, WarnOnMlflow())
+from gate.cli.app import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("command", ["worker", "backfill"])
+def test_a_warning_raised_while_mlflow_is_imported_is_a_json_line(command):
+    args = [command, "--tracking-uri", f"http://127.0.0.1:{free_port()}", "--device", "cpu", "--log-format", "json"]
+    proc = subprocess.run([sys.executable, "-c", WARN_ON_MLFLOW_IMPORT, *args, *(["--once"] * (command == "worker"))],
+                          capture_output=True, text=True, timeout=900,
+                          env=_clean_env(WEIGHTGATE_WORKER_TOKEN="any", PYTHONWARNINGS="always"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    entries = [json.loads(line) for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    warned = [e for e in entries if e["logger"] == "py.warnings"]
+    assert any("mlflow warns while it is imported" in e["message"] for e in warned), entries
+    assert any("cannot reach the MLflow" in e["message"] for e in entries), entries

@@ -23,14 +23,15 @@ def backfill(tracking_uri: str, policy_file: str | None, device: str, wait_secon
     Stages and aliases are left as they are; the versions that hold Staging/Production or a
     protected alias but would be blocked are printed and logged. Needs WEIGHTGATE_WORKER_TOKEN.
     """
+    from mlflow_plugin.service import logs
+
+    logs.configure(log_format)  # before MLflow is imported: a warning it raises on import is a log line too
     from gate.policy.schema import load_policy
     from gate.vocabulary import VersionStatus
-    from mlflow_plugin.service import logs
     from mlflow_plugin.service.backfill import flag_line, queue_all, report
     from mlflow_plugin.service.retry import RetryPolicy
     from mlflow_plugin.service.worker import Worker, WorkerSettings, check_in
 
-    logs.configure(log_format)
     policy = load_policy(policy_file)
     settings = WorkerSettings(tracking_uri, policy_file, device, retry=RetryPolicy(retries, retry_delay))
     server = check_in(settings, policy.sha256)

@@ -62,12 +62,13 @@ def worker(tracking_uri: str, policy_file: str | None, device: str, once: bool, 
 
     Needs WEIGHTGATE_WORKER_TOKEN, the credential the server accepts for gate.* tags.
     """
-    from gate.policy.schema import load_policy
     from mlflow_plugin.service import logs
+
+    logs.configure(log_format)  # before MLflow is imported: a warning it raises on import is a log line too
+    from gate.policy.schema import load_policy
     from mlflow_plugin.service.retry import RetryPolicy
     from mlflow_plugin.service.worker import Worker, WorkerSettings
 
-    logs.configure(log_format)
     policy = load_policy(policy_file)  # a policy that does not load would fail every version: refuse to start
     settings = WorkerSettings(tracking_uri, policy_file, device, lease_seconds, worker_id,
                               RetryPolicy(retries, retry_delay), heartbeat_file,
@@ -132,13 +133,14 @@ def webhook_receiver(tracking_uri: str, secret: str, host: str, port: int, polic
     model_version_tag.set pointing here. Enforcement is after the fact: a protected alias on an
     unapproved version is removed again.
     """
-    from gate.policy.schema import load_policy
     from mlflow_plugin.service import logs
+
+    logs.configure(log_format)  # before MLflow is imported: a warning it raises on import is a log line too
+    from gate.policy.schema import load_policy
     from mlflow_plugin.service.retry import RetryPolicy
     from mlflow_plugin.service.webhook import WebhookGate, create_receiver, pending_on_start
     from mlflow_plugin.service.worker import WorkerSettings
 
-    logs.configure(log_format)
     load_policy(policy_file)  # a policy that does not load would fail every version: refuse to start
     gate_receiver = WebhookGate(WorkerSettings(tracking_uri, policy_file, device,
                                                retry=RetryPolicy(retries, retry_delay)))
