@@ -153,7 +153,8 @@ def main() -> None:
         copy.mkdir()
         built = workdir / "built.json"
         expected = {"models": args.models, "versions": results["versions"]}
-        reuse = built.exists() and json.loads(built.read_text())["registry"] == expected
+        previous = json.loads(built.read_text()) if built.exists() else {}
+        reuse = previous.get("registry") == expected
         if not reuse and (workdir / "mlflow.db").exists():
             raise SystemExit(f"{workdir} holds an unfinished or different registry; give an empty folder")
         backend = copy_backend = None
@@ -165,7 +166,7 @@ def main() -> None:
             backend = create_database(prefix, "gate_page_bench")
         with mlflow_server(workdir, ("--app-name", "weightgate"), env=ENV, backend_uri=backend) as url:
             if reuse:
-                results["build_s"] = json.loads(built.read_text())["build_s"]
+                results["build_s"] = previous["build_s"]
                 print(f"reusing the registry in {workdir} ({results['versions']} versions)", flush=True)
             else:
                 started = time.perf_counter()

@@ -223,7 +223,7 @@ def _model_evidence(rule: Rule, outcome: RuleOutcome, scan: ScanResult, value: f
     if column is not None:
         judged, in_scope, share = judged_evidence(scan.layers, column)
         outcome.judged, outcome.in_scope, outcome.judged_weight_share = judged, in_scope, metric_value(share)
-        if judged == 0 or judged < rule.min_judged_layers or not share >= rule.min_judged_share:
+        if judged < rule.min_judged_layers or not share >= rule.min_judged_share:  # min_judged_layers >= 1
             covered = f"{share:.1%}" if math.isfinite(share) else "none"
             layers = f" and >= {rule.min_judged_layers} layers" if rule.min_judged_layers > 1 else ""
             return (f"{judged} of {in_scope} layers judged, {covered} of the weights (needs >= "

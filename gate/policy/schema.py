@@ -204,12 +204,12 @@ class Rule(DocumentModel):
 
     @field_validator("min_judged_share", "min_judged_layers")
     @classmethod
-    def _share_rules_only(cls, share: float, info: ValidationInfo) -> float:
+    def _share_rules_only(cls, value: float, info: ValidationInfo) -> float:
         _require_schema_2(info, "field", info.field_name)
         scope, metric = info.data.get("scope"), info.data.get("metric")
         if None not in (scope, metric) and not (scope == "model" and metric in FRACTION_METRICS):
             raise problem(f"only model rules on a share of layers ({', '.join(FRACTION_METRICS)}) weigh how much was judged")
-        return share
+        return value
 
     @field_validator("lineage", "min_well_fitted", "evidence")
     @classmethod
